@@ -1,0 +1,241 @@
+"""The exception tree, and the one mapping from an HTTP response to a result or an error."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Mapping
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "InsufficientCreditsError",
+    "InvalidRequestError",
+    "MalformedResponseError",
+    "NanoBananaError",
+    "RateLimitError",
+    "ServerError",
+    "parse_generate_response",
+    "parse_retry_after",
+]
+
+
+class NanoBananaError(Exception):
+    """Base class of every error this SDK raises."""
+
+
+class InvalidRequestError(NanoBananaError, ValueError):
+    """The request is invalid on the client side; nothing was sent.
+
+    ``param`` names the offending field when there is one.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class APIError(NanoBananaError):
+    """The API answered with an error.
+
+    ``status_code`` is the HTTP status, ``code`` the ``code`` field of the JSON body (``None``
+    when the body was not JSON), ``message`` the server's message, and ``retry_after`` the
+    delay in seconds the server asked for, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        code = "" if self.code is None or self.code == self.status_code else f", code {self.code}"
+        return f"{self.message} (HTTP {self.status_code}{code})"
+
+
+class BadRequestError(APIError):
+    """The API rejected the parameters (code 400). Retrying will not help."""
+
+
+class InsufficientCreditsError(BadRequestError):
+    """The account has too few credits for this request. Top up before retrying."""
+
+
+class AuthenticationError(APIError):
+    """The API key was rejected (code 401). Check ``NANOBANANA_API_KEY`` or ``api_key=``."""
+
+
+class RateLimitError(APIError):
+    """Too many requests (HTTP 429). ``retry_after`` says how long the server asked to wait."""
+
+
+class ServerError(APIError):
+    """The server or a proxy in front of it failed (5xx). Retried automatically."""
+
+
+class MalformedResponseError(APIError):
+    """A success status with a body that is not the documented shape.
+
+    The server may have generated (and charged for) images, so this is not retried.
+    """
+
+
+class APIConnectionError(NanoBananaError):
+    """The request did not get an answer: connection failed, dropped, or timed out.
+
+    ``may_have_been_charged`` is true when the request had been sent before the failure: the
+    server may have generated and charged for it, so it is retried only on request
+    (``retry_ambiguous=True``).
+    """
+
+    def __init__(self, message: str, *, may_have_been_charged: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.may_have_been_charged = may_have_been_charged
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+
+_MAX_SNIPPET = 200
+_TAGS = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+
+
+def _snippet(content: bytes) -> str:
+    text = content[: _MAX_SNIPPET * 8].decode("utf-8", "replace")
+    text = _SPACE.sub(" ", _TAGS.sub(" ", text)).strip()
+    if len(text) > _MAX_SNIPPET:
+        text = text[:_MAX_SNIPPET] + "..."
+    return text or "empty body"
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """The delay in seconds asked for by ``retry-after-ms`` or ``Retry-After`` (seconds or date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            pass
+        else:
+            if value >= 0 and value == value:  # rejects NaN
+                return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return value if value >= 0 and value == value else None
+
+
+def _error_for(
+    kind: int,
+    status_code: int,
+    code: int | None,
+    message: str,
+    retry_after: float | None,
+) -> APIError:
+    cls: type[APIError]
+    if kind == 402 or (kind < 500 and "insufficient credit" in message.lower()):
+        cls = InsufficientCreditsError
+    elif kind == 400:
+        cls = BadRequestError
+    elif kind == 401:
+        cls = AuthenticationError
+    elif kind == 429:
+        cls = RateLimitError
+    elif kind >= 500:
+        cls = ServerError
+    else:
+        cls = APIError
+    return cls(message, status_code=status_code, code=code, retry_after=retry_after)
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def parse_generate_response(
+    status_code: int,
+    content: bytes,
+    headers: Mapping[str, str],
+    *,
+    secret: str | None = None,
+) -> tuple[str, ...]:
+    """The image URLs of a generate response, or raise the matching :class:`APIError`.
+
+    Handles an HTTP 200 whose body has ``code != 0``, an HTTP error with the JSON body, an
+    HTTP error whose body is not JSON (a proxy's HTML page, an empty body), and a success
+    status whose body is malformed. ``secret`` is redacted from every message.
+    """
+    retry_after = parse_retry_after(headers)
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    code = body.get("code") if isinstance(body, dict) else None
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = None
+
+    if code is None:
+        if status_code >= 400:
+            message = _redact(
+                f"HTTP {status_code} with an unexpected body: {_snippet(content)}", secret
+            )
+            raise _error_for(status_code, status_code, None, message, retry_after)
+        raise MalformedResponseError(
+            _redact(
+                "the API answered with a body that is not the documented JSON: "
+                + _snippet(content),
+                secret,
+            ),
+            status_code=status_code,
+        )
+
+    assert isinstance(body, dict)
+    raw_message = body.get("message")
+    message = _redact(raw_message if isinstance(raw_message, str) else f"error code {code}", secret)
+    if code != 0:
+        # The body's code is the API's own classification; the HTTP status is the fallback for
+        # codes the API does not document.
+        kind = code if 400 <= code <= 599 else (status_code if status_code >= 400 else 0)
+        raise _error_for(kind, status_code, code, message, retry_after)
+    if status_code >= 400:
+        raise _error_for(status_code, status_code, code, message, retry_after)
+
+    data = body.get("data")
+    url = data.get("url") if isinstance(data, dict) else None
+    if isinstance(url, str) and url:
+        return (url,)
+    if isinstance(url, list) and url and all(isinstance(u, str) and u for u in url):
+        return tuple(url)
+    raise MalformedResponseError(
+        _redact(f"the API reported success without image URLs: {_snippet(content)}", secret),
+        status_code=status_code,
+        code=code,
+    )

@@ -1,0 +1,133 @@
+"""Jobs and generations, the model and size tables, and input validation."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import attrs
+
+from .errors import InvalidRequestError
+
+DEFAULT_MODEL = "gemini-2.5-flash-image"
+
+MODELS: tuple[str, ...] = (
+    "gemini-2.5-flash-image",
+    "gemini-2.5-flash-image-hd",
+    "gemini-3.1-flash-image-preview-512",
+    "gemini-3.1-flash-image-preview",
+    "gemini-3.1-flash-image-preview-2k",
+    "gemini-3.1-flash-image-preview-4k",
+    "gemini-3-pro-image-preview",
+    "gemini-3-pro-image-preview-2k",
+    "gemini-3-pro-image-preview-4k",
+)
+
+BASE_SIZES: tuple[str, ...] = ("1:1", "16:9", "9:16", "4:3", "3:4", "2:3", "3:2", "4:5", "5:4")
+EXTENDED_SIZES: tuple[str, ...] = ("21:9", "1:4", "4:1", "8:1", "1:8")
+
+# Only this model family takes the extreme aspect ratios; a custom model added through a pricing
+# table follows the same naming rule, so a future "gemini-3.1-flash-*" model works unchanged.
+_EXTENDED_PREFIX = "gemini-3.1-flash"
+
+
+_ALL_SIZES = BASE_SIZES + EXTENDED_SIZES
+
+
+def sizes_for(model: str) -> tuple[str, ...]:
+    """The image sizes (aspect ratios) that ``model`` accepts."""
+    return _ALL_SIZES if model.startswith(_EXTENDED_PREFIX) else BASE_SIZES
+
+
+def _invalid(field: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(f"invalid {field}: {message}", param=field)
+
+
+def validate_fields(
+    prompt: object,
+    model: object,
+    image_size: object,
+    num: object,
+    known_models: Collection[str],
+) -> None:
+    """Raise :class:`InvalidRequestError` naming the first bad field and what is allowed."""
+    if not isinstance(prompt, str):
+        raise _invalid("prompt", f"expected a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise _invalid("prompt", "must not be empty or only whitespace")
+    if "\x00" in prompt:
+        raise _invalid("prompt", "must not contain NUL characters")
+    if not isinstance(model, str) or model not in known_models:
+        allowed = ", ".join(sorted(known_models))
+        raise _invalid(
+            "model",
+            f"unknown model {model!r}; known models: {allowed} "
+            "(to use another model, pass a PricingTable that prices it)",
+        )
+    if not isinstance(image_size, str) or image_size not in sizes_for(model):
+        raise _invalid(
+            "image_size",
+            f"{image_size!r} is not available for {model}; allowed: " + " ".join(sizes_for(model)),
+        )
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise _invalid("num", f"must be an integer >= 1, got {num!r}")
+
+
+def _check_id(value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
+        raise _invalid("id", f"must be a non-empty string without NUL characters, got {value!r}")
+
+
+@attrs.frozen(init=False)
+class Job:
+    """One generation request: a prompt and how to render it.
+
+    Validated at construction: a bad field raises :class:`InvalidRequestError` (also a
+    ``ValueError``) before any byte is sent. ``id`` names the job in journals and file names;
+    without one, the batch runner derives a stable id from the fields.
+
+    A model that is not in the built-in table is accepted when ``pricing`` (a
+    :class:`~nanobanana_async.PricingTable`) prices it. ``pricing`` only takes part in
+    validation: it is not stored.
+    """
+
+    prompt: str
+    model: str = DEFAULT_MODEL
+    image_size: str = "1:1"
+    num: int = 1
+    id: str | None = None
+
+    def __init__(
+        self,
+        prompt: str,
+        model: str = DEFAULT_MODEL,
+        image_size: str = "1:1",
+        num: int = 1,
+        id: str | None = None,
+        *,
+        pricing: Collection[str] | None = None,
+    ) -> None:
+        validate_fields(prompt, model, image_size, num, MODELS if pricing is None else pricing)
+        _check_id(id)
+        self.__attrs_init__(prompt, model, image_size, num, id)
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body the API expects for this job."""
+        return {
+            "prompt": self.prompt,
+            "num": self.num,
+            "model": self.model,
+            "image_size": self.image_size,
+        }
+
+
+@attrs.frozen
+class Generation:
+    """A finished generation: the image URLs (always a tuple) and what it cost."""
+
+    urls: tuple[str, ...]
+    model: str
+    image_size: str
+    num: int
+    credits: int
+    elapsed: float

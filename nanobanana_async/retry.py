@@ -1,0 +1,192 @@
+"""When to retry, how long to wait, and the retry budget that protects a failing server."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+import attrs
+import tenacity
+
+from .errors import APIConnectionError, APIError, RateLimitError, ServerError
+
+__all__ = ["Cooldown", "RetryBudget", "RetryPolicy", "call_with_retries", "is_retryable"]
+
+logger = logging.getLogger("nanobanana_async")
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How one call retries.
+
+    Backoff starts at ``initial_delay`` and doubles up to ``max_delay``, each delay scaled by a
+    random factor in [0.75, 1.0] so that many clients do not retry in lockstep. A server's
+    ``Retry-After`` / ``retry-after-ms`` is honoured instead, up to ``max_retry_after``
+    seconds; a longer demand fails the call rather than hanging it. ``retry_ambiguous``
+    retries failures after which the server may already have generated and charged (read
+    timeouts, connections dropped after the request was sent).
+    """
+
+    max_retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    initial_delay: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    max_delay: float = attrs.field(default=8.0, validator=attrs.validators.ge(0))
+    max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    retry_ambiguous: bool = False
+
+    def backoff(self, retry_number: int) -> float:
+        """The delay before retry number ``retry_number`` (1-based), jitter included."""
+        base = min(self.max_delay, self.initial_delay * 2.0 ** (retry_number - 1))
+        return base * (1.0 - 0.25 * random.random())
+
+
+def is_retryable(exc: BaseException, policy: RetryPolicy) -> bool:
+    """Whether ``exc`` is worth another attempt under ``policy`` (budget aside)."""
+    if isinstance(exc, APIError):
+        retryable = isinstance(exc, ServerError | RateLimitError) or 408 in (
+            exc.status_code,
+            exc.code,
+        )
+        if not retryable:
+            return False
+        return exc.retry_after is None or exc.retry_after <= policy.max_retry_after
+    if isinstance(exc, APIConnectionError):
+        return not exc.may_have_been_charged or policy.retry_ambiguous
+    return False
+
+
+def _server_fault(exc: BaseException) -> bool:
+    # Faults that say the server is unhealthy: what the retry budget counts against.
+    return isinstance(exc, APIConnectionError) or (
+        isinstance(exc, APIError) and is_retryable(exc, RetryPolicy(max_retry_after=float("inf")))
+    )
+
+
+@attrs.define
+class RetryBudget:
+    """A token bucket shared by every call of a client, after gRPC's retry throttling.
+
+    Each failed attempt takes a token, each success gives back ``token_ratio``; retries are
+    allowed only while more than half of ``max_tokens`` remain. Failures break even with
+    successes at a failure share of ``token_ratio / (1 + token_ratio)`` (60% by default):
+    a server failing a quarter of requests keeps being retried, a dead one soon is not.
+    """
+
+    max_tokens: float = 100.0
+    token_ratio: float = 1.5
+    tokens: float = attrs.field(default=None)
+    retries_denied: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if self.tokens is None:
+            self.tokens = self.max_tokens
+
+    def record_success(self) -> None:
+        self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+
+    def record_failure(self) -> None:
+        self.tokens = max(0.0, self.tokens - 1.0)
+
+    def allows_retry(self) -> bool:
+        if self.tokens > self.max_tokens / 2:
+            return True
+        self.retries_denied += 1
+        return False
+
+
+@attrs.define
+class Cooldown:
+    """A pause shared by every request of a client, set by a 429's ``Retry-After``."""
+
+    until: float = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.until = max(self.until, anyio.current_time() + seconds)
+
+    async def wait(self) -> None:
+        # Another 429 may push ``until`` further while we sleep, so re-check after each nap.
+        while (delay := self.until - anyio.current_time()) > 0:  # noqa: ASYNC110
+            await anyio.sleep(delay)
+
+
+@attrs.define
+class CallStats:
+    """What one logical call went through: attempts made, retries slept."""
+
+    attempts: int = 0
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    cooldown: Cooldown,
+    stats: CallStats,
+    before_attempt: Callable[[], Awaitable[None]] | None = None,
+    what: str = "request",
+) -> T:
+    """Run ``attempt`` until it succeeds or a failure is not worth retrying.
+
+    A fresh tenacity object per call: tenacity keeps per-run state on the object, so sharing
+    one between concurrent tasks would mix their attempts. Sleeping goes through anyio, so
+    Trio works; cancellation is never retried because only SDK errors are.
+    """
+
+    def should_retry(state: tenacity.RetryCallState) -> bool:
+        outcome = state.outcome
+        if outcome is None or not outcome.failed:
+            budget.record_success()
+            return False
+        exc = outcome.exception()
+        if not isinstance(exc, Exception):
+            return False
+        if _server_fault(exc):
+            budget.record_failure()
+        elif isinstance(exc, APIError):
+            budget.record_success()
+        retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+        if retry_after is not None and retry_after <= policy.max_retry_after:
+            cooldown.pause(retry_after)
+        if state.attempt_number > policy.max_retries or not is_retryable(exc, policy):
+            return False
+        return budget.allows_retry()
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, APIError) and exc.retry_after is not None:
+            return exc.retry_after
+        return policy.backoff(state.attempt_number)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.info(
+            "retrying %s in %.2fs (attempt %d of %d failed: %s)",
+            what,
+            state.upcoming_sleep,
+            state.attempt_number,
+            policy.max_retries + 1,
+            exc,
+        )
+
+    retrying = tenacity.AsyncRetrying(
+        retry=should_retry,
+        wait=wait,
+        stop=tenacity.stop_never,
+        sleep=anyio.sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    result: T
+    async for attempt_ctx in retrying:
+        with attempt_ctx:
+            await cooldown.wait()
+            if before_attempt is not None:
+                await before_attempt()
+            stats.attempts += 1
+            result = await attempt()
+    return result
