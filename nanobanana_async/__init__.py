@@ -4,6 +4,7 @@ Everything public is importable from here; see ``nanobanana_async.emulator`` for
 API emulator.
 """
 
+from .batch import BatchReport, BatchRun, BatchStats, JobResult
 from .client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, AsyncNanoBanana
 from .errors import (
     APIConnectionError,
@@ -38,11 +39,15 @@ __all__ = [
     "AsyncNanoBanana",
     "AuthenticationError",
     "BadRequestError",
+    "BatchReport",
+    "BatchRun",
+    "BatchStats",
     "CreditEstimate",
     "Generation",
     "InsufficientCreditsError",
     "InvalidRequestError",
     "Job",
+    "JobResult",
     "MalformedResponseError",
     "NanoBananaError",
     "PricingTable",

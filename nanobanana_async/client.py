@@ -432,20 +432,68 @@ class AsyncNanoBanana:
         """What ``jobs`` would cost under this client's pricing table. Sends nothing."""
         return self._pricing.estimate(jobs)
 
-    def batch(self, jobs: JobInput, **options: Any) -> BatchRun:
-        """Run many jobs; an async iterator of :class:`JobResult` as they finish.
+    def batch(
+        self,
+        jobs: JobInput,
+        *,
+        concurrency: int = 8,
+        max_credits: int | None = None,
+        max_per_second: float | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
+        ordered: bool = False,
+        max_retries: int | None = None,
+        retry_ambiguous: bool | None = None,
+    ) -> BatchRun:
+        """Run many jobs; an async iterator of :class:`JobResult`, one per job, as they finish.
 
-        See :class:`~nanobanana_async.batch.BatchOptions` for the options.
+        ``jobs`` is an iterable or async iterable of :class:`Job` or prompt strings, consumed
+        lazily. See :class:`~nanobanana_async.batch.BatchOptions` for what each option does.
+        Breaking out of the loop cancels the requests in flight.
         """
         from .batch import BatchOptions, BatchRun
 
-        return BatchRun(self, jobs, BatchOptions(**options))
+        options = BatchOptions(
+            concurrency=concurrency,
+            max_credits=max_credits,
+            max_per_second=max_per_second,
+            journal=journal,
+            download_dir=download_dir,
+            ordered=ordered,
+            max_retries=max_retries,
+            retry_ambiguous=retry_ambiguous,
+        )
+        return BatchRun(self, jobs, options)
 
-    async def run_batch(self, jobs: JobInput, **options: Any) -> BatchReport:
-        """Run many jobs to the end and return the :class:`BatchReport`."""
-        from .batch import BatchOptions, run_to_report
+    async def run_batch(
+        self,
+        jobs: JobInput,
+        *,
+        concurrency: int = 8,
+        max_credits: int | None = None,
+        max_per_second: float | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
+        ordered: bool = False,
+        max_retries: int | None = None,
+        retry_ambiguous: bool | None = None,
+    ) -> BatchReport:
+        """Run many jobs to the end and return the :class:`BatchReport` (same options as
+        :meth:`batch`)."""
+        from .batch import run_to_report
 
-        return await run_to_report(self, jobs, BatchOptions(**options))
+        run = self.batch(
+            jobs,
+            concurrency=concurrency,
+            max_credits=max_credits,
+            max_per_second=max_per_second,
+            journal=journal,
+            download_dir=download_dir,
+            ordered=ordered,
+            max_retries=max_retries,
+            retry_ambiguous=retry_ambiguous,
+        )
+        return await run_to_report(run)
 
 
 def _download_error(response: httpx.Response, url: str) -> APIError:

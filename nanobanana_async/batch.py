@@ -1,0 +1,729 @@
+"""The batch runner: many jobs, bounded concurrency, budget, rate, journal and downloads."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import logging
+import math
+import os
+import pathlib
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import anyio
+import attrs
+import sniffio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .errors import (
+    APIConnectionError,
+    AuthenticationError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    NanoBananaError,
+)
+from .journal import JobIds, Journal, JournalRecord
+from .models import Generation, Job
+from .pricing import as_job
+from .retry import CallStats
+
+if TYPE_CHECKING:
+    from .client import AsyncNanoBanana
+
+__all__ = ["BatchOptions", "BatchReport", "BatchRun", "BatchStats", "JobResult"]
+
+logger = logging.getLogger("nanobanana_async")
+
+JobInput = Iterable[Job | str] | AsyncIterable[Job | str]
+Status = Literal["succeeded", "failed", "skipped"]
+
+
+def _positive_or_none(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not value > 0 or math.isinf(value)):
+        raise InvalidRequestError(
+            f"{attr.name} must be a positive number, got {value!r}", param=attr.name
+        )
+
+
+def _positive_int(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(
+            f"{attr.name} must be an integer >= 1, got {value!r}", param=attr.name
+        )
+
+
+def _credits_or_none(_inst: object, attr: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise InvalidRequestError(
+            f"{attr.name} must be an integer >= 0 or None, got {value!r}", param=attr.name
+        )
+
+
+@attrs.frozen(kw_only=True)
+class BatchOptions:
+    """Options of :meth:`AsyncNanoBanana.batch` and :meth:`AsyncNanoBanana.run_batch`.
+
+    - ``concurrency``: generate requests in flight at most.
+    - ``max_credits``: budget; credits are reserved before a job is sent, so the batch never
+      commits more. Jobs that cannot fit are ``skipped``.
+    - ``max_per_second``: request starts per second, retries included; no one-second window
+      holds more than ``floor(max_per_second)`` starts (one start per ``1/max_per_second``
+      seconds below 1).
+    - ``journal``: JSONL file of finished jobs; a rerun skips jobs already generated.
+    - ``download_dir``: save each succeeded job's images there.
+    - ``ordered``: yield results in input order (at most ``window`` jobs ahead).
+    - ``max_retries`` / ``retry_ambiguous``: override the client's retry policy.
+    """
+
+    concurrency: int = attrs.field(default=8, validator=_positive_int)
+    max_credits: int | None = attrs.field(default=None, validator=_credits_or_none)
+    max_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
+    journal: str | os.PathLike[str] | None = None
+    download_dir: str | os.PathLike[str] | None = None
+    ordered: bool = False
+    window: int | None = attrs.field(default=None)
+    max_retries: int | None = None
+    retry_ambiguous: bool | None = None
+
+    @property
+    def ordered_window(self) -> int:
+        return max(self.window or 0, 2 * self.concurrency)
+
+
+@attrs.frozen
+class JobResult:
+    """The outcome of one job of a batch; exactly one per input job.
+
+    ``status`` is ``"succeeded"``, ``"failed"`` or ``"skipped"`` (not sent: over budget, or the
+    batch stopped; ``reason`` says why). ``credits`` is what the job was charged by the
+    pricing table: 0 unless it generated. ``resumed`` marks a job taken from the journal of
+    an earlier run without a request. ``id`` is the job's id in journals and file names
+    (``None`` when the batch has neither and the job sets none).
+    """
+
+    index: int
+    job: Job | None
+    status: Status
+    id: str | None = None
+    generation: Generation | None = None
+    error: NanoBananaError | None = None
+    reason: str | None = None
+    attempts: int = 0
+    elapsed: float = 0.0
+    credits: int = 0
+    paths: tuple[pathlib.Path, ...] = ()
+    resumed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the job succeeded."""
+        return self.status == "succeeded"
+
+    def to_record(self) -> dict[str, Any]:
+        """The journal line for this result (JSON-ready; never contains the API key)."""
+        job = self.job
+        return {
+            "id": self.id,
+            "index": self.index,
+            "status": self.status,
+            "prompt": job.prompt if job else None,
+            "model": job.model if job else None,
+            "image_size": job.image_size if job else None,
+            "num": job.num if job else None,
+            "urls": list(self.generation.urls) if self.generation else [],
+            "credits": self.credits,
+            "attempts": self.attempts,
+            "elapsed": round(self.elapsed, 4),
+            "paths": [str(p) for p in self.paths],
+            "error": str(self.error) if self.error else None,
+            "reason": self.reason,
+        }
+
+
+@attrs.define
+class BatchStats:
+    """Live counters of a running batch (read them for progress displays)."""
+
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    in_flight: int = 0
+    credits_estimated: int = 0
+    credits_spent: int = 0
+    retries: int = 0
+    stopped_reason: str | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.skipped
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    rank = max(0, math.ceil(q * len(sorted_values)) - 1)
+    return sorted_values[rank]
+
+
+@attrs.frozen
+class BatchReport:
+    """Everything about a finished batch: every result and the totals.
+
+    ``credits_estimated`` is what the batch's jobs were priced at before sending (jobs resumed
+    from a journal excluded); ``credits_spent`` what the succeeded jobs cost. Latency
+    percentiles are over jobs that made requests. ``stopped_reason`` says why dispatch stopped
+    early (an invalid key, insufficient credits), if it did.
+    """
+
+    results: tuple[JobResult, ...]
+    succeeded: int
+    failed: int
+    skipped: int
+    resumed: int
+    credits_estimated: int
+    credits_spent: int
+    elapsed: float
+    retries: int
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    stopped_reason: str | None
+
+    @property
+    def total(self) -> int:
+        return len(self.results)
+
+    @property
+    def ok(self) -> bool:
+        """True when every job succeeded."""
+        return self.succeeded == len(self.results)
+
+    @classmethod
+    def build(cls, results: Sequence[JobResult], stats: BatchStats, elapsed: float) -> BatchReport:
+        latencies = sorted(r.elapsed for r in results if r.attempts)
+        return cls(
+            results=tuple(sorted(results, key=lambda r: r.index)),
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            skipped=stats.skipped,
+            resumed=stats.resumed,
+            credits_estimated=stats.credits_estimated,
+            credits_spent=stats.credits_spent,
+            elapsed=elapsed,
+            retries=stats.retries,
+            latency_p50=_percentile(latencies, 0.50),
+            latency_p95=_percentile(latencies, 0.95),
+            latency_p99=_percentile(latencies, 0.99),
+            stopped_reason=stats.stopped_reason,
+        )
+
+
+class RateLimiter:
+    """At most ``limit`` starts in any sliding window of ``window`` seconds (no bursts)."""
+
+    # Wake-ups are never early but can be late, and the server measures arrival, not our
+    # start: a few milliseconds of margin keep its one-second windows within the limit.
+    _MARGIN = 0.005
+
+    def __init__(self, per_second: float) -> None:
+        if per_second >= 1:
+            self.limit, self.window = int(per_second), 1.0
+        else:
+            self.limit, self.window = 1, 1.0 / per_second
+        self.window += self._MARGIN
+        self._starts: deque[float] = deque(maxlen=self.limit)
+        self._lock = anyio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            if len(self._starts) == self.limit:
+                delay = self._starts[0] + self.window - anyio.current_time()
+                if delay > 0:
+                    await anyio.sleep(delay)
+            self._starts.append(anyio.current_time())
+
+
+class CreditBudget:
+    """Reserve-then-commit accounting that never lets committed credits exceed ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.committed = 0
+        self.reserved = 0
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def reserve(self, cost: int) -> bool:
+        """Reserve ``cost``; False when it can never fit. Waits while in-flight reservations
+        might be released."""
+        while True:
+            if self.committed + self.reserved + cost <= self.limit:
+                self.reserved += cost
+                return True
+            if self.committed + cost > self.limit or self.reserved == 0:
+                return False
+            await self._changed.wait()
+
+    def release(self, cost: int) -> None:
+        self.reserved -= cost
+        self._notify()
+
+    def commit(self, cost: int) -> None:
+        self.reserved -= cost
+        self.committed += cost
+        self._notify()
+
+    @property
+    def left(self) -> int:
+        return self.limit - self.committed - self.reserved
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
+_MAX_NAME = 80
+
+
+def safe_filename(job_id: str, position: int, count: int, url: str) -> str:
+    """A file name for image ``position`` of a job that cannot escape the directory."""
+    stem = _UNSAFE.sub("_", job_id).strip("._") or "job"
+    if stem != job_id or len(stem) > _MAX_NAME:
+        # Sanitising can map two ids to one name; a hash of the real id keeps them apart.
+        digest = hashlib.blake2b(job_id.encode(), digest_size=4).hexdigest()
+        stem = f"{stem[:_MAX_NAME]}-{digest}"
+    suffix = pathlib.PurePosixPath(url.split("?", 1)[0]).suffix.lower()
+    if suffix not in _IMAGE_SUFFIXES:
+        suffix = ".png"
+    return f"{stem}-{position + 1}{suffix}" if count > 1 else f"{stem}{suffix}"
+
+
+@attrs.frozen
+class _Item:
+    index: int
+    job: Job | None
+    id: str | None
+    cost: int = 0
+    error: InvalidRequestError | None = None
+
+
+_STOP_ERRORS = (AuthenticationError, InsufficientCreditsError)
+
+
+class _Runner:
+    """Runs one batch: a producer pulls jobs lazily, ``concurrency`` workers process them."""
+
+    def __init__(self, client: AsyncNanoBanana, jobs: JobInput, options: BatchOptions) -> None:
+        if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
+            raise InvalidRequestError(
+                "jobs must be an iterable or async iterable of Job or prompt strings "
+                f"(a single string is not: wrap it in a list), got {type(jobs).__name__}",
+                param="jobs",
+            )
+        self.client = client
+        self.jobs = jobs
+        self.options = options
+        self.policy = client.policy_for(options.max_retries, options.retry_ambiguous)
+        self.stats = BatchStats()
+        self.limiter = RateLimiter(options.max_per_second) if options.max_per_second else None
+        self.budget = CreditBudget(options.max_credits) if options.max_credits is not None else None
+        self.download_dir = (
+            pathlib.Path(options.download_dir) if options.download_dir is not None else None
+        )
+        self.journal: Journal | None = None
+        self.window = anyio.Semaphore(options.ordered_window) if options.ordered else None
+
+    async def run(self, out: MemoryObjectSendStream[JobResult]) -> None:
+        async with out:
+            if self.download_dir is not None:
+                await anyio.Path(self.download_dir).mkdir(parents=True, exist_ok=True)
+            if self.options.journal is not None:
+                self.journal = await anyio.to_thread.run_sync(Journal, self.options.journal)
+            try:
+                await self._run(out)
+            finally:
+                if self.journal is not None:
+                    self.journal.close()
+        logger.info(
+            "batch finished: %d succeeded, %d failed, %d skipped, %d credits",
+            self.stats.succeeded,
+            self.stats.failed,
+            self.stats.skipped,
+            self.stats.credits_spent,
+        )
+
+    async def _run(self, out: MemoryObjectSendStream[JobResult]) -> None:
+        send_items, receive_items = anyio.create_memory_object_stream[_Item](0)
+        try:
+            async with anyio.create_task_group() as tg:
+                if self.options.ordered:
+                    send_done, receive_done = anyio.create_memory_object_stream[JobResult](
+                        self.options.concurrency
+                    )
+                    tg.start_soon(self._reorder, receive_done, out)
+                    sink: MemoryObjectSendStream[JobResult] = send_done
+                else:
+                    sink = out.clone()
+                async with receive_items, sink:
+                    for _ in range(self.options.concurrency):
+                        tg.start_soon(self._worker, receive_items.clone(), sink.clone())
+                await self._produce(send_items)
+        except BaseExceptionGroup as group:
+            # One failure (say, the caller's job generator raising) is reported as itself.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _produce(self, send: MemoryObjectSendStream[_Item]) -> None:
+        ids = JobIds() if self.journal is not None or self.download_dir is not None else None
+        pricing = self.client.pricing
+        async with send:
+            index = 0
+            async for raw in _aiter(self.jobs):
+                try:
+                    job = as_job(raw, pricing)
+                    cost = pricing.credits(job)
+                    job_id = ids.assign(job) if ids is not None else job.id
+                    item = _Item(index, job, job_id, cost)
+                except InvalidRequestError as exc:
+                    item = _Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
+                if self.window is not None:
+                    await self.window.acquire()
+                await send.send(item)
+                index += 1
+
+    async def _reorder(
+        self, done: MemoryObjectReceiveStream[JobResult], out: MemoryObjectSendStream[JobResult]
+    ) -> None:
+        assert self.window is not None
+        pending: dict[int, JobResult] = {}
+        next_index = 0
+        async with done:
+            async for result in done:
+                pending[result.index] = result
+                while next_index in pending:
+                    await out.send(pending.pop(next_index))
+                    self.window.release()
+                    next_index += 1
+
+    async def _worker(
+        self, items: MemoryObjectReceiveStream[_Item], sink: MemoryObjectSendStream[JobResult]
+    ) -> None:
+        async with items, sink:
+            async for item in items:
+                result = await self._process(item)
+                self._count(result)
+                if self.journal is not None and not result.resumed:
+                    # Written before the slot frees: a kill loses at most the jobs in flight.
+                    self.journal.write(result.to_record())
+                await sink.send(result)
+
+    def _count(self, result: JobResult) -> None:
+        stats = self.stats
+        if result.status == "succeeded":
+            stats.succeeded += 1
+            stats.resumed += result.resumed
+        elif result.status == "failed":
+            stats.failed += 1
+        else:
+            stats.skipped += 1
+        stats.credits_spent += result.credits
+        stats.retries += max(0, result.attempts - 1)
+
+    def _stop(self, error: NanoBananaError) -> None:
+        if self.stats.stopped_reason is None:
+            what = (
+                "insufficient credits"
+                if isinstance(error, InsufficientCreditsError)
+                else "the API key was rejected"
+            )
+            self.stats.stopped_reason = f"{what}: {error}"
+            logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
+
+    async def _before_attempt(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.acquire()
+
+    async def _process(self, item: _Item) -> JobResult:
+        job = item.job
+        if item.error is not None or job is None:
+            return JobResult(item.index, job, "failed", item.id, error=item.error)
+        if self.journal is not None and item.id is not None:
+            record = self.journal.resumable(item.id)
+            if record is not None:
+                return await self._resume(item, job, record)
+        cost = item.cost
+        self.stats.credits_estimated += cost
+        if self.stats.stopped_reason is not None:
+            return JobResult(
+                item.index,
+                job,
+                "skipped",
+                item.id,
+                reason=f"batch stopped: {self.stats.stopped_reason}",
+            )
+        if self.budget is not None and not await self.budget.reserve(cost):
+            return JobResult(
+                item.index,
+                job,
+                "skipped",
+                item.id,
+                reason=(
+                    f"over budget: needs {cost} credits, {self.budget.left} of "
+                    f"max_credits={self.budget.limit} left"
+                ),
+            )
+        call = CallStats()
+        started = time.perf_counter()
+        self.stats.started += 1
+        self.stats.in_flight += 1
+        try:
+            generation = await self.client._generate(job, self.policy, call, self._before_attempt)
+        except NanoBananaError as exc:
+            if self.budget is not None:
+                # A job that may have been charged keeps its reservation: the budget must hold
+                # even when the server billed a request whose answer we never saw.
+                ambiguous = isinstance(exc, APIConnectionError) and exc.may_have_been_charged
+                (self.budget.commit if ambiguous else self.budget.release)(cost)
+            if isinstance(exc, _STOP_ERRORS):
+                self._stop(exc)
+            return JobResult(
+                item.index,
+                job,
+                "failed",
+                item.id,
+                error=exc,
+                attempts=call.attempts,
+                elapsed=time.perf_counter() - started,
+            )
+        except BaseException:
+            if self.budget is not None:
+                self.budget.commit(cost)
+            raise
+        finally:
+            self.stats.in_flight -= 1
+        if self.budget is not None:
+            self.budget.commit(cost)
+        paths: tuple[pathlib.Path, ...] = ()
+        error: NanoBananaError | None = None
+        if self.download_dir is not None and item.id is not None:
+            paths, error = await self._download(item.id, generation.urls)
+        return JobResult(
+            item.index,
+            job,
+            "failed" if error else "succeeded",
+            item.id,
+            generation=generation,
+            error=error,
+            attempts=call.attempts,
+            elapsed=time.perf_counter() - started,
+            credits=generation.credits,
+            paths=paths,
+        )
+
+    async def _resume(self, item: _Item, job: Job, record: JournalRecord) -> JobResult:
+        generation = Generation(
+            urls=record.urls,
+            model=job.model,
+            image_size=job.image_size,
+            num=job.num,
+            credits=record.credits,
+            elapsed=0.0,
+        )
+        paths = tuple(pathlib.Path(p) for p in record.paths)
+        on_disk = len(paths) == len(record.urls) and all(p.exists() for p in paths)
+        if self.download_dir is not None and item.id is not None and not on_disk:
+            paths, error = await self._download(item.id, record.urls)
+            result = JobResult(
+                item.index,
+                job,
+                "failed" if error else "succeeded",
+                item.id,
+                generation=generation,
+                error=error,
+                paths=paths,
+                resumed=True,
+            )
+            if self.journal is not None:
+                # The files changed: record them so the next run need not download again.
+                self.journal.write(result.to_record())
+            return result
+        return JobResult(
+            item.index, job, "succeeded", item.id, generation=generation, paths=paths, resumed=True
+        )
+
+    async def _download(
+        self, job_id: str, urls: tuple[str, ...]
+    ) -> tuple[tuple[pathlib.Path, ...], NanoBananaError | None]:
+        assert self.download_dir is not None
+        paths: list[pathlib.Path | None] = [None] * len(urls)
+        errors: list[NanoBananaError] = []
+
+        async def fetch(position: int, url: str) -> None:
+            assert self.download_dir is not None
+            target = self.download_dir / safe_filename(job_id, position, len(urls), url)
+            try:
+                paths[position] = await self.client.download(url, target)
+            except NanoBananaError as exc:
+                errors.append(exc)
+            except OSError as exc:
+                errors.append(NanoBananaError(f"could not save {target}: {exc.strerror or exc}"))
+
+        async with anyio.create_task_group() as tg:
+            for position, url in enumerate(urls):
+                tg.start_soon(fetch, position, url)
+        saved = tuple(p for p in paths if p is not None)
+        if errors:
+            return saved, NanoBananaError(
+                f"generated, but {len(errors)} of {len(urls)} image(s) could not be downloaded: "
+                f"{errors[0]}"
+            )
+        return saved, None
+
+
+async def _aiter(jobs: JobInput) -> AsyncIterator[Job | str]:
+    if isinstance(jobs, AsyncIterable):
+        async for job in jobs:
+            yield job
+    else:
+        for job in jobs:
+            yield job
+
+
+class BatchRun:
+    """The async iterator returned by :meth:`AsyncNanoBanana.batch`.
+
+    Results arrive as jobs finish (in input order with ``ordered=True``). The work runs in a
+    background task tied to this object: breaking out of ``async for``, cancelling the scope
+    around it, or :meth:`aclose` cancels the requests in flight. ``async with`` around it also
+    waits for that background task to end. ``stats`` are live counters.
+    """
+
+    def __init__(self, client: AsyncNanoBanana, jobs: JobInput, options: BatchOptions) -> None:
+        self._runner = _Runner(client, jobs, options)
+        self._receive: MemoryObjectReceiveStream[JobResult] | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._finished: anyio.Event | None = None
+        self._failure: BaseException | None = None
+        self._task: Any = None
+        self._started = 0.0
+        self._ended: float | None = None
+
+    @property
+    def stats(self) -> BatchStats:
+        return self._runner.stats
+
+    @property
+    def elapsed(self) -> float:
+        if not self._started:
+            return 0.0
+        return (self._ended or time.perf_counter()) - self._started
+
+    def _start(self) -> MemoryObjectReceiveStream[JobResult]:
+        send, receive = anyio.create_memory_object_stream[JobResult](
+            self._runner.options.concurrency
+        )
+        self._receive = receive
+        self._scope = anyio.CancelScope()
+        self._finished = anyio.Event()
+        self._started = time.perf_counter()
+        # The work must outlive each __anext__ call but not the batch; a task group cannot
+        # span the caller's yields, so it runs as its own top-level task that this object
+        # cancels. Trio needs a system task for that; asyncio a plain task.
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(
+                self._main, send, name="nanobanana batch", context=contextvars.copy_context()
+            )
+        else:
+            import asyncio
+
+            self._task = asyncio.get_running_loop().create_task(
+                self._main(send), name="nanobanana batch"
+            )
+        return receive
+
+    async def _main(self, send: MemoryObjectSendStream[JobResult]) -> None:
+        assert self._scope is not None
+        assert self._finished is not None
+        try:
+            with self._scope:
+                try:
+                    await self._runner.run(send)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:  # handed to the consumer, never lost
+                    self._failure = exc
+        finally:
+            self._ended = time.perf_counter()
+            self._finished.set()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> JobResult:
+        receive = self._receive or self._start()
+        try:
+            return await receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._finished is not None:
+                await self._finished.wait()
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure from None
+            raise StopAsyncIteration from None
+        except BaseException:
+            self._cancel()
+            raise
+
+    def _cancel(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel what is in flight and wait (up to a few seconds) for the batch to end."""
+        self._cancel()
+        if self._finished is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._finished.wait()
+        if self._receive is not None:
+            self._receive.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Breaking out of ``async for`` drops the last reference: stop the work right away.
+        with contextlib.suppress(Exception):  # the event loop may already be gone at shutdown
+            self._cancel()
+
+    def report(self, results: Sequence[JobResult]) -> BatchReport:
+        """A :class:`BatchReport` over ``results`` with this batch's totals."""
+        return BatchReport.build(results, self.stats, self.elapsed)
+
+
+async def run_to_report(run: BatchRun) -> BatchReport:
+    """Drain ``run`` and build its report."""
+    results: list[JobResult] = []
+    async with run:
+        async for result in run:
+            results.append(result)
+    return run.report(results)
