@@ -12,7 +12,7 @@ import pathlib
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -388,18 +388,19 @@ class _Runner:
         pricing = self.client.pricing
         async with send:
             index = 0
-            async for raw in _aiter(self.jobs):
-                try:
-                    job = as_job(raw, pricing)
-                    cost = pricing.credits(job)
-                    job_id = ids.assign(job) if ids is not None else job.id
-                    item = _Item(index, job, job_id, cost)
-                except InvalidRequestError as exc:
-                    item = _Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
-                if self.window is not None:
-                    await self.window.acquire()
-                await send.send(item)
-                index += 1
+            async with contextlib.aclosing(_aiter(self.jobs)) as inputs:
+                async for raw in inputs:
+                    try:
+                        job = as_job(raw, pricing)
+                        cost = pricing.credits(job)
+                        job_id = ids.assign(job) if ids is not None else job.id
+                        item = _Item(index, job, job_id, cost)
+                    except InvalidRequestError as exc:
+                        item = _Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
+                    if self.window is not None:
+                        await self.window.acquire()
+                    await send.send(item)
+                    index += 1
 
     async def _reorder(
         self, done: MemoryObjectReceiveStream[JobResult], out: MemoryObjectSendStream[JobResult]
@@ -449,6 +450,10 @@ class _Runner:
             self.stats.stopped_reason = f"{what}: {error}"
             logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
 
+    def _skipped_stopped(self, item: _Item, job: Job) -> JobResult:
+        reason = f"batch stopped: {self.stats.stopped_reason}"
+        return JobResult(item.index, job, "skipped", item.id, reason=reason)
+
     async def _before_attempt(self) -> None:
         if self.limiter is not None:
             await self.limiter.acquire()
@@ -464,13 +469,7 @@ class _Runner:
         cost = item.cost
         self.stats.credits_estimated += cost
         if self.stats.stopped_reason is not None:
-            return JobResult(
-                item.index,
-                job,
-                "skipped",
-                item.id,
-                reason=f"batch stopped: {self.stats.stopped_reason}",
-            )
+            return self._skipped_stopped(item, job)
         if self.budget is not None and not await self.budget.reserve(cost):
             return JobResult(
                 item.index,
@@ -482,6 +481,10 @@ class _Runner:
                     f"max_credits={self.budget.limit} left"
                 ),
             )
+        if self.stats.stopped_reason is not None:  # stopped while waiting for budget
+            if self.budget is not None:
+                self.budget.release(cost)
+            return self._skipped_stopped(item, job)
         call = CallStats()
         started = time.perf_counter()
         self.stats.started += 1
@@ -590,10 +593,18 @@ class _Runner:
         return saved, None
 
 
-async def _aiter(jobs: JobInput) -> AsyncIterator[Job | str]:
+async def _aiter(jobs: JobInput) -> AsyncGenerator[Job | str, None]:
     if isinstance(jobs, AsyncIterable):
-        async for job in jobs:
-            yield job
+        iterator = aiter(jobs)
+        try:
+            async for job in iterator:
+                yield job
+        finally:
+            # The batch consumes its input: an async generator left half-read would only be
+            # finalised by the garbage collector (Trio warns about exactly that).
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
     else:
         for job in jobs:
             yield job
@@ -714,6 +725,8 @@ class BatchRun:
         # Breaking out of ``async for`` drops the last reference: stop the work right away.
         with contextlib.suppress(Exception):  # the event loop may already be gone at shutdown
             self._cancel()
+        if self._receive is not None:
+            self._receive.close()
 
     def report(self, results: Sequence[JobResult]) -> BatchReport:
         """A :class:`BatchReport` over ``results`` with this batch's totals."""
