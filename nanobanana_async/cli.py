@@ -29,7 +29,7 @@ import httpx
 from . import __version__
 from .batch import safe_filename
 from .client import DEFAULT_TIMEOUT, AsyncNanoBanana
-from .errors import InvalidRequestError, NanoBananaError
+from .errors import AuthenticationError, InvalidRequestError, NanoBananaError
 from .inputs import FORMATS, InputError, SourcedJob, build_job, read_jobs
 from .models import DEFAULT_MODEL, sizes_for
 from .pricing import CreditEstimate, PricingTable, resolve_pricing
@@ -558,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except InvalidRequestError as exc:
         return _fail(exc.message, EXIT_USAGE)
+    except AuthenticationError as exc:
+        return _fail(f"{exc}: check NANOBANANA_API_KEY or --api-key", EXIT_FAILED)
     except NanoBananaError as exc:
         return _fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
@@ -568,3 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+    except OSError as exc:
+        # A full disk or an unwritable file mid-run: the message is what the user can act on.
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", EXIT_FAILED)
