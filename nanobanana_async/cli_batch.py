@@ -106,6 +106,7 @@ class _BatchUI:
         self.console = console
         self.jobs = jobs
         self.label = label
+        self.done = done
         self.failures_shown = 0
         self.stop_shown = False
         self.progress = Progress(
@@ -134,7 +135,8 @@ class _BatchUI:
         self.progress.update(
             self.task,
             advance=0 if result.resumed else 1,
-            ok=stats.succeeded,
+            # Jobs resumed from the journal were counted up front, as they were already done.
+            ok=self.done + stats.succeeded - stats.resumed,
             failed=stats.failed,
             skipped=stats.skipped,
             credits=stats.credits_spent,
