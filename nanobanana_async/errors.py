@@ -118,8 +118,9 @@ _TAGS = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 
 
-def _snippet(content: bytes) -> str:
-    text = content[: _MAX_SNIPPET * 8].decode("utf-8", "replace")
+def _snippet(content: bytes, secret: str | None = None) -> str:
+    # Redact before cutting: a key straddling the cut would otherwise leak its first part.
+    text = _redact(content.decode("utf-8", "replace"), secret)[: _MAX_SNIPPET * 8]
     text = _SPACE.sub(" ", _TAGS.sub(" ", text)).strip()
     if len(text) > _MAX_SNIPPET:
         text = text[:_MAX_SNIPPET] + "..."
@@ -205,13 +206,13 @@ def parse_generate_response(
     if code is None:
         if status_code >= 400:
             message = _redact(
-                f"HTTP {status_code} with an unexpected body: {_snippet(content)}", secret
+                f"HTTP {status_code} with an unexpected body: {_snippet(content, secret)}", secret
             )
             raise _error_for(status_code, status_code, None, message, retry_after)
         raise MalformedResponseError(
             _redact(
                 "the API answered with a body that is not the documented JSON: "
-                + _snippet(content),
+                + _snippet(content, secret),
                 secret,
             ),
             status_code=status_code,
@@ -235,7 +236,9 @@ def parse_generate_response(
     if isinstance(url, list) and url and all(isinstance(u, str) and u for u in url):
         return tuple(url)
     raise MalformedResponseError(
-        _redact(f"the API reported success without image URLs: {_snippet(content)}", secret),
+        _redact(
+            f"the API reported success without image URLs: {_snippet(content, secret)}", secret
+        ),
         status_code=status_code,
         code=code,
     )
