@@ -197,7 +197,7 @@ def parse_generate_response(
     retry_after = parse_retry_after(headers)
     try:
         body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         body = None
     code = body.get("code") if isinstance(body, dict) else None
     if not isinstance(code, int) or isinstance(code, bool):
