@@ -57,6 +57,8 @@ def validate_fields(
         raise _invalid("prompt", "must not be empty or only whitespace")
     if "\x00" in prompt:
         raise _invalid("prompt", "must not contain NUL characters")
+    if not _encodable(prompt):
+        raise _invalid("prompt", "must be valid Unicode text (it contains a lone surrogate)")
     if not isinstance(model, str) or model not in known_models:
         allowed = ", ".join(sorted(known_models))
         raise _invalid(
@@ -73,9 +75,23 @@ def validate_fields(
         raise _invalid("num", f"must be an integer >= 1, got {num!r}")
 
 
+def _encodable(text: str) -> bool:
+    # A lone surrogate passes every other check but cannot be sent as UTF-8 JSON, written to
+    # the journal or used in a file name.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_id(value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
-        raise _invalid("id", f"must be a non-empty string without NUL characters, got {value!r}")
+    if value is not None and (
+        not isinstance(value, str) or not value or "\x00" in value or not _encodable(value)
+    ):
+        raise _invalid(
+            "id", f"must be a non-empty string of valid Unicode without NUL, got {value!r}"
+        )
 
 
 @attrs.frozen(init=False)
