@@ -67,7 +67,7 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise MalformedResponseError(
             f"response of {declared} bytes refused: larger than the {limit}-byte cap",
             status_code=response.status_code,
@@ -410,7 +410,12 @@ class AsyncNanoBanana:
     @staticmethod
     async def _stream_to(response: httpx.Response, tmp: pathlib.Path, max_bytes: int) -> None:
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > max_bytes
+        ):
             raise MalformedResponseError(
                 f"image of {declared} bytes refused: larger than the {max_bytes}-byte cap",
                 status_code=response.status_code,
