@@ -294,17 +294,54 @@ _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 _MAX_NAME = 80
 
 
-def safe_filename(job_id: str, position: int, count: int, url: str) -> str:
-    """A file name for image ``position`` of a job that cannot escape the directory."""
+def file_stem(job_id: str, salt: int = 0) -> str:
+    """The file-name stem for a job id: the id itself when it is a safe, short name, else a
+    sanitised prefix plus a hash of the id (``salt`` picks another hash)."""
     stem = _UNSAFE.sub("_", job_id).strip("._") or "job"
-    if stem != job_id or len(stem) > _MAX_NAME:
+    if stem != job_id or len(stem) > _MAX_NAME or salt:
         # Sanitising can map two ids to one name; a hash of the real id keeps them apart.
-        digest = hashlib.blake2b(job_id.encode(), digest_size=4).hexdigest()
+        key = job_id if not salt else f"{job_id}\x00{salt}"
+        digest = hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
         stem = f"{stem[:_MAX_NAME]}-{digest}"
+    return stem
+
+
+def _image_stems(stem: str, count: int) -> list[str]:
+    return [f"{stem}-{i + 1}" for i in range(count)] if count > 1 else [stem]
+
+
+def image_filename(stem: str, position: int, count: int, url: str) -> str:
+    """The file name of image ``position`` of ``count`` for a job whose stem is ``stem``."""
     suffix = pathlib.PurePosixPath(url.split("?", 1)[0]).suffix.lower()
     if suffix not in _IMAGE_SUFFIXES:
         suffix = ".png"
-    return f"{stem}-{position + 1}{suffix}" if count > 1 else f"{stem}{suffix}"
+    return _image_stems(stem, count)[position] + suffix
+
+
+def safe_filename(job_id: str, position: int, count: int, url: str) -> str:
+    """A file name for image ``position`` of a job that cannot escape the directory."""
+    return image_filename(file_stem(job_id), position, count, url)
+
+
+class FileNames:
+    """Gives each job of a batch a stem no other image of the batch uses.
+
+    Job ``two`` with two images saves ``two-1.png`` and ``two-2.png``; a job whose id is
+    literally ``two-1`` must not overwrite the first, so it gets a hashed stem instead. Stems
+    are claimed in input order, so a rerun of the same input names every file the same way.
+    """
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+
+    def claim(self, job_id: str, count: int) -> str:
+        salt = 0
+        stem = file_stem(job_id)
+        while any(s in self._taken for s in _image_stems(stem, count)):
+            salt += 1
+            stem = file_stem(job_id, salt)
+        self._taken.update(_image_stems(stem, count))
+        return stem
 
 
 @attrs.frozen
@@ -314,6 +351,7 @@ class _Item:
     id: str | None
     cost: int = 0
     error: InvalidRequestError | None = None
+    stem: str | None = None
 
 
 _STOP_ERRORS = (AuthenticationError, InsufficientCreditsError)
@@ -385,6 +423,7 @@ class _Runner:
 
     async def _produce(self, send: MemoryObjectSendStream[_Item]) -> None:
         ids = JobIds() if self.journal is not None or self.download_dir is not None else None
+        names = FileNames() if self.download_dir is not None else None
         pricing = self.client.pricing
         async with send:
             index = 0
@@ -394,7 +433,12 @@ class _Runner:
                         job = as_job(raw, pricing)
                         cost = pricing.credits(job)
                         job_id = ids.assign(job) if ids is not None else job.id
-                        item = _Item(index, job, job_id, cost)
+                        stem = (
+                            names.claim(job_id, job.num)
+                            if names is not None and job_id is not None
+                            else None
+                        )
+                        item = _Item(index, job, job_id, cost, stem=stem)
                     except InvalidRequestError as exc:
                         item = _Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
                     if self.window is not None:
@@ -518,8 +562,8 @@ class _Runner:
             self.budget.commit(cost)
         paths: tuple[pathlib.Path, ...] = ()
         error: NanoBananaError | None = None
-        if self.download_dir is not None and item.id is not None:
-            paths, error = await self._download(item.id, generation.urls)
+        if self.download_dir is not None and item.stem is not None:
+            paths, error = await self._download(item.stem, generation.urls)
         return JobResult(
             item.index,
             job,
@@ -544,8 +588,8 @@ class _Runner:
         )
         paths = tuple(pathlib.Path(p) for p in record.paths)
         on_disk = len(paths) == len(record.urls) and all(p.exists() for p in paths)
-        if self.download_dir is not None and item.id is not None and not on_disk:
-            paths, error = await self._download(item.id, record.urls)
+        if self.download_dir is not None and item.stem is not None and not on_disk:
+            paths, error = await self._download(item.stem, record.urls)
             result = JobResult(
                 item.index,
                 job,
@@ -565,7 +609,7 @@ class _Runner:
         )
 
     async def _download(
-        self, job_id: str, urls: tuple[str, ...]
+        self, stem: str, urls: tuple[str, ...]
     ) -> tuple[tuple[pathlib.Path, ...], NanoBananaError | None]:
         assert self.download_dir is not None
         paths: list[pathlib.Path | None] = [None] * len(urls)
@@ -573,7 +617,7 @@ class _Runner:
 
         async def fetch(position: int, url: str) -> None:
             assert self.download_dir is not None
-            target = self.download_dir / safe_filename(job_id, position, len(urls), url)
+            target = self.download_dir / image_filename(stem, position, len(urls), url)
             try:
                 paths[position] = await self.client.download(url, target)
             except NanoBananaError as exc:
