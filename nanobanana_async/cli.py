@@ -253,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument(
         "--latency", metavar="S", help="seconds per generation: fixed (0.2) or a range (0.1-0.5)"
     )
-    emu.add_argument("--seed", type=int, help="seed for fault injection and latency")
+    emu.add_argument(
+        "--drop-rate", type=_rate, default=0.0, help="share whose connection is dropped (0-1)"
+    )
+    emu.add_argument("--seed", type=int, default=0, help="seed of fault and latency draws (0)")
     return parser
 
 
@@ -485,12 +488,14 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     from .emulator import Emulator, Faults, parse_latency, serve
 
     try:
-        latency = parse_latency(args.latency) if args.latency else None
+        faults = Faults(
+            server_error_rate=args.fail_rate,
+            rate_limit_rate=args.rate_limit_rate,
+            drop_rate=args.drop_rate,
+            latency=parse_latency(args.latency) if args.latency else 0.0,
+        )
     except ValueError as exc:
-        raise CLIError(f"--latency: {exc}") from None
-    faults = Faults(
-        server_error_rate=args.fail_rate, rate_limit_rate=args.rate_limit_rate, latency=latency
-    )
+        raise CLIError(f"emulator: {exc}") from None
     options: dict[str, Any] = {"faults": faults, "seed": args.seed}
     if args.credits is not None:
         options["default_credits"] = args.credits
@@ -501,13 +506,15 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with serve(emulator, args.host, args.port) as server:
-            out(str(server.base_url))
+            url = server.base_url
+            out(url)
             err.print(
-                f"Emulator listening on [bold]{escape(str(server.base_url))}[/] "
-                "(any API key works). Try:\n"
-                f"  nanobanana --base-url {escape(str(server.base_url))} --api-key test "
-                "generate 'a red fox'\n"
-                "Stats at /_emulator/stats. Ctrl-C stops it."
+                Text(
+                    f"Emulator listening on {url} (any API key works). Try:\n"
+                    f"  NANOBANANA_BASE_URL={url} NANOBANANA_API_KEY=test "
+                    "nanobanana generate 'a red fox'\n"
+                    f"Counters: {url}/_emulator/stats. Ctrl-C stops it."
+                )
             )
             while not stop.wait(0.5):
                 pass
