@@ -654,6 +654,40 @@ async def _aiter(jobs: JobInput) -> AsyncGenerator[Job | str, None]:
             yield job
 
 
+@attrs.define(eq=False)
+class _Background:
+    """What a batch's background task shares with its :class:`BatchRun` and the client.
+
+    Never the ``BatchRun`` itself: a task holding it would keep it alive, so breaking out of
+    ``async for`` (which only drops the reference) would not reach ``__del__`` and the
+    workers would go on generating, and paying, with nobody reading the results.
+    """
+
+    scope: anyio.CancelScope
+    finished: anyio.Event
+    started: float
+    failure: BaseException | None = None
+    ended: float | None = None
+    task: Any = None
+
+
+async def _run_in_background(
+    runner: _Runner, state: _Background, send: MemoryObjectSendStream[JobResult]
+) -> None:
+    try:
+        with state.scope:
+            try:
+                await runner.run(send)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # handed to the consumer, never lost
+                state.failure = exc
+    finally:
+        state.ended = time.perf_counter()
+        state.finished.set()
+        runner.client._batches.discard(state)
+
+
 class BatchRun:
     """The async iterator returned by :meth:`AsyncNanoBanana.batch`.
 
@@ -666,12 +700,7 @@ class BatchRun:
     def __init__(self, client: AsyncNanoBanana, jobs: JobInput, options: BatchOptions) -> None:
         self._runner = _Runner(client, jobs, options)
         self._receive: MemoryObjectReceiveStream[JobResult] | None = None
-        self._scope: anyio.CancelScope | None = None
-        self._finished: anyio.Event | None = None
-        self._failure: BaseException | None = None
-        self._task: Any = None
-        self._started = 0.0
-        self._ended: float | None = None
+        self._state: _Background | None = None
 
     @property
     def stats(self) -> BatchStats:
@@ -679,18 +708,18 @@ class BatchRun:
 
     @property
     def elapsed(self) -> float:
-        if not self._started:
+        if self._state is None:
             return 0.0
-        return (self._ended or time.perf_counter()) - self._started
+        return (self._state.ended or time.perf_counter()) - self._state.started
 
     def _start(self) -> MemoryObjectReceiveStream[JobResult]:
         send, receive = anyio.create_memory_object_stream[JobResult](
             self._runner.options.concurrency
         )
         self._receive = receive
-        self._scope = anyio.CancelScope()
-        self._finished = anyio.Event()
-        self._started = time.perf_counter()
+        state = self._state = _Background(anyio.CancelScope(), anyio.Event(), time.perf_counter())
+        # The client cancels and awaits its running batches before it closes its connections.
+        self._runner.client._batches.add(state)
         # The work must outlive each __anext__ call but not the batch; a task group cannot
         # span the caller's yields, so it runs as its own top-level task that this object
         # cancels. Trio needs a system task for that; asyncio a plain task.
@@ -698,30 +727,20 @@ class BatchRun:
             import trio
 
             trio.lowlevel.spawn_system_task(
-                self._main, send, name="nanobanana batch", context=contextvars.copy_context()
+                _run_in_background,
+                self._runner,
+                state,
+                send,
+                name="nanobanana batch",
+                context=contextvars.copy_context(),
             )
         else:
             import asyncio
 
-            self._task = asyncio.get_running_loop().create_task(
-                self._main(send), name="nanobanana batch"
+            state.task = asyncio.get_running_loop().create_task(
+                _run_in_background(self._runner, state, send), name="nanobanana batch"
             )
         return receive
-
-    async def _main(self, send: MemoryObjectSendStream[JobResult]) -> None:
-        assert self._scope is not None
-        assert self._finished is not None
-        try:
-            with self._scope:
-                try:
-                    await self._runner.run(send)
-                except anyio.get_cancelled_exc_class():
-                    raise
-                except BaseException as exc:  # handed to the consumer, never lost
-                    self._failure = exc
-        finally:
-            self._ended = time.perf_counter()
-            self._finished.set()
 
     def __aiter__(self) -> Self:
         return self
@@ -731,26 +750,27 @@ class BatchRun:
         try:
             return await receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._finished is not None:
-                await self._finished.wait()
-            if self._failure is not None:
-                failure, self._failure = self._failure, None
-                raise failure from None
+            state = self._state
+            if state is not None:
+                await state.finished.wait()
+                if state.failure is not None:
+                    failure, state.failure = state.failure, None
+                    raise failure from None
             raise StopAsyncIteration from None
         except BaseException:
             self._cancel()
             raise
 
     def _cancel(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
+        if self._state is not None:
+            self._state.scope.cancel()
 
     async def aclose(self) -> None:
         """Cancel what is in flight and wait (up to a few seconds) for the batch to end."""
         self._cancel()
-        if self._finished is not None:
+        if self._state is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._finished.wait()
+                await self._state.finished.wait()
         if self._receive is not None:
             self._receive.close()
 

@@ -30,7 +30,7 @@ from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import CallStats, Cooldown, RetryBudget, RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
-    from .batch import BatchReport, BatchRun, JobInput
+    from .batch import BatchReport, BatchRun, JobInput, _Background
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoBanana"]
 
@@ -183,6 +183,7 @@ class AsyncNanoBanana:
         self._transport = transport
         self._own_client: httpx.AsyncClient | None = None
         self._closed = False
+        self._batches: set[_Background] = set()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -204,8 +205,19 @@ class AsyncNanoBanana:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connections this client opened (never a caller's ``http_client``)."""
+        """Close the connections this client opened (never a caller's ``http_client``).
+
+        Batches of this client still running (a loop left with ``break``, a consumer that was
+        cancelled) are cancelled and awaited first: closing the pool under them would strand
+        the connections they were still opening.
+        """
         self._closed = True
+        batches = list(self._batches)
+        for batch in batches:
+            batch.scope.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            for batch in batches:
+                await batch.finished.wait()
         client, self._own_client = self._own_client, None
         if client is not None:
             await client.aclose()
