@@ -275,3 +275,70 @@ async def test_a_batch_can_opt_in(anyio_backend: str) -> None:
     assert report.results[0].attempts == 3
     assert report.retries == 2
     assert len({r["idempotency-key"] for r in server.requests}) == 1
+
+
+# -- against the emulator: who pays ------------------------------------------------------------
+
+
+def drop_once_emulator(*, honour_idempotency: bool) -> Any:
+    """An emulator whose first generation is charged and then its connection dropped."""
+    from nanobanana_async.emulator import Emulator, Faults
+
+    class DropOnce(Emulator):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                if self.stats.faults["dropped_after_charge"]:
+                    self.faults = Faults()
+
+    return DropOnce(
+        faults=Faults(drop_rate=1.0, drop_after_charge_share=1.0),
+        honour_idempotency=honour_idempotency,
+        seed=1,
+    )
+
+
+@asynccontextmanager
+async def emulated(emulator: Any) -> AsyncIterator[str]:
+    pytest.importorskip("uvicorn")
+    from nanobanana_async.emulator import serve
+
+    with serve(emulator, "127.0.0.1", 0) as running:
+        yield str(running.base_url)
+
+
+async def test_by_default_a_charged_drop_is_reported_not_repaid(anyio_backend: str) -> None:
+    emulator = drop_once_emulator(honour_idempotency=True)
+    async with emulated(emulator) as url, client(url) as c:
+        with pytest.raises(APIConnectionError) as info:
+            await c.generate("paid for, never seen")
+    assert_says_maybe_charged(info.value)
+    stats = emulator.stats
+    assert stats.generate_requests == 1
+    assert stats.faults["dropped_after_charge"] == 1
+    assert stats.credits_charged == 2  # the documented ambiguous case: charged, not delivered
+
+
+async def test_opting_in_pays_once_where_the_key_is_honoured(anyio_backend: str) -> None:
+    emulator = drop_once_emulator(honour_idempotency=True)
+    async with emulated(emulator) as url, client(url, retry_ambiguous=True) as c:
+        generation = await c.generate("paid once")
+    stats = emulator.stats
+    assert generation.credits == 2
+    assert stats.generate_requests == 2
+    assert stats.idempotent_replays == 1
+    assert stats.credits_charged == 2
+    assert stats.duplicate_charges == 0
+    assert list(stats.charged_idempotency_keys.values()) == [1]
+
+
+async def test_opting_in_pays_twice_where_the_key_is_ignored(anyio_backend: str) -> None:
+    # Why it is opt-in: the real API promises nothing about Idempotency-Key.
+    emulator = drop_once_emulator(honour_idempotency=False)
+    async with emulated(emulator) as url, client(url, retry_ambiguous=True) as c:
+        await c.generate("paid twice")
+    stats = emulator.stats
+    assert stats.credits_charged == 4
+    assert stats.duplicate_charges == 1
+    assert list(stats.charged_idempotency_keys.values()) == [2]
