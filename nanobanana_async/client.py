@@ -23,6 +23,7 @@ from .errors import (
     InvalidRequestError,
     MalformedResponseError,
     NanoBananaError,
+    error_for_status,
     parse_generate_response,
 )
 from .models import DEFAULT_MODEL, Generation, Job
@@ -65,22 +66,27 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port or default_port)
 
 
+def _too_large(response: httpx.Response, limit: int) -> APIError:
+    # An error status still classifies the failure (a proxy's huge 502 page is a retryable
+    # server error); only a success status with an oversized body is malformed.
+    detail = f"with a body larger than the {limit}-byte cap (not read)"
+    if response.status_code >= 400:
+        return error_for_status(response.status_code, response.headers, detail)
+    return MalformedResponseError(
+        f"response refused: HTTP {response.status_code} {detail}", status_code=response.status_code
+    )
+
+
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise MalformedResponseError(
-            f"response of {declared} bytes refused: larger than the {limit}-byte cap",
-            status_code=response.status_code,
-        )
+        raise _too_large(response, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
-            raise MalformedResponseError(
-                f"response refused: larger than the {limit}-byte cap",
-                status_code=response.status_code,
-            )
+            raise _too_large(response, limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -173,7 +179,11 @@ class AsyncNanoBanana:
         self._base_url = base
         self._origin = _origin(base)
         self._generate_url = base.copy_with(path=base.path.rstrip("/") + GENERATE_PATH)
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        # A plain number bounds connect, read and write; waiting for a pooled connection
+        # still never times out (see DEFAULT_TIMEOUT).
+        self._timeout = (
+            timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, pool=None)
+        )
         self._policy = RetryPolicy()
         self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
@@ -293,6 +303,8 @@ class AsyncNanoBanana:
         failures are retried per the client's policy (``max_retries`` and ``retry_ambiguous``
         override it for this call) with one ``Idempotency-Key`` for every attempt.
         """
+        if isinstance(prompt, Job):
+            _refuse_overrides(prompt, model=model, image_size=image_size, num=num)
         job = self.make_job(prompt, model=model, image_size=image_size, num=num)
         return await self._generate(job, self.policy_for(max_retries, retry_ambiguous), CallStats())
 
@@ -389,6 +401,7 @@ class AsyncNanoBanana:
         if target_url.scheme not in ("http", "https"):
             raise InvalidRequestError(f"image URL must be http(s), got {url!r}", param="url")
         dest = pathlib.Path(path)
+        await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
         http = self._http()
         request = http.build_request(
             "GET", target_url, headers=self._headers_for(target_url), timeout=self._timeout
@@ -511,6 +524,22 @@ class AsyncNanoBanana:
             retry_ambiguous=retry_ambiguous,
         )
         return await run_to_report(run)
+
+
+def _refuse_overrides(job: Job, **fields: object) -> None:
+    # generate(Job(...), model=...) would otherwise silently send the job's own model.
+    defaults = {"model": DEFAULT_MODEL, "image_size": "1:1", "num": 1}
+    clashes = [
+        name
+        for name, value in fields.items()
+        if value != defaults[name] and value != getattr(job, name)
+    ]
+    if clashes:
+        raise InvalidRequestError(
+            f"{', '.join(clashes)} given together with a Job that sets its own: set them on the "
+            "Job (attrs.evolve(job, ...)) or pass a prompt string",
+            param=clashes[0],
+        )
 
 
 def _download_error(response: httpx.Response, url: str) -> APIError:

@@ -20,6 +20,7 @@ __all__ = [
     "NanoBananaError",
     "RateLimitError",
     "ServerError",
+    "error_for_status",
     "parse_generate_response",
     "parse_retry_after",
 ]
@@ -181,6 +182,12 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
+def error_for_status(status_code: int, headers: Mapping[str, str], detail: str) -> APIError:
+    """The :class:`APIError` for an HTTP error status whose body says nothing usable."""
+    message = f"HTTP {status_code} {detail}"
+    return _error_for(status_code, status_code, None, message, parse_retry_after(headers))
+
+
 def parse_generate_response(
     status_code: int,
     content: bytes,
@@ -205,10 +212,11 @@ def parse_generate_response(
 
     if code is None:
         if status_code >= 400:
-            message = _redact(
-                f"HTTP {status_code} with an unexpected body: {_snippet(content, secret)}", secret
+            raise error_for_status(
+                status_code,
+                headers,
+                _redact(f"with an unexpected body: {_snippet(content, secret)}", secret),
             )
-            raise _error_for(status_code, status_code, None, message, retry_after)
         raise MalformedResponseError(
             _redact(
                 "the API answered with a body that is not the documented JSON: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -11,13 +12,39 @@ import anyio
 import attrs
 import tenacity
 
-from .errors import APIConnectionError, APIError, RateLimitError, ServerError
+from .errors import (
+    APIConnectionError,
+    APIError,
+    InvalidRequestError,
+    RateLimitError,
+    ServerError,
+)
 
 __all__ = ["Cooldown", "RetryBudget", "RetryPolicy", "call_with_retries", "is_retryable"]
 
 logger = logging.getLogger("nanobanana_async")
 
 T = TypeVar("T")
+
+
+def _count(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequestError(
+            f"{attribute.name} must be >= 0 (a whole number), got {value!r}", param=attribute.name
+        )
+
+
+def _seconds(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise InvalidRequestError(
+            f"{attribute.name} must be >= 0 seconds, got {value!r}",
+            param=attribute.name,
+        )
 
 
 @attrs.frozen
@@ -32,10 +59,10 @@ class RetryPolicy:
     timeouts, connections dropped after the request was sent).
     """
 
-    max_retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))
-    initial_delay: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    max_delay: float = attrs.field(default=8.0, validator=attrs.validators.ge(0))
-    max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    max_retries: int = attrs.field(default=2, validator=_count)
+    initial_delay: float = attrs.field(default=0.5, validator=_seconds)
+    max_delay: float = attrs.field(default=8.0, validator=_seconds)
+    max_retry_after: float = attrs.field(default=60.0, validator=_seconds)
     retry_ambiguous: bool = False
 
     def backoff(self, retry_number: int) -> float:

@@ -359,6 +359,22 @@ async def test_generate_takes_a_job(router: respx.MockRouter) -> None:
     assert generation.image_size == "3:4"
 
 
+@pytest.mark.parametrize(
+    "override", [{"model": "gemini-3-pro-image-preview"}, {"image_size": "16:9"}, {"num": 3}]
+)
+async def test_a_job_with_conflicting_arguments_is_refused(
+    router: respx.MockRouter, override: dict[str, Any]
+) -> None:
+    route = router.post(GENERATE).mock(return_value=ok("https://i/1.png"))
+    async with client_for(router) as client:
+        with pytest.raises(InvalidRequestError, match="Job") as info:
+            await client.generate(Job("a cat"), **override)
+        assert info.value.param == next(iter(override))
+        # Arguments that agree with the job are harmless.
+        await client.generate(Job("a cat", image_size="16:9"), image_size="16:9")
+    assert route.call_count == 1
+
+
 async def test_base_url_with_a_path_prefix(router: respx.MockRouter) -> None:
     route = router.post("https://gw.test/nano/v1/images/generate").mock(
         return_value=ok("https://i/1.png")
@@ -583,6 +599,41 @@ async def test_huge_streamed_response_without_length_is_refused() -> None:
 
 
 # -- retries ---------------------------------------------------------------------------------
+
+
+async def test_a_huge_error_page_is_still_a_retried_server_error(router: respx.MockRouter) -> None:
+    page = b"<html>" + b"x" * (2 << 20) + b"</html>"
+    route = router.post(GENERATE).mock(
+        side_effect=seq(httpx.Response(502, content=page), ok("https://i/1.png"))
+    )
+    async with client_for(router) as client:
+        generation = await client.generate("x")
+    assert generation.urls == ("https://i/1.png",)
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize("max_retries", [-1, 1.5, True])
+def test_a_bad_max_retries_is_an_invalid_request(max_retries: Any) -> None:
+    with pytest.raises(InvalidRequestError, match="max_retries"):
+        AsyncNanoBanana(KEY, max_retries=max_retries)
+
+
+async def test_a_bad_per_call_max_retries_sends_nothing(router: respx.MockRouter) -> None:
+    route = router.post(GENERATE).mock(return_value=ok("https://i/1.png"))
+    async with client_for(router) as client:
+        with pytest.raises(InvalidRequestError, match="max_retries"):
+            await client.generate("x", max_retries=-2)
+    assert route.call_count == 0
+
+
+async def test_a_number_timeout_never_times_out_waiting_for_the_pool(
+    router: respx.MockRouter,
+) -> None:
+    route = router.post(GENERATE).mock(return_value=ok("https://i/1.png"))
+    async with client_for(router, timeout=5.0) as client:
+        await client.generate("x")
+    timeout = route.calls.last.request.extensions["timeout"]
+    assert timeout == {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": None}
 
 
 async def test_server_errors_are_retried_max_retries_times_by_default(
@@ -1145,3 +1196,13 @@ async def test_download_refuses_non_http_urls(
             await client.download(url, tmp_path / "1.png")
     assert router.calls.call_count == 0
     assert leftovers(tmp_path) == []
+
+
+async def test_download_creates_missing_directories(
+    router: respx.MockRouter, tmp_path: pathlib.Path
+) -> None:
+    router.get(CDN + "/img/1.png").mock(return_value=httpx.Response(200, content=PNG))
+    target = tmp_path / "a" / "b" / "out.png"
+    async with client_for(router) as client:
+        path = await client.download(CDN + "/img/1.png", target)
+    assert path.read_bytes() == PNG

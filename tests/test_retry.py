@@ -14,6 +14,7 @@ from nanobanana_async import (
     AuthenticationError,
     BadRequestError,
     InsufficientCreditsError,
+    InvalidRequestError,
     MalformedResponseError,
     RateLimitError,
     RetryBudget,
@@ -57,8 +58,18 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     ],
 )
 def test_policy_refuses_negative_values(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="must be >= 0"):
+    with pytest.raises(InvalidRequestError, match="must be >= 0") as caught:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.param == next(iter(kwargs))
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize("value", [float("nan"), "1", True, None])
+def test_policy_refuses_what_is_not_a_number(value: object) -> None:
+    with pytest.raises(InvalidRequestError, match="initial_delay"):
+        RetryPolicy(initial_delay=value)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="max_retries"):
+        RetryPolicy(max_retries=1.5 if value is None else value)  # type: ignore[arg-type]
 
 
 # -- is_retryable ----------------------------------------------------------------------------
