@@ -462,6 +462,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     for path in paths:
         err.print(Text(f"saved {path}"))
+    if config.emulator and not paths:
+        # The in-process emulator's image URLs die with this process.
+        err.print("add -o DIR to keep the images: emulator URLs stop working when this exits")
     return EXIT_OK
 
 

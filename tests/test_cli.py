@@ -242,6 +242,7 @@ def test_generate_prints_urls_and_credits(tmp_path: pathlib.Path) -> None:
     assert all(u.startswith("http") for u in urls)
     assert "10 credits" in proc.stderr
     assert "gemini-2.5-flash-image-hd" in proc.stderr
+    assert "add -o DIR to keep the images" in proc.stderr
 
 
 def test_generate_downloads_with_o_and_prints_json(tmp_path: pathlib.Path) -> None:
@@ -257,6 +258,7 @@ def test_generate_downloads_with_o_and_prints_json(tmp_path: pathlib.Path) -> No
     assert path.parent == tmp_path / "imgs"
     assert path.read_bytes().startswith(PNG_MAGIC)
     assert f"saved {result['paths'][0]}" in proc.stderr
+    assert "keep the images" not in proc.stderr
 
 
 def test_generate_reads_the_prompt_from_stdin(tmp_path: pathlib.Path) -> None:
