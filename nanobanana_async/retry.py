@@ -113,12 +113,15 @@ class RetryBudget:
             self.tokens = self.max_tokens
 
     def record_success(self) -> None:
+        """An attempt succeeded: give back ``token_ratio`` tokens (up to ``max_tokens``)."""
         self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
 
     def record_failure(self) -> None:
+        """An attempt failed: take one token."""
         self.tokens = max(0.0, self.tokens - 1.0)
 
     def allows_retry(self) -> bool:
+        """Whether a retry may be spent now (counted in ``retries_denied`` when not)."""
         if self.tokens > self.max_tokens / 2:
             return True
         self.retries_denied += 1
