@@ -1,0 +1,150 @@
+"""The documentation runs: every ```python block of README.md and docs/*.md is a test.
+
+Each block is self-contained (it builds its own emulator and client), so each one runs alone in
+a fresh namespace, from an empty temporary working directory that must stay empty. A block
+fenced as ```python notest is shown but not run (the pytest-markdown-docs convention); the
+blocks also pass under ``pytest --markdown-docs README.md docs/``.
+
+The README's first code block is the project's contract (the offline main job, then the test
+command), so its two lines are pinned here, and every ``nanobanana`` command shown in a shell
+block must parse with the real command line.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shlex
+
+import attrs
+import pytest
+from markdown_it import MarkdownIt
+
+from nanobanana_async.cli import build_parser
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOC_PAGES = ("index", "quickstart", "batching", "errors", "pricing", "cli", "testing")
+MAIN_JOB = (
+    'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && '
+    ".venv/bin/nanobanana batch examples/prompts.txt --emulator -o out --yes   "
+    "# then open out/index.html"
+)
+TEST_COMMAND = 'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/pytest'
+PYTHON = frozenset({"python", "py", "python3"})
+SHELL = frozenset({"bash", "sh", "console", "shell"})
+
+
+@attrs.frozen
+class Block:
+    path: pathlib.Path
+    line: int  # 1-based line of the first line of code
+    lang: str
+    options: frozenset[str]
+    source: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.relative_to(ROOT).as_posix()}:{self.line}"
+
+
+def markdown_files() -> list[pathlib.Path]:
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def blocks(path: pathlib.Path) -> list[Block]:
+    found = []
+    for token in MarkdownIt("commonmark").parse(path.read_text("utf-8")):
+        if token.type != "fence" or token.map is None:
+            continue
+        lang, *options = token.info.split() or [""]
+        found.append(Block(path, token.map[0] + 2, lang, frozenset(options), token.content))
+    return found
+
+
+def python_blocks() -> list[Block]:
+    return [
+        b
+        for path in markdown_files()
+        for b in blocks(path)
+        if b.lang in PYTHON and "notest" not in b.options
+    ]
+
+
+@pytest.mark.parametrize("block", python_blocks(), ids=lambda b: b.name)
+def test_python_block_runs(
+    block: Block, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No ambient key or URL: a block must say everything it needs (and may set these itself;
+    # monkeypatch puts them back afterwards).
+    monkeypatch.delenv("NANOBANANA_API_KEY", raising=False)
+    monkeypatch.delenv("NANOBANANA_BASE_URL", raising=False)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    # Padding keeps tracebacks on the block's real line numbers in the Markdown file.
+    code = compile("\n" * (block.line - 1) + block.source, str(block.path), "exec")
+    exec(code, {"__name__": "__main__"})
+    assert sorted(p.name for p in workdir.iterdir()) == [], "the block left files behind"
+
+
+def test_every_page_has_running_examples() -> None:
+    paths = {b.path for b in python_blocks()}
+    for page in DOC_PAGES:
+        path = ROOT / "docs" / f"{page}.md"
+        assert path.is_file(), f"missing {path.relative_to(ROOT)}"
+        if page not in ("index", "cli"):
+            assert path in paths, f"{path.relative_to(ROOT)} has no runnable python block"
+    assert README in paths
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    text = README.read_text("utf-8")
+    lines = text.splitlines()
+    assert lines[0] == "# nanobanana-async"
+    first = blocks(README)[0]
+    # Title, at most one sentence, then the block: nothing else in between.
+    between = [line for line in lines[1 : first.line - 2] if line.strip()]
+    assert len(between) <= 1, between
+    assert first.lang == "bash"
+    assert first.source.splitlines()[:2] == [MAIN_JOB, TEST_COMMAND]
+
+
+def shell_commands() -> list[tuple[str, str]]:
+    commands = []
+    for path in markdown_files():
+        for block in blocks(path):
+            if block.lang not in SHELL:
+                continue
+            for offset, raw in enumerate(block.source.splitlines()):
+                line = raw.removeprefix("$ ").split("#", 1)[0].strip()
+                for part in re.split(r"&&|\|\|?|;|>", line):
+                    words = shlex.split(part.strip())
+                    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                        words = words[1:]  # VAR=value before the command
+                    if words and words[0].endswith("nanobanana"):
+                        where = f"{block.path.relative_to(ROOT).as_posix()}:{block.line + offset}"
+                        commands.append((where, shlex.join(words[1:])))
+    return commands
+
+
+@pytest.mark.parametrize(("where", "args"), shell_commands(), ids=lambda v: str(v))
+def test_shell_examples_parse(where: str, args: str) -> None:
+    code: object = 0
+    try:
+        build_parser().parse_args(shlex.split(args))
+    except SystemExit as exc:  # argparse's way to refuse arguments (or to print --help)
+        code = exc.code
+    assert code == 0, f"{where}: nanobanana {args} is refused by the CLI"
+
+
+def test_relative_links_resolve() -> None:
+    link = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+    broken = []
+    for path in markdown_files():
+        for target in link.findall(path.read_text("utf-8")):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue  # an absolute URL
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert broken == []
