@@ -698,9 +698,11 @@ class BatchRun:
     """
 
     def __init__(self, client: AsyncNanoBanana, jobs: JobInput, options: BatchOptions) -> None:
-        self._runner = _Runner(client, jobs, options)
+        # Set before the runner, which validates ``jobs`` and may raise: ``__del__`` still runs
+        # on the half-built object and reads these.
         self._receive: MemoryObjectReceiveStream[JobResult] | None = None
         self._state: _Background | None = None
+        self._runner = _Runner(client, jobs, options)
 
     @property
     def stats(self) -> BatchStats:
