@@ -1,0 +1,1 @@
+"""Runnable examples (``uvicorn examples.fastapi_app:app``)."""
