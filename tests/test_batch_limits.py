@@ -227,10 +227,11 @@ async def test_cancelling_the_scope_around_a_batch_stops_it(
     journal = tmp_path / "run.jsonl"
     async with client_for(emulator) as client:
         results = 0
+        # ``run`` stays referenced: the cancellation itself, not the garbage collector, must
+        # stop the work.
+        run = client.batch([f"c{i}" for i in range(200)], concurrency=8, journal=journal)
         with anyio.CancelScope() as scope:
-            async for _ in client.batch(
-                [f"c{i}" for i in range(200)], concurrency=8, journal=journal
-            ):
+            async for _ in run:
                 results += 1
                 if results == 2:
                     scope.cancel()
@@ -240,6 +241,8 @@ async def test_cancelling_the_scope_around_a_batch_stops_it(
         took = await wait_until_idle(emulator)
         await anyio.sleep(0.2)
         assert emulator.stats.generate_requests == requests
+        assert run.stats.in_flight == 0
+        await run.aclose()
         with anyio.move_on_after(1.0) as timeout:
             await client.run_batch([f"r{i}" for i in range(50)], concurrency=8)
         assert timeout.cancelled_caught
