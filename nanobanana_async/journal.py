@@ -126,7 +126,11 @@ class Journal:
                 parsed = json.loads(line)
                 record = _record(parsed) if isinstance(parsed, dict) else None
             except ValueError:
-                record = None
+                parsed, record = None, None
+            if isinstance(parsed, dict) and "id" in parsed and parsed["id"] is None:
+                # Our own line for an input that never became a valid job (an empty prompt, a
+                # duplicate id): nothing to resume, and nothing wrong with the file.
+                continue
             if record is None:
                 if not (torn and number == len(lines)):
                     logger.warning(
