@@ -230,3 +230,27 @@ def test_journal_loading_skips_garbage_and_keeps_generated_jobs(tmp_path: pathli
     # The torn fragment was closed off with a newline: the new line parses on its own.
     last = path.read_text().splitlines()[-1]
     assert json.loads(last)["id"] == "d"
+
+
+async def test_lines_of_invalid_inputs_are_not_reported_as_garbage_on_rerun(
+    anyio_backend: str, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator = Emulator(keys={KEY: 10**6}, seed=7)
+    journal = tmp_path / "run.jsonl"
+    jobs: list[Job | str] = ["fine", "", Job("a", id="d"), Job("b", id="d")]
+    async with client_for(emulator) as client:
+        first = await client.run_batch(jobs, journal=journal)
+        with caplog.at_level("WARNING", logger="nanobanana_async"):
+            second = await client.run_batch(jobs, journal=journal)
+    assert [r.status for r in first.results] == ["succeeded", "failed", "succeeded", "failed"]
+    assert [r.status for r in second.results] == [r.status for r in first.results]
+    assert second.resumed == 2
+    assert emulator.stats.generate_requests == 2
+    assert [r.message for r in caplog.records if "journal" in r.message] == []
+    # Garbage is still reported.
+    with journal.open("a") as fh:
+        fh.write("not json\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nanobanana_async"):
+        Journal(journal).close()
+    assert any("is not a job record" in r.message for r in caplog.records)
