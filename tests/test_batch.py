@@ -586,3 +586,33 @@ async def test_a_429_pauses_the_whole_batch(anyio_backend: str) -> None:
     assert in_pause == []
     # Without the shared pause the other 7 workers would have kept going at ~5 ms a request.
     assert len(recording.starts) == n + report.retries
+
+
+async def test_an_input_that_raises_ends_the_batch_with_its_error(
+    anyio_backend: str, tmp_path: pathlib.Path
+) -> None:
+    emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.0, 0.02)), seed=15)
+    journal = tmp_path / "run.jsonl"
+
+    def broken() -> Iterator[str]:
+        for i in range(20):
+            yield f"before the break {i}"
+        raise LookupError("the input broke")
+
+    results: list[JobResult] = []
+
+    async def drain(client: AsyncNanoBanana) -> None:
+        async for result in client.batch(broken(), concurrency=8, journal=journal):
+            results.append(result)
+
+    async with client_for(emulator) as client:
+        with pytest.raises(LookupError, match="the input broke"):
+            await drain(client)
+        assert (await client.run_batch([])).total == 0
+    # What was reported was reported once, journaled, and is all that was paid for (jobs in
+    # flight when the input failed were cancelled before the emulator charged them).
+    assert len({r.index for r in results}) == len(results) <= 20
+    assert all(r.ok for r in results)
+    lines = journal.read_text().splitlines()
+    assert len(lines) == len(results) == emulator.stats.generations
+    assert emulator.stats.in_flight == 0

@@ -254,3 +254,26 @@ async def test_lines_of_invalid_inputs_are_not_reported_as_garbage_on_rerun(
     with caplog.at_level("WARNING", logger="nanobanana_async"):
         Journal(journal).close()
     assert any("is not a job record" in r.message for r in caplog.records)
+
+
+async def test_a_rerun_with_downloads_fetches_only_missing_files(
+    anyio_backend: str, tmp_path: pathlib.Path
+) -> None:
+    emulator = Emulator(keys={KEY: 10**6}, seed=8)
+    journal, out = tmp_path / "run.jsonl", tmp_path / "out"
+    jobs: list[Job | str] = ["one", Job("two", num=2, id="two"), "three"]
+    async with client_for(emulator) as client:
+        first = await client.run_batch(jobs, journal=journal, download_dir=out)
+        assert first.ok
+        assert emulator.stats.images_served == 4
+        second = await client.run_batch(jobs, journal=journal, download_dir=out)
+        assert second.resumed == 3
+        assert emulator.stats.images_served == 4  # all on disk: nothing fetched
+        first.results[1].paths[0].unlink()
+        third = await client.run_batch(jobs, journal=journal, download_dir=out)
+    assert third.ok
+    assert third.resumed == 3
+    assert emulator.stats.generate_requests == 3
+    assert emulator.stats.images_served == 4 + 2  # job "two" fetched again, nothing paid
+    assert [r.paths for r in third.results] == [r.paths for r in first.results]
+    assert all(p.exists() for r in third.results for p in r.paths)
