@@ -311,7 +311,18 @@ async def test_batch_lines_are_sent_while_the_batch_runs() -> None:
             if not message.get("more_body", False):
                 response_done.set()
 
-    scope = {
+    with anyio.fail_after(30):
+        async with app.router.lifespan_context(app):
+            await app(batch_scope(), receive, send)
+    assert generations_at_first_line == [1]
+    lines = ndjson(b"".join(chunks).decode())
+    assert sorted(line["index"] for line in lines) == list(range(8))
+    assert all(line["status"] == "succeeded" for line in lines)
+    assert emulator.stats.generations == 8
+
+
+def batch_scope() -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -325,14 +336,65 @@ async def test_batch_lines_are_sent_while_the_batch_runs() -> None:
         "server": ("app.test", 80),
         "client": ("127.0.0.1", 1234),
     }
+
+
+async def test_caller_hanging_up_cancels_the_batch() -> None:
+    """A caller that leaves after the first line: the requests in flight are cancelled,
+    nothing more is sent, and the shared client still serves the next request."""
+    emulator = Emulator(keys={KEY: 1000})
+    inner = emulator.transport()
+    gate_open = anyio.Event()
+    first_line_sent = anyio.Event()
+    entered = cancelled = 0
+
+    class Gate(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            nonlocal entered, cancelled
+            entered += 1
+            if entered > 1:
+                try:
+                    await gate_open.wait()
+                except anyio.get_cancelled_exc_class():
+                    cancelled += 1
+                    raise
+            return await inner.handle_async_request(request)
+
+    app = create_app(Factory(Gate()))
+    payload = json.dumps(
+        {"jobs": [{"prompt": f"cat {i}"} for i in range(20)], "concurrency": 4}
+    ).encode()
+    chunks: list[bytes] = []
+    request_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await first_line_sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks.append(message["body"])
+            first_line_sent.set()
+
     with anyio.fail_after(30):
         async with app.router.lifespan_context(app):
-            await app(scope, receive, send)
-    assert generations_at_first_line == [1]
-    lines = ndjson(b"".join(chunks).decode())
-    assert sorted(line["index"] for line in lines) == list(range(8))
-    assert all(line["status"] == "succeeded" for line in lines)
-    assert emulator.stats.generations == 8
+            await app(batch_scope(), receive, send)
+            # The batch ended with the response: every request held at the gate was
+            # cancelled, none was sent.
+            assert 1 <= entered <= 4  # at most the concurrency, not the 20 jobs
+            assert cancelled == entered - 1
+            assert emulator.stats.generate_requests == 1
+            gate_open.set()
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://app.test"
+            ) as http:
+                r = await http.post("/images", json={"prompt": "still here"})
+                assert r.status_code == 200
+    assert len(ndjson(b"".join(chunks).decode())) == 1
+    assert emulator.stats.generations == 2
 
 
 # -- one client for the whole app ------------------------------------------------------------
