@@ -11,7 +11,6 @@ import os
 import pathlib
 import re
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -74,7 +73,8 @@ class BatchOptions:
       commits more. Jobs that cannot fit are ``skipped``.
     - ``max_per_second``: request starts per second, retries included; no one-second window
       holds more than ``floor(max_per_second)`` starts (one start per ``1/max_per_second``
-      seconds below 1).
+      seconds below 1). Starts are spaced evenly, never in bursts, 50 ms per window apart
+      beyond the limit so network jitter does not push the server's windows over it.
     - ``journal``: JSONL file of finished jobs; a rerun skips jobs already generated.
     - ``download_dir``: save each succeeded job's images there.
     - ``ordered``: yield results in input order (at most ``window`` jobs ahead).
@@ -227,28 +227,34 @@ class BatchReport:
 
 
 class RateLimiter:
-    """At most ``limit`` starts in any sliding window of ``window`` seconds (no bursts)."""
+    """At most ``limit`` starts in any window of ``window`` seconds, spaced evenly (no bursts).
 
-    # Wake-ups are never early but can be late, and the server measures arrival, not our
-    # start: a few milliseconds of margin keep its one-second windows within the limit.
-    _MARGIN = 0.005
+    Consecutive starts are at least ``(window + margin) / limit`` seconds apart, so any
+    ``limit + 1`` of them span more than ``window + margin``. Spacing, not a sliding window
+    that lets ``limit`` starts through at once: the server measures arrival, not our start,
+    and a burst sent on fresh connections arrives tens of milliseconds later than one on warm
+    connections a window later, so the server would see two bursts in one window. Spaced
+    starts absorb up to ``margin`` of such jitter; beyond it, one start more, not a burst.
+    """
+
+    _MARGIN = 0.05
 
     def __init__(self, per_second: float) -> None:
         if per_second >= 1:
             self.limit, self.window = int(per_second), 1.0
         else:
             self.limit, self.window = 1, 1.0 / per_second
-        self.window += self._MARGIN
-        self._starts: deque[float] = deque(maxlen=self.limit)
+        self.interval = (self.window + self._MARGIN) / self.limit
+        self._next = -math.inf
         self._lock = anyio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
-            if len(self._starts) == self.limit:
-                delay = self._starts[0] + self.window - anyio.current_time()
-                if delay > 0:
-                    await anyio.sleep(delay)
-            self._starts.append(anyio.current_time())
+            delay = self._next - anyio.current_time()
+            if delay > 0:
+                await anyio.sleep(delay)
+            # From the actual start: a late wake-up never lets the next start come early.
+            self._next = anyio.current_time() + self.interval
 
 
 class CreditBudget:
