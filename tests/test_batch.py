@@ -616,3 +616,19 @@ async def test_an_input_that_raises_ends_the_batch_with_its_error(
     lines = journal.read_text().splitlines()
     assert len(lines) == len(results) == emulator.stats.generations
     assert emulator.stats.in_flight == 0
+
+
+async def test_concurrency_holds_over_a_loopback_socket(anyio_backend: str) -> None:
+    pytest.importorskip("uvicorn")
+    emulator = Emulator(
+        keys={KEY: 10**6}, faults=Faults(server_error_rate=0.25, latency=0.2), seed=16
+    )
+    with serve(emulator, "127.0.0.1", 0) as server:
+        async with AsyncNanoBanana(KEY, base_url=server.base_url, retry_policy=FAST) as client:
+            report = await client.run_batch([f"socket {i}" for i in range(96)], concurrency=32)
+    print(
+        f"\n[{anyio_backend}] loopback concurrency=32: max in flight {emulator.stats.max_in_flight}"
+    )
+    assert emulator.stats.max_in_flight == 32
+    assert report.retries > 0
+    assert_each_index_once(report.results, 96)
