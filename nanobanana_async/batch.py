@@ -363,6 +363,13 @@ class _Item:
 _STOP_ERRORS = (AuthenticationError, InsufficientCreditsError)
 
 
+class _Stopped(Exception):
+    """Raised before an attempt once the batch has stopped: the request is not sent.
+
+    Not an SDK error, so the retry loop neither retries it nor counts it against the budget.
+    """
+
+
 class _Runner:
     """Runs one batch: a producer pulls jobs lazily, ``concurrency`` workers process them."""
 
@@ -507,6 +514,10 @@ class _Runner:
     async def _before_attempt(self) -> None:
         if self.limiter is not None:
             await self.limiter.acquire()
+        # Checked after the waits (rate limit, 429 cool-down, retry backoff): a job that was
+        # waiting when a 401 or "insufficient credits" came back must not send anyway.
+        if self.stats.stopped_reason is not None:
+            raise _Stopped
 
     async def _process(self, item: _Item) -> JobResult:
         job = item.job
@@ -555,6 +566,25 @@ class _Runner:
                 "failed",
                 item.id,
                 error=exc,
+                attempts=call.attempts,
+                elapsed=time.perf_counter() - started,
+            )
+        except _Stopped:
+            if self.budget is not None:
+                # An earlier attempt may have been charged only if ambiguous ones are retried.
+                charged = call.attempts > 0 and self.policy.retry_ambiguous
+                (self.budget.commit if charged else self.budget.release)(cost)
+            if call.attempts == 0:
+                return self._skipped_stopped(item, job)
+            return JobResult(
+                item.index,
+                job,
+                "failed",
+                item.id,
+                error=NanoBananaError(
+                    f"not retried after {call.attempts} failed attempt(s): "
+                    f"batch stopped: {self.stats.stopped_reason}"
+                ),
                 attempts=call.attempts,
                 elapsed=time.perf_counter() - started,
             )
