@@ -632,3 +632,42 @@ async def test_concurrency_holds_over_a_loopback_socket(anyio_backend: str) -> N
     assert emulator.stats.max_in_flight == 32
     assert report.retries > 0
     assert_each_index_once(report.results, 96)
+
+
+async def test_jobs_waiting_for_the_rate_limit_do_not_send_after_a_stop(
+    anyio_backend: str,
+) -> None:
+    # 8 workers take a job each, 7 of them wait for the 5/s limiter; the first request comes
+    # back 401 after 50 ms, long before the next start is due: none of the 7 may send.
+    emulator = Emulator(keys={KEY: 1000}, faults=Faults(latency=0.05), seed=17)
+    wrong = "nb-wrong-0123456789abcdefRRR"
+    async with client_for(emulator, key=wrong) as client:
+        report = await client.run_batch(
+            [f"limited {i}" for i in range(40)], concurrency=8, max_per_second=5
+        )
+    assert report.stopped_reason is not None
+    assert emulator.stats.generate_requests == emulator.stats.by_status[401] == report.failed
+    assert report.failed <= 2
+    assert report.skipped == 40 - report.failed
+
+
+async def test_retries_waiting_in_backoff_do_not_send_after_a_stop(anyio_backend: str) -> None:
+    # No credits at all and half the requests failing with 5xx: the first wave of 8 is either
+    # refused (insufficient credits: stop) or fails and waits 0.3 s to retry. The retries come
+    # long after the stop and must not be sent.
+    emulator = Emulator(keys={KEY: 0}, faults=Faults(server_error_rate=0.5, latency=0.02), seed=18)
+    slow_retry = RetryPolicy(initial_delay=0.3, max_delay=0.3, max_retries=3)
+    async with client_for(emulator, retry_policy=slow_retry) as client:
+        report = await client.run_batch([f"broke {i}" for i in range(40)], concurrency=8)
+    assert report.stopped_reason is not None
+    assert "insufficient credits" in report.stopped_reason
+    assert emulator.stats.generate_requests == 8
+    refused = emulator.stats.by_status[400]
+    assert 1 <= refused < 8  # both kinds were in the first wave
+    failed = [r for r in report.results if r.status == "failed"]
+    assert len(failed) == 8
+    not_retried = [r for r in failed if not isinstance(r.error, InsufficientCreditsError)]
+    assert len(not_retried) == 8 - refused
+    assert all("batch stopped" in str(r.error) and r.attempts == 1 for r in not_retried)
+    assert report.skipped == 32
+    assert report.retries == 0
