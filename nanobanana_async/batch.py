@@ -427,37 +427,52 @@ class _Runner:
                 async with receive_items, sink:
                     for _ in range(self.options.concurrency):
                         tg.start_soon(self._worker, receive_items.clone(), sink.clone())
-                await self._produce(send_items)
+                input_error = await self._produce(send_items)
         except BaseExceptionGroup as group:
             # One failure (say, the caller's job generator raising) is reported as itself.
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+        if input_error is not None:
+            raise input_error
 
-    async def _produce(self, send: MemoryObjectSendStream[_Item]) -> None:
+    async def _produce(self, send: MemoryObjectSendStream[_Item]) -> Exception | None:
+        """Feed the workers; the caller's input failing is returned, not raised.
+
+        Raising would cancel the jobs in flight, whose generations may already be paid for,
+        and drop results that had finished: instead pulling stops, the jobs handed out finish
+        and are reported, and the batch then ends with the input's error.
+        """
         ids = JobIds() if self.journal is not None or self.download_dir is not None else None
         names = FileNames() if self.download_dir is not None else None
         pricing = self.client.pricing
         async with send:
             index = 0
-            async with contextlib.aclosing(_aiter(self.jobs)) as inputs:
-                async for raw in inputs:
-                    try:
-                        job = as_job(raw, pricing)
-                        cost = pricing.credits(job)
-                        job_id = ids.assign(job) if ids is not None else job.id
-                        stem = (
-                            names.claim(job_id, job.num)
-                            if names is not None and job_id is not None
-                            else None
-                        )
-                        item = _Item(index, job, job_id, cost, stem=stem)
-                    except InvalidRequestError as exc:
-                        item = _Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
-                    if self.window is not None:
-                        await self.window.acquire()
-                    await send.send(item)
-                    index += 1
+            try:
+                async with contextlib.aclosing(_aiter(self.jobs)) as inputs:
+                    async for raw in inputs:
+                        try:
+                            job = as_job(raw, pricing)
+                            cost = pricing.credits(job)
+                            job_id = ids.assign(job) if ids is not None else job.id
+                            stem = (
+                                names.claim(job_id, job.num)
+                                if names is not None and job_id is not None
+                                else None
+                            )
+                            item = _Item(index, job, job_id, cost, stem=stem)
+                        except InvalidRequestError as exc:
+                            item = _Item(
+                                index, raw if isinstance(raw, Job) else None, None, error=exc
+                            )
+                        if self.window is not None:
+                            await self.window.acquire()
+                        await send.send(item)
+                        index += 1
+            except Exception as exc:
+                logger.warning("batch input failed; finishing the jobs already started: %r", exc)
+                return exc
+        return None
 
     async def _reorder(
         self, done: MemoryObjectReceiveStream[JobResult], out: MemoryObjectSendStream[JobResult]
