@@ -163,6 +163,7 @@ class BatchStats:
 
     @property
     def finished(self) -> int:
+        """Jobs finished so far, whatever their status."""
         return self.succeeded + self.failed + self.skipped
 
 
@@ -199,6 +200,7 @@ class BatchReport:
 
     @property
     def total(self) -> int:
+        """Number of jobs in the report (one result per input job)."""
         return len(self.results)
 
     @property
@@ -208,6 +210,7 @@ class BatchReport:
 
     @classmethod
     def build(cls, results: Sequence[JobResult], stats: BatchStats, elapsed: float) -> BatchReport:
+        """The report of a finished batch from its results and live counters."""
         latencies = sorted(r.elapsed for r in results if r.attempts)
         return cls(
             results=tuple(sorted(results, key=lambda r: r.index)),
@@ -757,10 +760,12 @@ class BatchRun:
 
     @property
     def stats(self) -> BatchStats:
+        """Live counters of this batch (succeeded, failed, skipped, credits, retries)."""
         return self._runner.stats
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the batch started (0 before the first result is awaited)."""
         if self._state is None:
             return 0.0
         return (self._state.ended or time.perf_counter()) - self._state.started

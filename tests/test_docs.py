@@ -12,6 +12,7 @@ block must parse with the real command line.
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 import re
 import shlex
@@ -20,11 +21,23 @@ import attrs
 import pytest
 from markdown_it import MarkdownIt
 
+import nanobanana_async
 from nanobanana_async.cli import build_parser
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-DOC_PAGES = ("index", "quickstart", "batching", "errors", "pricing", "cli", "testing")
+DOC_PAGES = (
+    "index",
+    "quickstart",
+    "batching",
+    "errors",
+    "pricing",
+    "cli",
+    "testing",
+    "fastapi",
+    "reliability",
+    "benchmarks",
+)
 MAIN_JOB = (
     'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && '
     ".venv/bin/nanobanana batch examples/prompts.txt --emulator -o out --yes   "
@@ -93,7 +106,7 @@ def test_every_page_has_running_examples() -> None:
     for page in DOC_PAGES:
         path = ROOT / "docs" / f"{page}.md"
         assert path.is_file(), f"missing {path.relative_to(ROOT)}"
-        if page not in ("index", "cli"):
+        if page not in ("index", "cli", "reliability", "benchmarks"):
             assert path in paths, f"{path.relative_to(ROOT)} has no runnable python block"
     assert README in paths
 
@@ -148,3 +161,22 @@ def test_relative_links_resolve() -> None:
             if not (path.parent / target).exists():
                 broken.append(f"{path.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def test_public_names_have_docstrings() -> None:
+    missing = []
+    for name in nanobanana_async.__all__:
+        obj = getattr(nanobanana_async, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # constants and instances (DEFAULT_PRICING, MODELS, __version__)
+        if not obj.__doc__:
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(value, staticmethod | classmethod):
+                    value = value.__func__
+                if (isinstance(value, property) or inspect.isfunction(value)) and not value.__doc__:
+                    missing.append(f"{name}.{attr}")
+    assert missing == []
