@@ -29,6 +29,7 @@ from .errors import (
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import CallStats, Cooldown, RetryBudget, RetryPolicy, call_with_retries
+from .transport import FastTransport
 
 if TYPE_CHECKING:
     from .batch import BatchReport, BatchRun, JobInput, _Background
@@ -192,6 +193,14 @@ class AsyncNanoBanana:
         self._user_client = http_client
         self._transport = transport
         self._own_client: httpx.AsyncClient | None = None
+        if http_client is None:
+            # FastTransport loads its TLS context once per process in a worker thread, so
+            # neither this constructor nor the event loop pays for it.
+            self._own_client = httpx.AsyncClient(
+                transport=transport or FastTransport(),
+                timeout=self._timeout,
+                follow_redirects=False,
+            )
         self._closed = False
         self._batches: set[_Background] = set()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
@@ -257,14 +266,9 @@ class AsyncNanoBanana:
             raise NanoBananaError("this AsyncNanoBanana client is closed; create a new one")
         if self._user_client is not None:
             return self._user_client
-        if self._own_client is None:
-            # Connections are bounded by the callers (the batch runner's concurrency), not by
-            # the pool: a pool smaller than the batch would queue requests behind each other.
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-            transport = self._transport or httpx.AsyncHTTPTransport(limits=limits)
-            self._own_client = httpx.AsyncClient(
-                transport=transport, timeout=self._timeout, follow_redirects=False
-            )
+        # Connections are bounded by the callers (the batch runner's concurrency), not by the
+        # pool: FastTransport never makes a request wait for a pooled connection.
+        assert self._own_client is not None
         return self._own_client
 
     # -- generate --------------------------------------------------------------------------
