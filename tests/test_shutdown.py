@@ -8,7 +8,8 @@ Two kinds of checks, on asyncio and Trio:
 - in a fresh interpreter with ``-X dev -W error`` (so ResourceWarnings and asyncio's debug
   checks are on), a script that runs the same scenarios and then lets the event loop close
   must print nothing at all on stderr: no "Unclosed client session", no "Event loop is
-  closed", no "Task was destroyed but it is pending", no "Exception ignored in".
+  closed", no "Task was destroyed but it is pending", no "Exception ignored in" (asyncio's
+  report of slow task steps is timing, not shutdown, and is filtered out).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ import sniffio
 
 from nanobanana_async import AsyncNanoBanana, Job, RetryPolicy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # Trio warns about every async generator the garbage collector finalises. A request
+    # cancelled (or whose connection breaks) while httpcore iterates httpx's request body
+    # leaves that generator behind (encode/httpx#3686): upstream, not a leaked connection, and
+    # timing-dependent (it made test_leaving_a_batch_early_then_aclose_leaves_nothing[trio]
+    # fail now and then). Only that message is let through, as in the subprocess test below.
+    pytest.mark.filterwarnings("ignore:Async generator 'httpx.:ResourceWarning"),
+]
 
 KEY = "nb-shutdown-0123456789abcdef"
 FAST = RetryPolicy(initial_delay=0.001, max_delay=0.01)
@@ -195,8 +204,16 @@ async def test_cancelling_around_a_batch_then_aclose_leaves_nothing(
 
 SCRIPT = textwrap.dedent(
     """
-    import gc, sys, anyio
+    import gc, logging, sys, anyio
     from nanobanana_async import AsyncNanoBanana, RetryPolicy
+
+    class NotSlowSteps(logging.Filter):
+        # asyncio's debug mode (-X dev) logs every task step longer than 0.1 s. On a busy
+        # machine any step can take that long: a timing report, not a shutdown problem.
+        def filter(self, record):
+            return record.msg != "Executing %s took %.3f seconds"
+
+    logging.getLogger("asyncio").addFilter(NotSlowSteps())
     from nanobanana_async.emulator import Emulator, Faults, serve
 
     BACKEND = sys.argv[1]
