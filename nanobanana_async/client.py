@@ -29,7 +29,7 @@ from .errors import (
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import CallStats, Cooldown, RetryBudget, RetryPolicy, call_with_retries
-from .transport import FastTransport
+from .transport import FastTransport, SDKAsyncClient
 
 if TYPE_CHECKING:
     from .batch import BatchReport, BatchRun, JobInput, _Background
@@ -196,7 +196,7 @@ class AsyncNanoBanana:
         if http_client is None:
             # FastTransport loads its TLS context once per process in a worker thread, so
             # neither this constructor nor the event loop pays for it.
-            self._own_client = httpx.AsyncClient(
+            self._own_client = SDKAsyncClient(
                 transport=transport or FastTransport(),
                 timeout=self._timeout,
                 follow_redirects=False,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-__all__ = ["SHARD_SIZE", "FastTransport", "ShardedTransport", "aiohttp_available"]
+__all__ = ["SHARD_SIZE", "FastTransport", "SDKAsyncClient", "ShardedTransport", "aiohttp_available"]
 
 #: Requests in flight per httpcore pool on the sharded path. Small pools keep httpcore's
 #: per-event assignment work small; more shards are created as concurrency grows.
@@ -354,3 +354,30 @@ class FastTransport(httpx.AsyncBaseTransport):
         traceback: TracebackType | None = None,
     ) -> None:
         await self.aclose()
+
+
+class _LazyCookies(httpx.Cookies):
+    # httpx parses every response for cookies through urllib's cookiejar, about a sixth of the
+    # client's CPU per request; the API sets none, so only responses that do are parsed.
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class SDKAsyncClient(httpx.AsyncClient):
+    """The ``httpx.AsyncClient`` the SDK builds for itself (never a caller's client).
+
+    Behaves as httpx's, except that a response without ``Set-Cookie`` skips cookie parsing.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sdk_cookies: httpx.Cookies = _LazyCookies(kwargs.get("cookies"))
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._sdk_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._sdk_cookies = _LazyCookies(cookies)
