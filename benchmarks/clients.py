@@ -64,6 +64,8 @@ async def _semaphore_loop(n: int, concurrency: int, post: Callable[[int], Awaita
         try:
             if await post(i):
                 ok += 1
+        except Exception:  # counted as not ok, like a failed job in the SDK's report
+            pass
         finally:
             limiter.release()
 
