@@ -266,7 +266,30 @@ def render(
         "",
     ]
     lines += targets(rows, memory)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + NOTES
+
+
+NOTES = """
+## How the SDK's transport is chosen
+
+`AsyncNanoBanana` without `http_client=` or `transport=` builds an `httpx.AsyncClient` on
+`nanobanana_async.transport.FastTransport`:
+
+- on asyncio with `aiohttp` installed (`pip install 'nanobanana-async[aiohttp]'`), requests go
+  through one aiohttp connection pool (no connection limit: the batch bounds concurrency), and
+  aiohttp's failures are mapped to the httpx exceptions httpcore raises for the same situation,
+  so retries and the "may have been charged" verdict are unchanged;
+- under Trio, or without aiohttp, requests are spread over small httpcore pools (8 requests in
+  flight each, opened on demand), because httpcore 1.0's pool bookkeeping grows with the square
+  of the connections in one pool;
+- when respx (or anything else) has patched httpcore's pool, the aiohttp path steps aside so
+  the mock sees every request. A caller's `http_client=` or `transport=` is used as is.
+
+The remaining gap to plain aiohttp is CPU per request on the client side: httpx's request and
+response objects and the SDK's per-job path (retry wrapper, result objects) cost about as much
+again as aiohttp's own work, which shows once the client process saturates a core (the
+emulator uses the other one on this 2-CPU machine).
+"""
 
 
 def targets(rows: list[Row], memory: dict[str, float]) -> list[str]:
