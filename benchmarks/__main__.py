@@ -258,7 +258,8 @@ def render(
         "",
         f"A lazy generator of {int(memory['jobs']):,} jobs through `client.batch(...)` "
         "(concurrency 64, results consumed and dropped) with an in-process transport, in its "
-        "own process: peak RSS (`ru_maxrss`) "
+        "own process: peak RSS (`VmHWM`; `ru_maxrss` "
+        f"{memory.get('maxrss', 0):.1f} MiB, which Linux carries over from the parent process) "
         f"**{memory['rss_peak']:.1f} MiB** (after imports: {memory['rss_start']:.1f} MiB), "
         f"{int(memory['succeeded']):,} succeeded, {memory['seconds']:.0f} s.",
         "",
