@@ -10,11 +10,14 @@ respx) and picks, per request:
   ``aiohttp`` connection pool, with aiohttp's failures mapped to the httpx exceptions httpx
   itself would raise for the same situation (``ConnectError``, ``ConnectTimeout``,
   ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``);
-- otherwise (Trio, or no aiohttp): several small httpcore pools (:data:`SHARD_SIZE` requests
-  in flight each), created on demand, so each pool's bookkeeping stays small.
+- otherwise (Trio, or no aiohttp): :class:`~nanobanana_async._h11_transport.H11Transport`, a
+  lean HTTP/1.1 transport (h11 over anyio streams, one plain pool of idle connections), with
+  the same error mapping. httpcore costs about a millisecond of CPU per request under Trio,
+  even in small pools; this path costs about half as much.
 
-When respx (or anything else) has patched httpcore's pool, the aiohttp path is skipped and the
-request goes through httpx's own transport, where the mock sees it.
+When respx (or anything else) has patched httpcore's pool, both paths step aside and the
+request goes through httpx's own transport (several small httpcore pools, see
+:class:`ShardedTransport`), where the mock sees it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import anyio
 import anyio.to_thread
 import httpcore
 import httpx
+
+from ._h11_transport import H11Transport
 
 if TYPE_CHECKING:
     import asyncio
@@ -43,8 +48,9 @@ __all__ = [
     "aiohttp_available",
 ]
 
-#: Requests in flight per httpcore pool on the sharded path. Small pools keep httpcore's
-#: per-event assignment work small; more shards are created as concurrency grows.
+#: Requests in flight per httpcore pool on the sharded path (used when httpcore is patched).
+#: Small pools keep httpcore's per-event assignment work small; more shards are created as
+#: concurrency grows.
 SHARD_SIZE = 8
 
 _UNBOUNDED = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -91,7 +97,7 @@ def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-# -- sharded httpcore pools (Trio, or asyncio without aiohttp) ------------------------------
+# -- sharded httpcore pools (when respx or another mock has patched httpcore) --------------
 
 
 class _Shard:
@@ -348,8 +354,10 @@ class BodyTooLarge(Exception):
 class FastTransport(httpx.AsyncBaseTransport):
     """The transport :class:`~nanobanana_async.AsyncNanoBanana` builds for itself.
 
-    aiohttp on asyncio when it is installed (and ``use_aiohttp`` is not False), small sharded
-    httpcore pools otherwise. The TLS context is built once per process, in a worker thread.
+    aiohttp on asyncio when it is installed (and ``use_aiohttp`` is not False),
+    :class:`~nanobanana_async._h11_transport.H11Transport` otherwise, small sharded httpcore
+    pools when httpcore is patched (respx). The TLS context is built once per process, in a
+    worker thread.
     """
 
     def __init__(
@@ -364,19 +372,21 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._shard_size = shard_size
         self._use_aiohttp = use_aiohttp is not False and _aiohttp is not None
+        self._h11: H11Transport | None = None
         self._sharded: ShardedTransport | None = None
         self._aiohttp: _AiohttpPool | None = None
 
-    async def _setup(self) -> ShardedTransport:
+    async def _setup(self) -> H11Transport:
         # Loading the CA bundle takes tens of milliseconds of CPU: done once per process, in a
         # worker thread, so that neither construction nor the event loop pays it.
         verify = self._verify
         ctx = await _ssl_context() if verify is True else verify
-        if self._sharded is None:
+        if self._h11 is None:
             self._sharded = ShardedTransport(verify=ctx, shard_size=self._shard_size)
             if self._use_aiohttp:
                 self._aiohttp = _AiohttpPool(ctx)
-        return self._sharded
+            self._h11 = H11Transport(verify=ctx)
+        return self._h11
 
     @property
     def uses_aiohttp(self) -> bool:
@@ -409,24 +419,31 @@ class FastTransport(httpx.AsyncBaseTransport):
         return await pool.post(loop, url, body, headers, timeout, limit)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        sharded = self._sharded
-        if sharded is None:
-            sharded = await self._setup()
+        lean = self._h11
+        if lean is None:
+            lean = await self._setup()
+        if _httpcore_is_patched():
+            assert self._sharded is not None
+            return await self._sharded.handle_async_request(request)
         pool = self._aiohttp
         if pool is not None:
             loop = _running_asyncio_loop()
-            if loop is not None and not _httpcore_is_patched():
+            if loop is not None:
                 return await pool.send(loop, request)
-        return await sharded.handle_async_request(request)
+        return await lean.handle_async_request(request)
 
     async def aclose(self) -> None:
-        pool, sharded = self._aiohttp, self._sharded
+        pool, sharded, lean = self._aiohttp, self._sharded, self._h11
         try:
             if pool is not None and _running_asyncio_loop() is not None:
                 await pool.aclose()
         finally:
-            if sharded is not None:
-                await sharded.aclose()
+            try:
+                if lean is not None:
+                    await lean.aclose()
+            finally:
+                if sharded is not None:
+                    await sharded.aclose()
 
     async def __aenter__(self) -> FastTransport:
         return self
