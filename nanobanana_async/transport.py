@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
+    "IDLE_EXPIRY",
     "SHARD_SIZE",
     "BodyTooLarge",
     "FastTransport",
@@ -53,7 +54,14 @@ __all__ = [
 #: concurrency grows.
 SHARD_SIZE = 8
 
-_UNBOUNDED = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+#: Seconds an idle pooled connection is kept. Below common server idle timeouts (uvicorn's
+#: 5 s): reusing a connection the server is closing fails the request after it was sent, which
+#: the SDK must report as "may have been charged" instead of retrying.
+IDLE_EXPIRY = 4.0
+
+_UNBOUNDED = httpx.Limits(
+    max_connections=None, max_keepalive_connections=None, keepalive_expiry=IDLE_EXPIRY
+)
 _POOL_HANDLE = httpcore.AsyncConnectionPool.handle_async_request
 
 try:  # the optional extra
@@ -244,6 +252,7 @@ class _AiohttpPool:
             limit=0,  # the caller bounds concurrency; no request waits for a connection
             ssl=self._ssl,
             ttl_dns_cache=300,
+            keepalive_timeout=IDLE_EXPIRY,
         )
         self.session = _aiohttp.ClientSession(
             connector=connector,
