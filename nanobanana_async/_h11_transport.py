@@ -20,6 +20,7 @@ once it may have reached the server.
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import ssl
@@ -70,30 +71,31 @@ class _Connection:
         # Forcefully: works inside a cancelled scope, skips TLS close_notify.
         await anyio.aclose_forcefully(self.stream)
 
+    # A bare cancel scope with a deadline rather than anyio.fail_after: the same, at a fraction
+    # of the CPU (this runs for every read and write).
     async def send(self, data: bytes, timeout: float | None) -> None:
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
         try:
-            if timeout is None:
+            with anyio.CancelScope(deadline=deadline) as scope:
                 await self.stream.send(data)
-            else:
-                with anyio.fail_after(timeout):
-                    await self.stream.send(data)
-        except TimeoutError as exc:
-            raise httpx.WriteTimeout("timed out writing the request") from exc
         except _IO_ERRORS as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
+        if scope.cancelled_caught:
+            raise httpx.WriteTimeout("timed out writing the request")
 
     async def receive(self, timeout: float | None) -> bytes:
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        data = b""
         try:
-            if timeout is None:
-                return await self.stream.receive(_READ_SIZE)
-            with anyio.fail_after(timeout):
-                return await self.stream.receive(_READ_SIZE)
+            with anyio.CancelScope(deadline=deadline) as scope:
+                data = await self.stream.receive(_READ_SIZE)
         except anyio.EndOfStream:
             return b""
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout("timed out reading the response") from exc
         except _IO_ERRORS as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        if scope.cancelled_caught:
+            raise httpx.ReadTimeout("timed out reading the response")
+        return data
 
     async def send_request(self, request: httpx.Request, timeout: float | None) -> None:
         h = self.h11
