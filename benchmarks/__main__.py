@@ -199,7 +199,7 @@ def render(
     versions = ", ".join(
         f"{d} {_version(d)}" for d in ("httpx", "httpcore", "aiohttp", "anyio", "trio", "uvicorn")
     )
-    uses = "aiohttp" if FastTransport().uses_aiohttp else "sharded httpcore pools"
+    uses = "aiohttp" if FastTransport().uses_aiohttp else "h11 over anyio streams"
     lines = [
         "# Benchmarks",
         "",
@@ -210,7 +210,7 @@ def render(
         f"- Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()} ({platform.machine()})",
         f"- Versions: {versions}",
-        f"- SDK transport on asyncio: {uses}; on Trio: sharded httpcore pools",
+        f"- SDK transport on asyncio: {uses}; on Trio: h11 over anyio streams",
         "- Server: the package's emulator in its own process under uvicorn, answering every "
         "generate request after a fixed latency, over loopback.",
         "- Efficiency = ideal wall time / measured wall time, ideal = requests / concurrency x "
@@ -279,17 +279,20 @@ NOTES = """
 - on asyncio with `aiohttp` installed (`pip install 'nanobanana-async[aiohttp]'`), requests go
   through one aiohttp connection pool (no connection limit: the batch bounds concurrency), and
   aiohttp's failures are mapped to the httpx exceptions httpcore raises for the same situation,
-  so retries and the "may have been charged" verdict are unchanged;
-- under Trio, or without aiohttp, requests are spread over small httpcore pools (8 requests in
-  flight each, opened on demand), because httpcore 1.0's pool bookkeeping grows with the square
-  of the connections in one pool;
-- when respx (or anything else) has patched httpcore's pool, the aiohttp path steps aside so
+  so retries and the "may have been charged" verdict are unchanged. Generate requests go
+  straight to that pool without building httpx request and response objects, which were most
+  of the client's CPU per request;
+- under Trio, or without aiohttp, requests go through a small HTTP/1.1 connection pool of the
+  SDK's own (`h11` over anyio streams): httpcore 1.0's pool bookkeeping grows with the square
+  of the connections in one pool, and even in small pools it cost about 1 ms of CPU per request
+  under Trio;
+- when respx (or anything else) has patched httpcore's pool, requests go through httpcore so
   the mock sees every request. A caller's `http_client=` or `transport=` is used as is.
 
-The remaining gap to plain aiohttp is CPU per request on the client side: httpx's request and
-response objects and the SDK's per-job path (retry wrapper, result objects) cost about as much
-again as aiohttp's own work, which shows once the client process saturates a core (the
-emulator uses the other one on this 2-CPU machine).
+What is left of the gap to plain aiohttp is CPU per request on the client side (the SDK's
+per-job path on asyncio; h11 header validation, httpx and Trio itself under Trio). It shows
+once the client process saturates a core: the emulator uses the other one on this 2-CPU
+machine, so wall-clock figures move with whatever else runs on it.
 """
 
 
