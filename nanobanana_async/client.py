@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -30,7 +31,7 @@ from .errors import (
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import CallStats, Cooldown, RetryBudget, RetryPolicy, call_with_retries
-from .transport import BodyTooLarge, FastTransport, SDKAsyncClient
+from .transport import UNBOUNDED_LIMITS, BodyTooLarge, FastTransport, SDKAsyncClient
 
 if TYPE_CHECKING:
     from .batch import BatchReport, BatchRun, JobInput, _Background
@@ -200,12 +201,18 @@ class AsyncNanoBanana:
         if http_client is None:
             # FastTransport loads its TLS context once per process in a worker thread, so
             # neither this constructor nor the event loop pays for it.
-            chosen = transport or FastTransport()
-            if isinstance(chosen, FastTransport):
-                self._fast_transport = chosen
-            self._own_client = SDKAsyncClient(
-                transport=chosen, timeout=self._timeout, follow_redirects=False
-            )
+            if transport is None and _env_proxy_applies(self._generate_url):
+                # httpx honours HTTP(S)_PROXY / NO_PROXY only on its own transports.
+                self._own_client = SDKAsyncClient(
+                    limits=UNBOUNDED_LIMITS, timeout=self._timeout, follow_redirects=False
+                )
+            else:
+                chosen = transport or FastTransport()
+                if isinstance(chosen, FastTransport):
+                    self._fast_transport = chosen
+                self._own_client = SDKAsyncClient(
+                    transport=chosen, timeout=self._timeout, follow_redirects=False
+                )
         self._generate_target = str(self._generate_url)
         self._timeout_spec: dict[str, float | None] = self._timeout.as_dict()
         self._closed = False
@@ -546,6 +553,19 @@ class AsyncNanoBanana:
             retry_ambiguous=retry_ambiguous,
         )
         return await run_to_report(run)
+
+
+def _env_proxy_applies(url: httpx.URL) -> bool:
+    """Whether ``url`` should go through a proxy named in the environment.
+
+    Never for a loopback host: no proxy can reach this machine's loopback (an emulator).
+    """
+    if _is_loopback(url.host):
+        return False
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(url.host)
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IDLE_EXPIRY",
     "SHARD_SIZE",
+    "UNBOUNDED_LIMITS",
     "BodyTooLarge",
     "FastTransport",
     "SDKAsyncClient",
@@ -59,7 +60,8 @@ SHARD_SIZE = 8
 #: the SDK must report as "may have been charged" instead of retrying.
 IDLE_EXPIRY = 4.0
 
-_UNBOUNDED = httpx.Limits(
+#: No cap on connections (the caller bounds concurrency), idle ones kept for IDLE_EXPIRY.
+UNBOUNDED_LIMITS = httpx.Limits(
     max_connections=None, max_keepalive_connections=None, keepalive_expiry=IDLE_EXPIRY
 )
 _POOL_HANDLE = httpcore.AsyncConnectionPool.handle_async_request
@@ -152,7 +154,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._shards: list[_Shard] = []
 
     def _new_shard(self) -> _Shard:
-        shard = _Shard(httpx.AsyncHTTPTransport(verify=self._verify, limits=_UNBOUNDED))
+        shard = _Shard(httpx.AsyncHTTPTransport(verify=self._verify, limits=UNBOUNDED_LIMITS))
         self._shards.append(shard)
         return shard
 
