@@ -231,6 +231,11 @@ async def test_break_stops_requests_in_flight_over_loopback(
     with serve(emulator, "127.0.0.1", 0) as server:
         async with AsyncNanoBanana(KEY, base_url=server.base_url, retry_policy=FAST) as client:
             async for _ in client.batch(prompts(500, pulls), concurrency=16, journal=journal):
+                # On a loaded machine the first result can come before most requests have
+                # reached the server: break only once there is something in flight to stop.
+                with anyio.fail_after(5.0):
+                    while emulator.stats.in_flight < 8:  # noqa: ASYNC110 - another thread's
+                        await anyio.sleep(0.005)
                 break
             in_flight_at_break = emulator.stats.in_flight
             requests_at_break = emulator.stats.generate_requests
