@@ -31,7 +31,14 @@ from .errors import (
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import CallStats, Cooldown, RetryBudget, RetryPolicy, call_with_retries
-from .transport import UNBOUNDED_LIMITS, BodyTooLarge, FastTransport, SDKAsyncClient
+from .transport import (
+    UNBOUNDED_LIMITS,
+    BodyTooLarge,
+    FastTransport,
+    SDKAsyncClient,
+    declared_length,
+    read_capped,
+)
 
 if TYPE_CHECKING:
     from .batch import BatchReport, BatchRun, JobInput, _Background
@@ -78,20 +85,6 @@ def _too_large(status_code: int, headers: Mapping[str, str], limit: int) -> APIE
     return MalformedResponseError(
         f"response refused: HTTP {status_code} {detail}", status_code=status_code
     )
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(response.status_code, response.headers, limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(response.status_code, response.headers, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _connection_error(exc: httpx.HTTPError, target: str, *, sent: bool) -> APIConnectionError:
@@ -397,7 +390,13 @@ class AsyncNanoBanana:
                 )
                 response = await http.send(request, stream=True)
                 try:
-                    content = await _read_capped(response, MAX_RESPONSE_BYTES)
+                    content = await read_capped(
+                        response.aiter_bytes(),
+                        declared_length(response.headers.get("content-length")),
+                        MAX_RESPONSE_BYTES,
+                        response.status_code,
+                        response.headers,
+                    )
                 finally:
                     await response.aclose()
                 status, response_headers = response.status_code, response.headers
@@ -463,13 +462,8 @@ class AsyncNanoBanana:
 
     @staticmethod
     async def _stream_to(response: httpx.Response, tmp: pathlib.Path, max_bytes: int) -> None:
-        declared = response.headers.get("content-length")
-        if (
-            declared is not None
-            and declared.isascii()
-            and declared.isdigit()
-            and int(declared) > max_bytes
-        ):
+        declared = declared_length(response.headers.get("content-length"))
+        if declared is not None and declared > max_bytes:
             raise MalformedResponseError(
                 f"image of {declared} bytes refused: larger than the {max_bytes}-byte cap",
                 status_code=response.status_code,

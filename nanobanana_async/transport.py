@@ -23,7 +23,7 @@ request goes through httpx's own transport (several small httpcore pools, see
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,8 @@ __all__ = [
     "SDKAsyncClient",
     "ShardedTransport",
     "aiohttp_available",
+    "declared_length",
+    "read_capped",
 ]
 
 #: Requests in flight per httpcore pool on the sharded path (used when httpcore is patched).
@@ -331,21 +333,18 @@ class _AiohttpPool:
                 timeout=self.timeout(timeout),
             )
             try:
-                declared = response.content_length
-                if declared is not None and declared > limit:
-                    raise BodyTooLarge(response.status, response.headers)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_any():
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyTooLarge(response.status, response.headers)
-                    chunks.append(chunk)
+                content = await read_capped(
+                    response.content.iter_any(),
+                    response.content_length,
+                    limit,
+                    response.status,
+                    response.headers,
+                )
             finally:
                 response.release()
         except _AIOHTTP_ERRORS as exc:
             raise _map_aiohttp_error(exc) from exc
-        return response.status, response.headers, b"".join(chunks)
+        return response.status, response.headers, content
 
     async def aclose(self) -> None:
         session, self.session = self.session, None
@@ -360,6 +359,35 @@ class BodyTooLarge(Exception):
         super().__init__(f"HTTP {status_code} response body over the cap")
         self.status_code = status_code
         self.headers = headers
+
+
+def declared_length(value: str | None) -> int | None:
+    """A ``Content-Length`` value, None when absent or not plain ASCII digits."""
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+async def read_capped(
+    chunks: AsyncIterable[bytes],
+    declared: int | None,
+    limit: int,
+    status_code: int,
+    headers: Mapping[str, str],
+) -> bytes:
+    """The whole body, or :class:`BodyTooLarge` as soon as it is known to exceed ``limit``.
+
+    A declared length over the limit is refused before reading a byte; without one, reading
+    stops at the first chunk past the limit.
+    """
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(status_code, headers)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(status_code, headers)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 class FastTransport(httpx.AsyncBaseTransport):
