@@ -28,10 +28,11 @@ import time
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import h11
 import httpx
 from anyio.abc import ByteStream, SocketAttribute
+
+from ._tls import default_ssl_context
 
 __all__ = ["KEEPALIVE_EXPIRY", "H11Transport"]
 
@@ -206,9 +207,6 @@ class H11Transport(httpx.AsyncBaseTransport):
         self, *, verify: ssl.SSLContext | bool = True, keepalive_expiry: float = KEEPALIVE_EXPIRY
     ) -> None:
         self._verify = verify
-        self._ssl: ssl.SSLContext | None = verify if isinstance(verify, ssl.SSLContext) else None
-        if self._ssl is not None:
-            self._ssl.set_alpn_protocols(["http/1.1"])
         self._expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
         self._closed = False  # after aclose, connections are closed when released, not kept
@@ -216,19 +214,21 @@ class H11Transport(httpx.AsyncBaseTransport):
         self.connections_opened = 0
 
     async def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            ctx = await anyio.to_thread.run_sync(httpx.create_ssl_context, self._verify)
-            ctx.set_alpn_protocols(["http/1.1"])
-            self._ssl = self._ssl or ctx
-        return self._ssl
+        verify = self._verify
+        if isinstance(verify, ssl.SSLContext):
+            return verify  # the caller's, as given
+        if verify:
+            return await default_ssl_context()
+        return httpx.create_ssl_context(verify=False)  # no CA bundle to load: cheap
 
     async def _acquire(self, origin: Origin) -> _Connection | None:
-        idle = self._idle.get(origin)
-        if not idle:
-            return None
+        # Expired connections of every origin go (an image host used once keeps none open);
+        # each list is oldest first.
         deadline = time.monotonic() - self._expiry
-        while idle and idle[0].idle_since < deadline:  # oldest first: drop the expired
-            await idle.pop(0).aclose()
+        for conns in list(self._idle.values()):  # closing yields: the dict may grow
+            while conns and conns[0].idle_since < deadline:
+                await conns.pop(0).aclose()
+        idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
             if not _is_readable(conn.sock):
