@@ -15,9 +15,9 @@ respx) and picks, per request:
   the same error mapping. httpcore costs about a millisecond of CPU per request under Trio,
   even in small pools; this path costs about half as much.
 
-When respx (or anything else) has patched httpcore's pool, both paths step aside and the
-request goes through httpx's own transport (several small httpcore pools, see
-:class:`ShardedTransport`), where the mock sees it.
+When a mock has patched httpx's or httpcore's transport (respx with either mocker,
+pytest-httpx), both paths step aside and the request goes through httpx's own transport, where
+the mock sees it: a test suite never sends a real request because of this module.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.to_thread
 import httpcore
 import httpx
 
-from ._h11_transport import H11Transport
+from ._h11_transport import KEEPALIVE_EXPIRY, H11Transport
+from ._tls import default_ssl_context
 
 if TYPE_CHECKING:
     import asyncio
@@ -41,32 +40,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IDLE_EXPIRY",
-    "SHARD_SIZE",
     "UNBOUNDED_LIMITS",
     "BodyTooLarge",
     "FastTransport",
     "SDKAsyncClient",
-    "ShardedTransport",
     "aiohttp_available",
     "declared_length",
     "read_capped",
 ]
 
-#: Requests in flight per httpcore pool on the sharded path (used when httpcore is patched).
-#: Small pools keep httpcore's per-event assignment work small; more shards are created as
-#: concurrency grows.
-SHARD_SIZE = 8
-
-#: Seconds an idle pooled connection is kept. Below common server idle timeouts (uvicorn's
-#: 5 s): reusing a connection the server is closing fails the request after it was sent, which
-#: the SDK must report as "may have been charged" instead of retrying.
-IDLE_EXPIRY = 4.0
+#: Seconds an idle pooled connection is kept, on every path. Below common server idle timeouts
+#: (uvicorn's 5 s): reusing a connection the server is closing fails the request after it was
+#: sent, which the SDK must report as "may have been charged" instead of retrying.
+IDLE_EXPIRY = KEEPALIVE_EXPIRY
 
 #: No cap on connections (the caller bounds concurrency), idle ones kept for IDLE_EXPIRY.
 UNBOUNDED_LIMITS = httpx.Limits(
     max_connections=None, max_keepalive_connections=None, keepalive_expiry=IDLE_EXPIRY
 )
 _POOL_HANDLE = httpcore.AsyncConnectionPool.handle_async_request
+_HTTPX_HANDLE = httpx.AsyncHTTPTransport.handle_async_request
+_CLIENT_ROUTING = httpx.AsyncClient._transport_for_url
 
 try:  # the optional extra
     import aiohttp as _aiohttp
@@ -81,22 +75,18 @@ def aiohttp_available() -> bool:
     return _aiohttp is not None
 
 
-_default_ssl: ssl.SSLContext | None = None
+def _is_mocked() -> bool:
+    """Whether a mock has replaced httpx's or httpcore's request handling on the class.
 
-
-async def _ssl_context() -> ssl.SSLContext:
-    """httpx's default TLS context (certifi), built once per process in a worker thread."""
-    global _default_ssl
-    if _default_ssl is None:
-        ctx = await anyio.to_thread.run_sync(httpx.create_ssl_context)
-        if _default_ssl is None:
-            _default_ssl = ctx
-    return _default_ssl
-
-
-def _httpcore_is_patched() -> bool:
-    # respx's default mocker replaces AsyncConnectionPool.handle_async_request on the class.
-    return httpcore.AsyncConnectionPool.handle_async_request is not _POOL_HANDLE
+    respx patches ``httpcore.AsyncConnectionPool`` (its default) or ``AsyncClient``'s routing
+    (``using="httpx"``); pytest-httpx patches ``httpx.AsyncHTTPTransport``. Requests must then
+    go through the client's transport routing and httpx's own transport.
+    """
+    return (
+        httpcore.AsyncConnectionPool.handle_async_request is not _POOL_HANDLE
+        or httpx.AsyncHTTPTransport.handle_async_request is not _HTTPX_HANDLE
+        or httpx.AsyncClient._transport_for_url is not _CLIENT_ROUTING
+    )
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -107,86 +97,6 @@ def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-# -- sharded httpcore pools (when respx or another mock has patched httpcore) --------------
-
-
-class _Shard:
-    __slots__ = ("active", "transport")
-
-    def __init__(self, transport: httpx.AsyncHTTPTransport) -> None:
-        self.transport = transport
-        self.active = 0
-
-
-class _ShardStream(httpx.AsyncByteStream):
-    __slots__ = ("_done", "_shard", "_stream")
-
-    def __init__(self, stream: httpx.AsyncByteStream, shard: _Shard) -> None:
-        self._stream = stream
-        self._shard = shard
-        self._done = False
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        # The inner iterator itself, not a generator around it: one async generator fewer for
-        # Trio to find unfinished when a capped read stops early.
-        return self._stream.__aiter__()
-
-    async def aclose(self) -> None:
-        if not self._done:
-            self._done = True
-            self._shard.active -= 1
-        await self._stream.aclose()
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """httpx's own transport, spread over several small connection pools.
-
-    A request goes to the first pool with fewer than ``shard_size`` requests in flight; a new
-    pool is opened when all are busy. Pools are never capped, so no request ever waits for a
-    pooled connection: the caller bounds concurrency.
-    """
-
-    def __init__(
-        self, *, verify: ssl.SSLContext | bool = True, shard_size: int = SHARD_SIZE
-    ) -> None:
-        self._verify = verify
-        self._shard_size = shard_size
-        self._shards: list[_Shard] = []
-
-    def _new_shard(self) -> _Shard:
-        shard = _Shard(httpx.AsyncHTTPTransport(verify=self._verify, limits=UNBOUNDED_LIMITS))
-        self._shards.append(shard)
-        return shard
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        size = self._shard_size
-        for shard in self._shards:
-            if shard.active < size:
-                break
-        else:
-            shard = self._new_shard()
-        shard.active += 1
-        try:
-            response = await shard.transport.handle_async_request(request)
-        except BaseException:
-            shard.active -= 1
-            raise
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        response.stream = _ShardStream(stream, shard)
-        return response
-
-    async def aclose(self) -> None:
-        shards, self._shards = self._shards, []
-        for shard in shards:
-            await shard.transport.aclose()
-
-    @property
-    def shard_count(self) -> int:
-        """How many pools are open."""
-        return len(self._shards)
 
 
 # -- aiohttp (asyncio) ----------------------------------------------------------------------
@@ -273,8 +183,10 @@ class _AiohttpPool:
         found = self._timeouts.get(key)
         if found is None:
             assert _aiohttp is not None
+            # ``connect`` covers name resolution, TCP and TLS (``sock_connect`` skips DNS); it
+            # never includes waiting for a pooled connection, since the pool has no limit.
             found = self._timeouts[key] = _aiohttp.ClientTimeout(
-                total=None, sock_connect=key[0], sock_read=key[1]
+                total=None, connect=key[0], sock_read=key[1]
             )
         return found
 
@@ -394,37 +306,28 @@ class FastTransport(httpx.AsyncBaseTransport):
     """The transport :class:`~nanobanana_async.AsyncNanoBanana` builds for itself.
 
     aiohttp on asyncio when it is installed (and ``use_aiohttp`` is not False),
-    :class:`~nanobanana_async._h11_transport.H11Transport` otherwise, small sharded httpcore
-    pools when httpcore is patched (respx). The TLS context is built once per process, in a
+    :class:`~nanobanana_async._h11_transport.H11Transport` otherwise, httpx's own transport
+    when a mock has patched httpx or httpcore. The TLS context is built once per process, in a
     worker thread.
     """
 
-    def __init__(
-        self,
-        *,
-        verify: ssl.SSLContext | bool = True,
-        use_aiohttp: bool | None = None,
-        shard_size: int = SHARD_SIZE,
-    ) -> None:
+    def __init__(self, *, verify: ssl.SSLContext | bool = True, use_aiohttp: bool | None = None):
         if use_aiohttp and _aiohttp is None:
             raise RuntimeError("aiohttp is not installed: pip install 'nanobanana-async[aiohttp]'")
         self._verify = verify
-        self._shard_size = shard_size
         self._use_aiohttp = use_aiohttp is not False and _aiohttp is not None
         self._h11: H11Transport | None = None
-        self._sharded: ShardedTransport | None = None
+        self._httpx: httpx.AsyncHTTPTransport | None = None
         self._aiohttp: _AiohttpPool | None = None
 
     async def _setup(self) -> H11Transport:
-        # Loading the CA bundle takes tens of milliseconds of CPU: done once per process, in a
-        # worker thread, so that neither construction nor the event loop pays it.
         verify = self._verify
-        ctx = await _ssl_context() if verify is True else verify
-        if self._h11 is None:
-            self._sharded = ShardedTransport(verify=ctx, shard_size=self._shard_size)
+        ctx = await default_ssl_context() if verify is True else verify
+        if self._h11 is None:  # another task may have set up while this one waited
+            self._httpx = httpx.AsyncHTTPTransport(verify=ctx, limits=UNBOUNDED_LIMITS)
             if self._use_aiohttp:
                 self._aiohttp = _AiohttpPool(ctx)
-            self._h11 = H11Transport(verify=ctx)
+            self._h11 = H11Transport(verify=ctx, keepalive_expiry=IDLE_EXPIRY)
         return self._h11
 
     @property
@@ -434,9 +337,7 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     def can_post_directly(self) -> bool:
         """Whether :meth:`post_directly` may be used now: aiohttp, on asyncio, no mock."""
-        return (
-            self._use_aiohttp and _running_asyncio_loop() is not None and not _httpcore_is_patched()
-        )
+        return self._use_aiohttp and _running_asyncio_loop() is not None and not _is_mocked()
 
     async def post_directly(
         self,
@@ -450,7 +351,7 @@ class FastTransport(httpx.AsyncBaseTransport):
 
         Only when :meth:`can_post_directly` is true.
         """
-        if self._sharded is None:
+        if self._h11 is None:
             await self._setup()
         pool, loop = self._aiohttp, _running_asyncio_loop()
         assert pool is not None
@@ -461,9 +362,9 @@ class FastTransport(httpx.AsyncBaseTransport):
         lean = self._h11
         if lean is None:
             lean = await self._setup()
-        if _httpcore_is_patched():
-            assert self._sharded is not None
-            return await self._sharded.handle_async_request(request)
+        if _is_mocked():
+            assert self._httpx is not None
+            return await self._httpx.handle_async_request(request)
         pool = self._aiohttp
         if pool is not None:
             loop = _running_asyncio_loop()
@@ -472,7 +373,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         return await lean.handle_async_request(request)
 
     async def aclose(self) -> None:
-        pool, sharded, lean = self._aiohttp, self._sharded, self._h11
+        pool, reference, lean = self._aiohttp, self._httpx, self._h11
         try:
             if pool is not None and _running_asyncio_loop() is not None:
                 await pool.aclose()
@@ -481,8 +382,8 @@ class FastTransport(httpx.AsyncBaseTransport):
                 if lean is not None:
                     await lean.aclose()
             finally:
-                if sharded is not None:
-                    await sharded.aclose()
+                if reference is not None:
+                    await reference.aclose()
 
     async def __aenter__(self) -> FastTransport:
         return self

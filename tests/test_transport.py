@@ -1,8 +1,8 @@
 """FastTransport, the client's default transport, behaves like httpx's own transport.
 
 Each scenario runs over a real loopback socket with three transports: httpx's
-``AsyncHTTPTransport`` (the reference), ``FastTransport()`` (aiohttp on asyncio, sharded
-httpcore pools on Trio) and ``FastTransport(use_aiohttp=False)`` (sharded pools everywhere).
+``AsyncHTTPTransport`` (the reference), ``FastTransport()`` (aiohttp on asyncio, the h11 pool
+on Trio) and ``FastTransport(use_aiohttp=False)`` (the h11 pool everywhere).
 The client must see the same result or the same error, with the same "may have been charged"
 verdict, whichever transport carried the request.
 """
@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 import anyio
+import anyio.abc
 import attrs
 import httpx
 import pytest
@@ -27,9 +28,10 @@ from nanobanana_async import (
     MalformedResponseError,
     RetryPolicy,
     ServerError,
+    __version__,
 )
 from nanobanana_async.emulator import Emulator, Faults, serve
-from nanobanana_async.transport import FastTransport, ShardedTransport, aiohttp_available
+from nanobanana_async.transport import FastTransport, aiohttp_available
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +43,7 @@ UNBOUNDED = httpx.Limits(max_connections=None, max_keepalive_connections=None)
 TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
     "httpx": lambda: httpx.AsyncHTTPTransport(limits=UNBOUNDED),
     "fast": FastTransport,
-    "sharded": lambda: FastTransport(use_aiohttp=False),
+    "h11": lambda: FastTransport(use_aiohttp=False),
 }
 
 Behaviour = Literal["ok", "drop", "hang", "500", "huge", "huge-unsized"]
@@ -195,7 +197,7 @@ async def test_the_emulator_over_loopback_gives_the_same_answers(anyio_backend: 
     kinds = {o[0] for o in results["httpx"]}
     assert {"ok", "ServerError", "APIConnectionError"} <= kinds
     assert results["fast"] == results["httpx"]
-    assert results["sharded"] == results["httpx"]
+    assert results["h11"] == results["httpx"]
 
 
 def test_the_fast_transport_uses_aiohttp_only_when_it_can() -> None:
@@ -271,17 +273,49 @@ async def test_a_batch_opens_connections_and_aclose_closes_them_all(
         assert _connected_sockets_to(port) == 0
 
 
-async def test_sharded_pools_stay_small_and_are_reused(anyio_backend: str) -> None:
-    emulator = Emulator(faults=Faults(latency=0.05), seed=4)
-    with serve(emulator, "127.0.0.1", 0) as running:
-        sharded = ShardedTransport(shard_size=8)
-        async with AsyncNanoBanana(
-            KEY, base_url=str(running.base_url), transport=sharded, retry_policy=FAST
-        ) as client:
-            report = await client.run_batch([f"p{i}" for i in range(128)], concurrency=64)
-            assert report.succeeded == 128
-            # At most 64 in flight at 8 per pool: several pools, never one per request.
-            assert 2 <= sharded.shard_count <= 12
-            again = await client.run_batch([f"q{i}" for i in range(64)], concurrency=64)
-            assert again.succeeded == 64
-            assert sharded.shard_count <= 12
+@pytest.mark.parametrize("using", ["httpcore", "httpx"])
+async def test_respx_mocks_the_default_transport_with_either_mocker(
+    anyio_backend: str, using: str
+) -> None:
+    # respx(using="httpx") and pytest-httpx patch httpx's transport, not httpcore's pool: the
+    # fast paths must step aside for them too, or a test suite would reach the real API.
+    url = "https://api.test/v1/images/generate"
+    body = {"code": 0, "message": "ok", "data": {"url": "https://i/1.png"}}
+    async with respx.mock(using=using, assert_all_called=True) as mock:
+        route = mock.post(url).mock(return_value=httpx.Response(200, json=body))
+        async with AsyncNanoBanana(KEY, base_url="https://api.test", retry_policy=FAST) as client:
+            assert (await client.generate("x")).urls == ("https://i/1.png",)
+    assert route.call_count == 1
+
+
+async def test_the_default_client_says_who_it_is_and_asks_for_no_compression_it_cannot_read(
+    anyio_backend: str,
+) -> None:
+    heads: list[bytes] = []
+    payload = b'{"code":0,"message":"ok","data":{"url":"https://i/1.png"}}'
+
+    async def handle(stream: SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            heads.append(data.partition(b"\r\n\r\n")[0].lower())
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        async with AsyncNanoBanana(KEY, base_url=f"http://127.0.0.1:{port}") as client:
+            await client.generate("x")
+        tg.cancel_scope.cancel()
+    [head] = heads
+    assert f"user-agent: nanobanana-async/{__version__}".encode() in head
+    # No compression, or one the path decodes: never a body it cannot read.
+    assert b"accept-encoding: identity" in head or b"accept-encoding: gzip" in head
+    assert b"content-type: application/json" in head
