@@ -4,6 +4,7 @@ Everything public is importable from here; see ``nanobanana_async.emulator`` for
 API emulator.
 """
 
+from ._version import __version__
 from .batch import BatchReport, BatchRun, BatchStats, JobResult
 from .client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, AsyncNanoBanana
 from .errors import (
@@ -22,8 +23,6 @@ from .errors import (
 from .models import BASE_SIZES, DEFAULT_MODEL, EXTENDED_SIZES, MODELS, Generation, Job, sizes_for
 from .pricing import DEFAULT_PRICING, CreditEstimate, PricingTable
 from .retry import RetryBudget, RetryPolicy
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BASE_SIZES",

@@ -18,6 +18,7 @@ import anyio
 import attrs
 import httpx
 
+from ._version import __version__
 from .errors import (
     APIConnectionError,
     APIError,
@@ -53,6 +54,7 @@ DEFAULT_BASE_URL = "https://api.nanobananaapi.dev"
 # never times out: the batch runner bounds how many requests wait.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=180.0, write=30.0, pool=None)
 GENERATE_PATH = "/v1/images/generate"
+USER_AGENT = f"nanobanana-async/{__version__}"
 MAX_RESPONSE_BYTES = 1 << 20
 MAX_DOWNLOAD_BYTES = 256 << 20
 _CHUNK = 64 << 10
@@ -197,14 +199,20 @@ class AsyncNanoBanana:
             if transport is None and _env_proxy_applies(self._generate_url):
                 # httpx honours HTTP(S)_PROXY / NO_PROXY only on its own transports.
                 self._own_client = SDKAsyncClient(
-                    limits=UNBOUNDED_LIMITS, timeout=self._timeout, follow_redirects=False
+                    limits=UNBOUNDED_LIMITS,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                    headers={"User-Agent": USER_AGENT},
                 )
             else:
                 chosen = transport or FastTransport()
                 if isinstance(chosen, FastTransport):
                     self._fast_transport = chosen
                 self._own_client = SDKAsyncClient(
-                    transport=chosen, timeout=self._timeout, follow_redirects=False
+                    transport=chosen,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                    headers={"User-Agent": USER_AGENT},
                 )
         self._generate_target = str(self._generate_url)
         self._timeout_spec: dict[str, float | None] = self._timeout.as_dict()
@@ -290,6 +298,7 @@ class AsyncNanoBanana:
     ) -> Job:
         """Validate and build a :class:`Job` under this client's pricing table."""
         if isinstance(prompt, Job):
+            _refuse_overrides(prompt, model=model, image_size=image_size, num=num)
             job = prompt
         elif isinstance(prompt, str):
             job = Job(prompt, model, image_size, num, pricing=self._pricing)
@@ -314,8 +323,6 @@ class AsyncNanoBanana:
         failures are retried per the client's policy (``max_retries`` and ``retry_ambiguous``
         override it for this call) with one ``Idempotency-Key`` for every attempt.
         """
-        if isinstance(prompt, Job):
-            _refuse_overrides(prompt, model=model, image_size=image_size, num=num)
         job = self.make_job(prompt, model=model, image_size=image_size, num=num)
         return await self._generate(job, self.policy_for(max_retries, retry_ambiguous), CallStats())
 
@@ -380,7 +387,7 @@ class AsyncNanoBanana:
                 status, response_headers, content = await fast.post_directly(
                     target,
                     _json_bytes(body),
-                    {**headers, "Content-Type": "application/json"},
+                    {**headers, **_DIRECT_HEADERS},
                     self._timeout_spec,
                     MAX_RESPONSE_BYTES,
                 )
@@ -560,6 +567,16 @@ def _env_proxy_applies(url: httpx.URL) -> bool:
     if not (proxies.get(url.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(url.host)
+
+
+# What the SDK's own httpx client sends besides, minus compression: the direct path reads the
+# body as is (a small JSON object is not worth compressing).
+_DIRECT_HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": USER_AGENT,
+    "Accept": "*/*",
+    "Accept-Encoding": "identity",
+}
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -370,6 +370,8 @@ async def test_a_job_with_conflicting_arguments_is_refused(
         with pytest.raises(InvalidRequestError, match="Job") as info:
             await client.generate(Job("a cat"), **override)
         assert info.value.param == next(iter(override))
+        with pytest.raises(InvalidRequestError, match="Job"):
+            client.make_job(Job("a cat"), **override)
         # Arguments that agree with the job are harmless.
         await client.generate(Job("a cat", image_size="16:9"), image_size="16:9")
     assert route.call_count == 1
