@@ -186,8 +186,12 @@ async def test_breaking_out_of_a_batch_stops_its_work_within_a_second(
             with anyio.fail_after(1.0):
                 while batch_tasks() or emulator.stats.in_flight:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
+            # A request already on the wire at the break may be counted by the server (another
+            # thread) a moment later: at most one per worker. Once the batch is gone, nothing.
+            stopped = emulator.stats.generate_requests
+            assert stopped - at_break <= 16
             await anyio.sleep(0.3)
-            assert emulator.stats.generate_requests == at_break
+            assert emulator.stats.generate_requests == stopped
             assert emulator.stats.in_flight == 0
 
 
