@@ -240,8 +240,13 @@ async def test_break_stops_requests_in_flight_over_loopback(
             in_flight_at_break = emulator.stats.in_flight
             requests_at_break = emulator.stats.generate_requests
             took = await wait_until_idle(emulator)
+            # A request already on the wire at the break may be counted by the server (another
+            # thread) a moment later: at most one per worker. After that, nothing more.
+            await settle(lambda: emulator.stats.generate_requests)
+            stopped = emulator.stats.generate_requests
+            assert stopped - requests_at_break <= 16
             await anyio.sleep(0.3)
-            assert emulator.stats.generate_requests == requests_at_break
+            assert emulator.stats.generate_requests == stopped
             generations = emulator.stats.generations
     print(
         f"\n[{anyio_backend}] break: {in_flight_at_break} in flight, idle after {took:.3f}s, "
