@@ -21,6 +21,7 @@ import httpx
 import pytest
 import respx
 from anyio.abc import SocketStream
+from sockets import connections_to
 
 from nanobanana_async import (
     APIConnectionError,
@@ -224,32 +225,6 @@ async def test_respx_still_mocks_the_default_transport(anyio_backend: str) -> No
     assert route.call_count == 1
 
 
-def _connected_sockets_to(port: int) -> int:
-    import os
-    import pathlib
-
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = pathlib.Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            # state 01 = ESTABLISHED
-            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                count += int(fields[9]) in inodes
-    return count
-
-
 @pytest.mark.parametrize("name", list(TRANSPORTS))
 async def test_a_batch_opens_connections_and_aclose_closes_them_all(
     anyio_backend: str, name: str
@@ -263,14 +238,14 @@ async def test_a_batch_opens_connections_and_aclose_closes_them_all(
         )
         report = await client.run_batch([f"p{i}" for i in range(96)], concurrency=32)
         assert report.succeeded == 96
-        open_before = _connected_sockets_to(port)
+        open_before = connections_to(port)
         assert open_before >= 8  # the batch really ran concurrently over several connections
         await client.aclose()
         for _ in range(50):
-            if _connected_sockets_to(port) == 0:
+            if connections_to(port) == 0:
                 break
             await anyio.sleep(0.02)
-        assert _connected_sockets_to(port) == 0
+        assert connections_to(port) == 0
 
 
 @pytest.mark.parametrize("using", ["httpcore", "httpx"])
