@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from pulls import Pulls, prompts
 
 from nanobanana_async import (
     AsyncNanoBanana,
@@ -43,23 +44,6 @@ def client_for(emulator: Emulator, key: str = KEY, **kwargs: Any) -> AsyncNanoBa
     return AsyncNanoBanana(
         key, base_url="https://api.test", transport=emulator.transport(), **kwargs
     )
-
-
-@attrs.define
-class Pulls:
-    """How many items a job generator has handed out, and whether it was closed."""
-
-    pulled: int = 0
-    closed: bool = False
-
-
-def prompts(n: int, pulls: Pulls, prefix: str = "prompt") -> Iterator[str]:
-    try:
-        for i in range(n):
-            pulls.pulled += 1
-            yield f"{prefix} {i}"
-    finally:
-        pulls.closed = True
 
 
 def mixed_jobs(n: int) -> list[Job]:

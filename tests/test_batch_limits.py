@@ -10,12 +10,12 @@ import json
 import pathlib
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import attrs
 import pytest
+from pulls import Pulls, prompts
 
 from nanobanana_async import AsyncNanoBanana, RetryPolicy
 from nanobanana_async.emulator import Emulator, Faults, serve
@@ -31,21 +31,6 @@ def client_for(emulator: Emulator, **kwargs: Any) -> AsyncNanoBanana:
     return AsyncNanoBanana(
         KEY, base_url="https://api.test", transport=emulator.transport(), **kwargs
     )
-
-
-@attrs.define
-class Pulls:
-    pulled: int = 0
-    closed: bool = False
-
-
-def prompts(n: int, pulls: Pulls) -> Iterator[str]:
-    try:
-        for i in range(n):
-            pulls.pulled += 1
-            yield f"prompt number {i}"
-    finally:
-        pulls.closed = True
 
 
 def max_in_window(starts: list[float], window: float) -> int:
@@ -143,7 +128,9 @@ async def test_a_million_prompt_generator_is_pulled_lazily(anyio_backend: str) -
         tracemalloc.reset_peak()
         async with client_for(emulator) as client:
             seen = 0
-            async with client.batch(prompts(1_000_000, pulls), concurrency=concurrency) as run:
+            async with client.batch(
+                prompts(1_000_000, pulls, "prompt number"), concurrency=concurrency
+            ) as run:
                 async for result in run:
                     assert result.ok
                     seen += 1
@@ -170,7 +157,9 @@ async def test_a_consumer_that_stops_reading_stops_dispatch(
     pulls = Pulls()
     concurrency = 4
     async with client_for(emulator) as client:
-        run = client.batch(prompts(100_000, pulls), concurrency=concurrency, ordered=ordered)
+        run = client.batch(
+            prompts(100_000, pulls, "prompt number"), concurrency=concurrency, ordered=ordered
+        )
         async with run:
             seen = 0
             async for _ in run:
@@ -230,7 +219,9 @@ async def test_break_stops_requests_in_flight_over_loopback(
     pulls = Pulls()
     with serve(emulator, "127.0.0.1", 0) as server:
         async with AsyncNanoBanana(KEY, base_url=server.base_url, retry_policy=FAST) as client:
-            async for _ in client.batch(prompts(500, pulls), concurrency=16, journal=journal):
+            async for _ in client.batch(
+                prompts(500, pulls, "prompt number"), concurrency=16, journal=journal
+            ):
                 # On a loaded machine the first result can come before most requests have
                 # reached the server: break only once there is something in flight to stop.
                 with anyio.fail_after(5.0):
