@@ -350,8 +350,12 @@ class AsyncNanoBanana:
         before_attempt: Callable[[], Awaitable[None]] | None = None,
     ) -> Generation:
         started = time.perf_counter()
-        headers = {**self._auth_headers, "Idempotency-Key": uuid.uuid4().hex}
-        body = job.to_body()
+        headers = {
+            **self._auth_headers,
+            "Idempotency-Key": uuid.uuid4().hex,
+            "Content-Type": "application/json",
+        }
+        body = _json_bytes(job.to_body())  # once per call, the same bytes on every attempt
 
         async def attempt() -> tuple[str, ...]:
             return await self._post_generate(body, headers)
@@ -376,9 +380,7 @@ class AsyncNanoBanana:
             elapsed=elapsed,
         )
 
-    async def _post_generate(
-        self, body: dict[str, Any], headers: dict[str, str]
-    ) -> tuple[str, ...]:
+    async def _post_generate(self, body: bytes, headers: dict[str, str]) -> tuple[str, ...]:
         http = self._http()
         target = self._generate_target
         try:
@@ -386,14 +388,14 @@ class AsyncNanoBanana:
             if fast is not None and fast.can_post_directly():
                 status, response_headers, content = await fast.post_directly(
                     target,
-                    _json_bytes(body),
+                    body,
                     {**headers, **_DIRECT_HEADERS},
                     self._timeout_spec,
                     MAX_RESPONSE_BYTES,
                 )
             else:
                 request = http.build_request(
-                    "POST", self._generate_url, json=body, headers=headers, timeout=self._timeout
+                    "POST", self._generate_url, content=body, headers=headers, timeout=self._timeout
                 )
                 response = await http.send(request, stream=True)
                 try:
@@ -572,7 +574,6 @@ def _env_proxy_applies(url: httpx.URL) -> bool:
 # What the SDK's own httpx client sends besides, minus compression: the direct path reads the
 # body as is (a small JSON object is not worth compressing).
 _DIRECT_HEADERS = {
-    "Content-Type": "application/json",
     "User-Agent": USER_AGENT,
     "Accept": "*/*",
     "Accept-Encoding": "identity",
@@ -580,7 +581,7 @@ _DIRECT_HEADERS = {
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:
-    # Byte for byte what httpx sends for json=body, whichever path the request takes.
+    # Compact UTF-8, as httpx encodes json=.
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
