@@ -26,8 +26,8 @@ import anyio
 import attrs
 import httpx
 
+from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
-from nanobanana_async.transport import FastTransport
 
 from . import clients
 from .memory import trivial_transport
@@ -274,7 +274,7 @@ NOTES = """
 ## How the SDK's transport is chosen
 
 `AsyncNanoBanana` without `http_client=` or `transport=` builds an `httpx.AsyncClient` on
-`nanobanana_async.transport.FastTransport`:
+`nanobanana_async._http.fast.FastTransport`:
 
 - on asyncio with `aiohttp` installed (`pip install 'nanobanana-async[aiohttp]'`), requests go
   through one aiohttp connection pool (no connection limit: the batch bounds concurrency), and

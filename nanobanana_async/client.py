@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
 import pathlib
 import time
-import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
-import anyio
 import attrs
 import httpx
 
+from ._http.body import BodyTooLarge, declared_length, read_capped
+from ._http.failures import connection_error, request_was_sent
+from ._http.fast import UNBOUNDED_LIMITS, FastTransport
+from ._http.httpx_client import SDKAsyncClient
 from ._version import __version__
+from .batch import (
+    BatchOptions,
+    BatchRegistry,
+    BatchReport,
+    BatchRun,
+    JobInput,
+    run_to_report,
+)
+from .batch.sender import BeforeAttempt
+from .download import MAX_DOWNLOAD_BYTES, download_image
+from .endpoint import DEFAULT_BASE_URL, Endpoint, env_proxy_applies
 from .errors import (
-    APIConnectionError,
     APIError,
-    APITimeoutError,
     InvalidRequestError,
     MalformedResponseError,
     NanoBananaError,
@@ -32,50 +42,17 @@ from .errors import (
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import CallStats, Cooldown, RetryBudget, RetryPolicy, call_with_retries
-from .transport import (
-    UNBOUNDED_LIMITS,
-    BodyTooLarge,
-    FastTransport,
-    SDKAsyncClient,
-    declared_length,
-    read_capped,
-)
-
-if TYPE_CHECKING:
-    from .batch import BatchReport, BatchRun, JobInput, _Background
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoBanana"]
 
 logger = logging.getLogger("nanobanana_async")
 
-DEFAULT_BASE_URL = "https://api.nanobananaapi.dev"
 # Generation takes tens of seconds, so reads get a long timeout; a connect that takes more than
 # a few seconds is a dead host. Waiting for a pooled connection is not a fault of the server and
 # never times out: the batch runner bounds how many requests wait.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=180.0, write=30.0, pool=None)
-GENERATE_PATH = "/v1/images/generate"
 USER_AGENT = f"nanobanana-async/{__version__}"
 MAX_RESPONSE_BYTES = 1 << 20
-MAX_DOWNLOAD_BYTES = 256 << 20
-_CHUNK = 64 << 10
-
-
-def _mask(key: str) -> str:
-    return f"...{key[-4:]}" if len(key) >= 20 else "***"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default_port = {"http": 80, "https": 443}.get(url.scheme)
-    return (url.scheme, url.host, url.port or default_port)
 
 
 def _too_large(status_code: int, headers: Mapping[str, str], limit: int) -> APIError:
@@ -86,36 +63,6 @@ def _too_large(status_code: int, headers: Mapping[str, str], limit: int) -> APIE
         return error_for_status(status_code, headers, detail)
     return MalformedResponseError(
         f"response refused: HTTP {status_code} {detail}", status_code=status_code
-    )
-
-
-def _connection_error(exc: httpx.HTTPError, target: str, *, sent: bool) -> APIConnectionError:
-    """Map an httpx failure, saying whether the server may have acted on the request."""
-    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-    detail = str(exc) or type(exc).__name__
-    if not sent:
-        return cls(f"could not reach {target}: {detail}", may_have_been_charged=False)
-    return cls(
-        f"the connection to {target} failed after the request was sent ({detail}); the server "
-        "may have generated and charged for it, so it was not retried. Pass "
-        "retry_ambiguous=True to retry such failures (at the risk of paying twice).",
-        may_have_been_charged=True,
-    )
-
-
-def _request_was_sent(exc: httpx.HTTPError) -> bool:
-    # Connect and pool failures happen before a byte of the request leaves; a failed write
-    # leaves the server an incomplete request it cannot act on. Anything later (read timeout,
-    # dropped connection) may come after the server did the work.
-    return not isinstance(
-        exc,
-        httpx.ConnectError
-        | httpx.ConnectTimeout
-        | httpx.PoolTimeout
-        | httpx.WriteError
-        | httpx.WriteTimeout
-        | httpx.LocalProtocolError
-        | httpx.UnsupportedProtocol,
     )
 
 
@@ -144,39 +91,14 @@ class AsyncNanoBanana:
         retry_ambiguous: bool | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("NANOBANANA_API_KEY")
-        if not key or not key.strip():
-            raise InvalidRequestError(
-                "no API key: pass api_key=... or set the NANOBANANA_API_KEY environment variable",
-                param="api_key",
-            )
-        if any(c in key for c in "\r\n\x00"):
-            raise InvalidRequestError("the API key contains control characters", param="api_key")
-        self._api_key = key.strip()
-        raw_base = base_url or os.environ.get("NANOBANANA_BASE_URL") or DEFAULT_BASE_URL
-        try:
-            base = httpx.URL(raw_base.rstrip("/"))
-        except httpx.InvalidURL as exc:
-            raise InvalidRequestError(
-                f"invalid base_url {raw_base!r}: {exc}", param="base_url"
-            ) from None
-        if base.scheme not in ("http", "https") or not base.host:
-            raise InvalidRequestError(
-                f"base_url must be an http(s) URL with a host, got {raw_base!r}", param="base_url"
-            )
-        if base.scheme == "http" and not allow_insecure_http and not _is_loopback(base.host):
-            raise InvalidRequestError(
-                f"refusing to send the API key over plain http to {base.host}: use https, or pass "
-                "allow_insecure_http=True if this network is trusted",
-                param="base_url",
-            )
+        endpoint = Endpoint.resolve(api_key, base_url, allow_insecure_http=allow_insecure_http)
+        self._endpoint = endpoint
+        self._api_key = endpoint.api_key
         if http_client is not None and transport is not None:
             raise InvalidRequestError(
                 "pass either http_client or transport, not both", param="transport"
             )
-        self._base_url = base
-        self._origin = _origin(base)
-        self._generate_url = base.copy_with(path=base.path.rstrip("/") + GENERATE_PATH)
+        self._generate_url = endpoint.generate_url
         # A plain number bounds connect, read and write; waiting for a pooled connection
         # still never times out (see DEFAULT_TIMEOUT).
         self._timeout = (
@@ -196,7 +118,7 @@ class AsyncNanoBanana:
         if http_client is None:
             # FastTransport loads its TLS context once per process in a worker thread, so
             # neither this constructor nor the event loop pays for it.
-            if transport is None and _env_proxy_applies(self._generate_url):
+            if transport is None and env_proxy_applies(self._generate_url):
                 # httpx honours HTTP(S)_PROXY / NO_PROXY only on its own transports.
                 self._own_client = SDKAsyncClient(
                     limits=UNBOUNDED_LIMITS,
@@ -217,15 +139,13 @@ class AsyncNanoBanana:
         self._generate_target = str(self._generate_url)
         self._timeout_spec: dict[str, float | None] = self._timeout.as_dict()
         self._closed = False
-        self._batches: set[_Background] = set()
+        self._batches = BatchRegistry()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return (
-            f"AsyncNanoBanana(base_url={str(self._base_url)!r}, api_key={_mask(self._api_key)!r})"
-        )
+        return f"AsyncNanoBanana(base_url={self.base_url!r}, api_key={self._endpoint.masked_key!r})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -246,12 +166,7 @@ class AsyncNanoBanana:
         the connections they were still opening.
         """
         self._closed = True
-        batches = list(self._batches)
-        for batch in batches:
-            batch.scope.cancel()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            for batch in batches:
-                await batch.finished.wait()
+        await self._batches.close()
         client, self._own_client = self._own_client, None
         if client is not None:
             await client.aclose()
@@ -259,7 +174,7 @@ class AsyncNanoBanana:
     @property
     def base_url(self) -> str:
         """The API's base URL."""
-        return str(self._base_url)
+        return str(self._endpoint.base_url)
 
     @property
     def pricing(self) -> PricingTable:
@@ -324,7 +239,7 @@ class AsyncNanoBanana:
         override it for this call) with one ``Idempotency-Key`` for every attempt.
         """
         job = self.make_job(prompt, model=model, image_size=image_size, num=num)
-        return await self._generate(job, self.policy_for(max_retries, retry_ambiguous), CallStats())
+        return await self.send_job(job, self.policy_for(max_retries, retry_ambiguous), CallStats())
 
     def policy_for(
         self,
@@ -342,13 +257,17 @@ class AsyncNanoBanana:
             changes["retry_ambiguous"] = retry_ambiguous
         return attrs.evolve(policy, **changes) if changes else policy
 
-    async def _generate(
+    async def send_job(
         self,
         job: Job,
         policy: RetryPolicy,
         stats: CallStats,
-        before_attempt: Callable[[], Awaitable[None]] | None = None,
+        before_attempt: BeforeAttempt | None = None,
     ) -> Generation:
+        """Generate a validated ``job`` under ``policy`` (the batch runner's way in).
+
+        ``stats`` counts the attempts; ``before_attempt`` is awaited before each one.
+        """
         started = time.perf_counter()
         headers = {
             **self._auth_headers,
@@ -410,7 +329,7 @@ class AsyncNanoBanana:
                     await response.aclose()
                 status, response_headers = response.status_code, response.headers
         except httpx.HTTPError as exc:
-            raise _connection_error(exc, target, sent=_request_was_sent(exc)) from None
+            raise connection_error(exc, target, sent=request_was_sent(exc)) from None
         except BodyTooLarge as exc:
             raise _too_large(exc.status_code, exc.headers, MAX_RESPONSE_BYTES) from None
         logger.debug("POST %s -> HTTP %d", target, status)
@@ -420,7 +339,7 @@ class AsyncNanoBanana:
 
     def _headers_for(self, url: httpx.URL) -> dict[str, str]:
         # The key is for the API only: image hosts on another origin never see it.
-        return self._auth_headers if _origin(url) == self._origin else {}
+        return self._auth_headers if self._endpoint.is_api_origin(url) else {}
 
     async def download(
         self, url: str, path: str | os.PathLike[str], *, max_bytes: int = MAX_DOWNLOAD_BYTES
@@ -431,62 +350,14 @@ class AsyncNanoBanana:
         renamed into place at the end and removed on any failure or cancellation.
         ``Authorization`` is sent only when ``url`` is on the API's own origin.
         """
-        try:
-            target_url = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise InvalidRequestError(f"invalid image URL {url!r}: {exc}", param="url") from None
-        if target_url.scheme not in ("http", "https"):
-            raise InvalidRequestError(f"image URL must be http(s), got {url!r}", param="url")
-        dest = pathlib.Path(path)
-        await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
-        http = self._http()
-        request = http.build_request(
-            "GET", target_url, headers=self._headers_for(target_url), timeout=self._timeout
+        return await download_image(
+            self._http(),
+            url,
+            pathlib.Path(path),
+            headers_for=self._headers_for,
+            timeout=self._timeout,
+            max_bytes=max_bytes,
         )
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-        try:
-            try:
-                response = await http.send(request, stream=True, follow_redirects=True)
-            except httpx.HTTPError as exc:
-                raise _connection_error(
-                    exc, str(target_url.copy_with(query=None)), sent=False
-                ) from None
-            try:
-                if response.status_code >= 400:
-                    raise _download_error(response, url)
-                await self._stream_to(response, tmp, max_bytes)
-            except httpx.HTTPError as exc:
-                raise _connection_error(
-                    exc, str(target_url.copy_with(query=None)), sent=False
-                ) from None
-            finally:
-                await response.aclose()
-            os.replace(tmp, dest)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.Path(tmp).unlink(missing_ok=True)
-            raise
-        logger.debug("downloaded %s to %s", target_url.copy_with(query=None), dest)
-        return dest
-
-    @staticmethod
-    async def _stream_to(response: httpx.Response, tmp: pathlib.Path, max_bytes: int) -> None:
-        declared = declared_length(response.headers.get("content-length"))
-        if declared is not None and declared > max_bytes:
-            raise MalformedResponseError(
-                f"image of {declared} bytes refused: larger than the {max_bytes}-byte cap",
-                status_code=response.status_code,
-            )
-        size = 0
-        async with await anyio.open_file(tmp, "wb") as fh:
-            async for chunk in response.aiter_bytes(_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise MalformedResponseError(
-                        f"image refused: larger than the {max_bytes}-byte cap",
-                        status_code=response.status_code,
-                    )
-                await fh.write(chunk)
 
     # -- estimates and batches ---------------------------------------------------------------
 
@@ -510,11 +381,9 @@ class AsyncNanoBanana:
         """Run many jobs; an async iterator of :class:`JobResult`, one per job, as they finish.
 
         ``jobs`` is an iterable or async iterable of :class:`Job` or prompt strings, consumed
-        lazily. See :class:`~nanobanana_async.batch.BatchOptions` for what each option does.
+        lazily. See :class:`~nanobanana_async.batch.options.BatchOptions` for what each option does.
         Breaking out of the loop cancels the requests in flight.
         """
-        from .batch import BatchOptions, BatchRun
-
         options = BatchOptions(
             concurrency=concurrency,
             max_credits=max_credits,
@@ -525,7 +394,7 @@ class AsyncNanoBanana:
             max_retries=max_retries,
             retry_ambiguous=retry_ambiguous,
         )
-        return BatchRun(self, jobs, options)
+        return BatchRun(self, jobs, options, self._batches)
 
     async def run_batch(
         self,
@@ -542,8 +411,6 @@ class AsyncNanoBanana:
     ) -> BatchReport:
         """Run many jobs to the end and return the :class:`BatchReport` (same options as
         :meth:`batch`)."""
-        from .batch import run_to_report
-
         run = self.batch(
             jobs,
             concurrency=concurrency,
@@ -556,19 +423,6 @@ class AsyncNanoBanana:
             retry_ambiguous=retry_ambiguous,
         )
         return await run_to_report(run)
-
-
-def _env_proxy_applies(url: httpx.URL) -> bool:
-    """Whether ``url`` should go through a proxy named in the environment.
-
-    Never for a loopback host: no proxy can reach this machine's loopback (an emulator).
-    """
-    if _is_loopback(url.host):
-        return False
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(url.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(url.host)
 
 
 # What the SDK's own httpx client sends besides, minus compression: the direct path reads the
@@ -599,10 +453,3 @@ def _refuse_overrides(job: Job, **fields: object) -> None:
             "Job (attrs.evolve(job, ...)) or pass a prompt string",
             param=clashes[0],
         )
-
-
-def _download_error(response: httpx.Response, url: str) -> APIError:
-    return APIError(
-        f"downloading {httpx.URL(url).copy_with(query=None)} failed",
-        status_code=response.status_code,
-    )

@@ -1,0 +1,6 @@
+"""HTTP transports under the client: the aiohttp path, the h11 pool, TLS and capped bodies.
+
+Nothing here knows the API's JSON: these modules move bytes and say what a failure means
+(did the request leave?). :class:`~nanobanana_async._http.fast.FastTransport` is the transport
+the client builds for itself.
+"""

@@ -1,0 +1,177 @@
+"""The aiohttp path (extra ``aiohttp``, asyncio only): one pool, httpx's errors and types.
+
+aiohttp's failures are mapped to the httpx exceptions httpcore raises for the same situation
+(``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``),
+so callers handle one family of errors whichever path carried the request. Imported only when
+a request is made on asyncio with aiohttp installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import httpx
+import yarl
+
+from .body import read_capped
+from .h11_pool import KEEPALIVE_EXPIRY
+
+__all__ = ["AiohttpPool"]
+
+
+def _map_aiohttp_error(exc: BaseException) -> httpx.TransportError:
+    """The httpx exception httpcore raises for the same failure."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message)
+    if isinstance(exc, TimeoutError):  # SocketTimeoutError, ServerTimeoutError
+        return httpx.ReadTimeout(message)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(message)
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(message)
+    # A reset or any other socket failure once the request may have left: httpcore says
+    # ReadError, which callers treat as "may have reached the server".
+    return httpx.ReadError(message)
+
+
+_AIOHTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+
+
+class _AiohttpStream(httpx.AsyncByteStream):
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(64 << 10):
+                yield chunk
+        except _AIOHTTP_ERRORS as exc:
+            raise _map_aiohttp_error(exc) from exc
+
+    async def aclose(self) -> None:
+        # Returns the connection to the pool when the body was read to the end, closes it
+        # otherwise (a capped body, a cancelled read).
+        self._response.release()
+
+
+class AiohttpPool:
+    """One aiohttp session bound to the event loop that created it."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | bool) -> None:
+        self._ssl: ssl.SSLContext | bool = ssl_context
+        self.session: aiohttp.ClientSession | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._timeouts: dict[tuple[Any, Any], aiohttp.ClientTimeout] = {}
+
+    def session_for(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
+        session = self.session
+        if session is not None and self.loop is loop and not session.closed:
+            return session
+        connector = aiohttp.TCPConnector(
+            limit=0,  # the caller bounds concurrency; no request waits for a connection
+            ssl=self._ssl,
+            ttl_dns_cache=300,
+            keepalive_timeout=KEEPALIVE_EXPIRY,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
+            auto_decompress=False,  # httpx decodes Content-Encoding itself
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        self.loop = loop
+        return self.session
+
+    def timeout(self, spec: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        key = (spec.get("connect"), spec.get("read"))
+        found = self._timeouts.get(key)
+        if found is None:
+            # ``connect`` covers name resolution, TCP and TLS (``sock_connect`` skips DNS); it
+            # never includes waiting for a pooled connection, since the pool has no limit.
+            found = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, connect=key[0], sock_read=key[1]
+            )
+        return found
+
+    async def send(self, loop: asyncio.AbstractEventLoop, request: httpx.Request) -> httpx.Response:
+        session = self.session_for(loop)
+        body = request.content if hasattr(request, "_content") else await request.aread()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        timeout = self.timeout(request.extensions.get("timeout", {}))
+        try:
+            response = await session.request(
+                request.method,
+                yarl.URL(str(request.url), encoded=True),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                timeout=timeout,
+                compress=None,
+                chunked=None,
+            )
+        except _AIOHTTP_ERRORS as exc:
+            raise _map_aiohttp_error(exc) from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=list(response.raw_headers),
+            stream=_AiohttpStream(response),
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
+            },
+        )
+
+    async def post(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout: dict[str, float | None],
+        limit: int,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST ``body`` and read the whole answer, refusing one larger than ``limit`` bytes.
+
+        No ``httpx.Request``/``httpx.Response`` is built: on the hot path of a batch their
+        construction cost more CPU than the request itself. Failures raise the same httpx
+        exceptions as :meth:`send`; an oversized body raises :class:`BodyTooLarge`.
+        """
+        session = self.session_for(loop)
+        try:
+            response = await session.post(
+                yarl.URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self.timeout(timeout),
+            )
+            try:
+                content = await read_capped(
+                    response.content.iter_any(),
+                    response.content_length,
+                    limit,
+                    response.status,
+                    response.headers,
+                )
+            finally:
+                response.release()
+        except _AIOHTTP_ERRORS as exc:
+            raise _map_aiohttp_error(exc) from exc
+        return response.status, response.headers, content
+
+    async def aclose(self) -> None:
+        session, self.session = self.session, None
+        if session is not None and not session.closed:
+            await session.close()

@@ -1,0 +1,188 @@
+"""The SDK's default HTTP transport: an httpx transport that stays fast at high concurrency.
+
+httpx's own pool (httpcore 1.0) re-assigns every queued request to every connection on each
+change, so its bookkeeping grows with the square of the connections in one pool: at a few
+hundred concurrent requests the client spends its CPU there, not on I/O (DESIGN.md section 7).
+:class:`FastTransport` keeps the httpx interface (``httpx.AsyncClient``, ``http_client=``,
+respx) and picks, per request:
+
+- on asyncio, when ``aiohttp`` is installed (extra ``nanobanana-async[aiohttp]``): one
+  ``aiohttp`` connection pool, with aiohttp's failures mapped to the httpx exceptions httpx
+  itself would raise for the same situation (``ConnectError``, ``ConnectTimeout``,
+  ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``);
+- otherwise (Trio, or no aiohttp): :class:`~nanobanana_async._http.h11_pool.H11Transport`, a
+  lean HTTP/1.1 transport (h11 over anyio streams, one plain pool of idle connections), with
+  the same error mapping. httpcore costs about a millisecond of CPU per request under Trio,
+  even in small pools; this path costs about half as much.
+
+When a mock has patched httpx's or httpcore's transport (respx with either mocker,
+pytest-httpx), both paths step aside and the request goes through httpx's own transport, where
+the mock sees it: a test suite never sends a real request because of this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ssl
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import httpcore
+import httpx
+
+from .h11_pool import KEEPALIVE_EXPIRY, H11Transport
+from .tls import default_ssl_context
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .aiohttp_pool import AiohttpPool
+
+__all__ = ["IDLE_EXPIRY", "UNBOUNDED_LIMITS", "FastTransport", "aiohttp_available"]
+
+#: Seconds an idle pooled connection is kept, on every path. Below common server idle timeouts
+#: (uvicorn's 5 s): reusing a connection the server is closing fails the request after it was
+#: sent, which the SDK must report as "may have been charged" instead of retrying.
+IDLE_EXPIRY = KEEPALIVE_EXPIRY
+
+#: No cap on connections (the caller bounds concurrency), idle ones kept for IDLE_EXPIRY.
+UNBOUNDED_LIMITS = httpx.Limits(
+    max_connections=None, max_keepalive_connections=None, keepalive_expiry=IDLE_EXPIRY
+)
+_POOL_HANDLE = httpcore.AsyncConnectionPool.handle_async_request
+_HTTPX_HANDLE = httpx.AsyncHTTPTransport.handle_async_request
+_CLIENT_ROUTING = httpx.AsyncClient._transport_for_url
+# aiohttp is imported on the first request made through it, not with the SDK.
+_AIOHTTP_INSTALLED = importlib.util.find_spec("aiohttp") is not None
+
+
+def aiohttp_available() -> bool:
+    """Whether the aiohttp path can be used (aiohttp is installed)."""
+    return _AIOHTTP_INSTALLED
+
+
+def _is_mocked() -> bool:
+    """Whether a mock has replaced httpx's or httpcore's request handling on the class.
+
+    respx patches ``httpcore.AsyncConnectionPool`` (its default) or ``AsyncClient``'s routing
+    (``using="httpx"``); pytest-httpx patches ``httpx.AsyncHTTPTransport``. Requests must then
+    go through the client's transport routing and httpx's own transport.
+    """
+    return (
+        httpcore.AsyncConnectionPool.handle_async_request is not _POOL_HANDLE
+        or httpx.AsyncHTTPTransport.handle_async_request is not _HTTPX_HANDLE
+        or httpx.AsyncClient._transport_for_url is not _CLIENT_ROUTING
+    )
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None under Trio (or outside any loop)."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class FastTransport(httpx.AsyncBaseTransport):
+    """The transport :class:`~nanobanana_async.AsyncNanoBanana` builds for itself.
+
+    aiohttp on asyncio when it is installed (and ``use_aiohttp`` is not False),
+    :class:`~nanobanana_async._http.h11_pool.H11Transport` otherwise, httpx's own transport
+    when a mock has patched httpx or httpcore. The TLS context is built once per process, in a
+    worker thread.
+    """
+
+    def __init__(self, *, verify: ssl.SSLContext | bool = True, use_aiohttp: bool | None = None):
+        if use_aiohttp and not _AIOHTTP_INSTALLED:
+            raise RuntimeError("aiohttp is not installed: pip install 'nanobanana-async[aiohttp]'")
+        self._verify = verify
+        self._use_aiohttp = use_aiohttp is not False and _AIOHTTP_INSTALLED
+        self._h11: H11Transport | None = None
+        self._httpx: httpx.AsyncHTTPTransport | None = None
+        self._aiohttp: AiohttpPool | None = None
+        self._ctx: ssl.SSLContext | bool = verify
+
+    async def _setup(self) -> H11Transport:
+        verify = self._verify
+        ctx = await default_ssl_context() if verify is True else verify
+        if self._h11 is None:  # another task may have set up while this one waited
+            self._ctx = ctx
+            self._httpx = httpx.AsyncHTTPTransport(verify=ctx, limits=UNBOUNDED_LIMITS)
+            self._h11 = H11Transport(verify=ctx, keepalive_expiry=IDLE_EXPIRY)
+        return self._h11
+
+    def _aiohttp_pool(self) -> AiohttpPool:
+        # Built (and aiohttp imported) on the first request made on asyncio, after _setup.
+        pool = self._aiohttp
+        if pool is None:
+            from .aiohttp_pool import AiohttpPool
+
+            pool = self._aiohttp = AiohttpPool(self._ctx)
+        return pool
+
+    @property
+    def uses_aiohttp(self) -> bool:
+        """Whether requests made on asyncio go through aiohttp."""
+        return self._use_aiohttp
+
+    def can_post_directly(self) -> bool:
+        """Whether :meth:`post_directly` may be used now: aiohttp, on asyncio, no mock."""
+        return self._use_aiohttp and _running_asyncio_loop() is not None and not _is_mocked()
+
+    async def post_directly(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout: dict[str, float | None],
+        limit: int,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST through the aiohttp pool without building httpx objects (see ``AiohttpPool.post``).
+
+        Only when :meth:`can_post_directly` is true.
+        """
+        if self._h11 is None:
+            await self._setup()
+        loop = _running_asyncio_loop()
+        assert loop is not None
+        return await self._aiohttp_pool().post(loop, url, body, headers, timeout, limit)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        lean = self._h11
+        if lean is None:
+            lean = await self._setup()
+        if _is_mocked():
+            assert self._httpx is not None
+            return await self._httpx.handle_async_request(request)
+        if self._use_aiohttp:
+            loop = _running_asyncio_loop()
+            if loop is not None:
+                return await self._aiohttp_pool().send(loop, request)
+        return await lean.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pool, reference, lean = self._aiohttp, self._httpx, self._h11
+        try:
+            if pool is not None and _running_asyncio_loop() is not None:
+                await pool.aclose()
+        finally:
+            try:
+                if lean is not None:
+                    await lean.aclose()
+            finally:
+                if reference is not None:
+                    await reference.aclose()
+
+    async def __aenter__(self) -> FastTransport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()

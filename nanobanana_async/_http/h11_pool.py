@@ -1,0 +1,307 @@
+"""A lean HTTP/1.1 transport for httpx: ``h11`` over anyio streams (asyncio and Trio).
+
+httpcore's pool spends about a millisecond of CPU per request under Trio, even in small pools;
+this transport does the same job with a plain pool: one list of idle connections per origin,
+most recently used first. A request takes an idle connection or opens a new one (never waits:
+the caller bounds concurrency). A connection goes back to the pool only when its response was
+read to the end and both sides of h11 agree it can carry another request; anything else (an
+error, a cancellation, a body closed early) closes it.
+
+Idle connections older than :data:`KEEPALIVE_EXPIRY` seconds are dropped before reuse, as are
+idle ones whose socket became readable (the server closed it or sent something unexpected):
+a request sent on a connection the server has just closed fails after it was sent, which the
+SDK must report as "may have been charged".
+
+Failures are mapped to the httpx exceptions httpcore raises for the same situation:
+``ConnectError`` / ``ConnectTimeout`` before a byte of the request left, ``WriteError`` /
+``WriteTimeout`` while writing it, ``ReadError`` / ``ReadTimeout`` / ``RemoteProtocolError``
+once it may have reached the server.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import socket
+import ssl
+import time
+from typing import Any
+
+import anyio
+import h11
+import httpx
+from anyio.abc import ByteStream, SocketAttribute
+
+from .tls import default_ssl_context
+
+__all__ = ["KEEPALIVE_EXPIRY", "H11Transport"]
+
+#: Seconds an idle connection may be reused for (uvicorn closes idle ones after 5 s).
+KEEPALIVE_EXPIRY = 4.0
+_READ_SIZE = 64 << 10
+_IO_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+Origin = tuple[bytes, str, int]
+
+
+def _is_readable(sock: socket.socket | None) -> bool:
+    """Whether an idle socket has something to read: EOF, a reset, or unexpected bytes."""
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd == -1:
+        return True
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        return bool(select.select([fd], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _Connection:
+    __slots__ = ("h11", "idle_since", "origin", "sock", "stream")
+
+    def __init__(self, stream: ByteStream, origin: Origin) -> None:
+        self.stream = stream
+        self.origin = origin
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.sock: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
+        self.idle_since = 0.0
+
+    async def aclose(self) -> None:
+        # Forcefully: works inside a cancelled scope, skips TLS close_notify.
+        await anyio.aclose_forcefully(self.stream)
+
+    # A bare cancel scope with a deadline rather than anyio.fail_after: the same, at a fraction
+    # of the CPU (this runs for every read and write).
+    async def send(self, data: bytes, timeout: float | None) -> None:
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        try:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                await self.stream.send(data)
+        except _IO_ERRORS as exc:
+            raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
+        if scope.cancelled_caught:
+            raise httpx.WriteTimeout("timed out writing the request")
+
+    async def receive(self, timeout: float | None) -> bytes:
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        data = b""
+        try:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                data = await self.stream.receive(_READ_SIZE)
+        except anyio.EndOfStream:
+            return b""
+        except _IO_ERRORS as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        if scope.cancelled_caught:
+            raise httpx.ReadTimeout("timed out reading the response")
+        return data
+
+    async def send_request(self, request: httpx.Request, timeout: float | None) -> None:
+        h = self.h11
+        try:
+            head = h.send(
+                h11.Request(
+                    method=request.method, target=request.url.raw_path, headers=request.headers.raw
+                )
+            )
+            assert head is not None
+            if hasattr(request, "_content"):  # the body is in memory: one write
+                body = request.content
+                data = (h.send(h11.Data(data=body)) or b"") if body else b""
+                end = h.send(h11.EndOfMessage()) or b""
+                await self.send(b"".join((head, data, end)), timeout)
+                return
+            await self.send(head, timeout)
+            async for chunk in request.stream:  # type: ignore[union-attr]
+                if chunk:
+                    await self.send(h.send(h11.Data(data=chunk)) or b"", timeout)
+            await self.send(h.send(h11.EndOfMessage()) or b"", timeout)
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc)) from exc
+
+    async def receive_head(self, timeout: float | None) -> h11.Response:
+        while True:
+            event = await self.next_event(timeout)
+            if type(event) is h11.Response:
+                return event
+            if type(event) is not h11.InformationalResponse:
+                raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+    async def next_event(self, timeout: float | None) -> Any:
+        conn = self.h11
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise httpx.RemoteProtocolError(str(exc)) from exc
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.receive(timeout)
+            if not data and conn.their_state is h11.SEND_RESPONSE:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+            conn.receive_data(data)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The response body; closing it returns the connection to the pool or closes it."""
+
+    __slots__ = ("_conn", "_done", "_timeout", "_transport")
+
+    def __init__(self, transport: H11Transport, conn: _Connection, timeout: float | None) -> None:
+        self._transport = transport
+        self._conn: _Connection | None = conn
+        self._timeout = timeout
+        self._done = False
+
+    def __aiter__(self) -> _ResponseStream:
+        # An iterator object, not an async generator: nothing left unfinished when a capped
+        # read stops early.
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None or self._done:
+            raise StopAsyncIteration
+        try:
+            data = await self._next_chunk(conn)
+        except BaseException:
+            self._conn = None
+            await conn.aclose()
+            raise
+        if data is None:
+            self._done = True
+            raise StopAsyncIteration
+        return data
+
+    async def _next_chunk(self, conn: _Connection) -> bytes | None:
+        """The next piece of the body, None at its end."""
+        while True:
+            event = await conn.next_event(self._timeout)
+            if type(event) is h11.Data:
+                if event.data:
+                    return bytes(event.data)
+            elif type(event) is h11.EndOfMessage:
+                return None
+            else:
+                raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._done:
+                await self._transport._release(conn)
+            else:
+                await conn.aclose()
+
+
+class H11Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 with h11 over anyio streams, one unbounded pool of idle connections per origin.
+
+    ``verify`` is an ``ssl.SSLContext``, or True (httpx's default context, built once in a
+    worker thread on the first https request) or False (no verification).
+    """
+
+    def __init__(
+        self, *, verify: ssl.SSLContext | bool = True, keepalive_expiry: float = KEEPALIVE_EXPIRY
+    ) -> None:
+        self._verify = verify
+        self._expiry = keepalive_expiry
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._closed = False  # after aclose, connections are closed when released, not kept
+        #: How many connections were opened (for tests and diagnostics).
+        self.connections_opened = 0
+
+    async def _ssl_context(self) -> ssl.SSLContext:
+        verify = self._verify
+        if isinstance(verify, ssl.SSLContext):
+            return verify  # the caller's, as given
+        if verify:
+            return await default_ssl_context()
+        return httpx.create_ssl_context(verify=False)  # no CA bundle to load: cheap
+
+    async def _acquire(self, origin: Origin) -> _Connection | None:
+        # Expired connections of every origin go (an image host used once keeps none open);
+        # each list is oldest first.
+        deadline = time.monotonic() - self._expiry
+        for conns in list(self._idle.values()):  # closing yields: the dict may grow
+            while conns and conns[0].idle_since < deadline:
+                await conns.pop(0).aclose()
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if not _is_readable(conn.sock):
+                return conn
+            await conn.aclose()
+        return None
+
+    async def _release(self, conn: _Connection) -> None:
+        h = conn.h11
+        if self._closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+            await conn.aclose()
+            return
+        h.start_next_cycle()
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.origin, []).append(conn)
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        ctx = await self._ssl_context() if scheme == b"https" else None
+        try:
+            with anyio.fail_after(timeout):
+                if ctx is None:
+                    stream: ByteStream = await anyio.connect_tcp(host, port)
+                else:
+                    stream = await anyio.connect_tcp(
+                        host,
+                        port,
+                        ssl_context=ctx,
+                        tls_hostname=host,
+                        tls_standard_compatible=False,
+                    )
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout("timed out connecting") from exc
+        except _IO_ERRORS as exc:  # ssl.SSLError is an OSError
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        self.connections_opened += 1
+        return _Connection(stream, origin)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+        host = url.raw_host.decode("ascii")
+        origin: Origin = (scheme, host, url.port or (443 if scheme == b"https" else 80))
+        timeouts: dict[str, float | None] = request.extensions.get("timeout") or {}
+        write_timeout, read_timeout = timeouts.get("write"), timeouts.get("read")
+
+        conn = await self._acquire(origin)
+        if conn is None:
+            conn = await self._connect(origin, timeouts.get("connect"))
+        try:
+            await conn.send_request(request, write_timeout)
+            event = await conn.receive_head(read_timeout)
+        except BaseException:
+            await conn.aclose()
+            raise
+        return httpx.Response(
+            status_code=event.status_code,
+            headers=event.headers.raw_items(),
+            stream=_ResponseStream(self, conn, read_timeout),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
+        )
+
+    async def aclose(self) -> None:
+        """Close every idle connection; connections in use close when their response does."""
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                await conn.aclose()
+
+    @property
+    def idle_connections(self) -> int:
+        """How many connections wait in the pool."""
+        return sum(len(conns) for conns in self._idle.values())

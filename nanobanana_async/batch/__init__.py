@@ -1,0 +1,24 @@
+"""The batch runner: many jobs, bounded concurrency, budget, rate, journal and downloads.
+
+``runner`` (producer, workers, ordering) drives ``process`` (one job: budget, rate, send,
+downloads) through the :class:`~nanobanana_async.batch.sender.JobSender` protocol, so nothing
+here imports the client. ``run`` is the async iterator users hold; ``results`` the types they
+get back.
+"""
+
+from .options import BatchOptions, JobInput
+from .results import BatchReport, BatchStats, JobResult
+from .run import BatchRegistry, BatchRun, run_to_report
+from .sender import JobSender
+
+__all__ = [
+    "BatchOptions",
+    "BatchRegistry",
+    "BatchReport",
+    "BatchRun",
+    "BatchStats",
+    "JobInput",
+    "JobResult",
+    "JobSender",
+    "run_to_report",
+]

@@ -1,0 +1,162 @@
+"""What a batch hands back: one JobResult per job, live BatchStats, the final BatchReport."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import attrs
+
+from ..errors import NanoBananaError
+from ..models import Generation, Job
+
+__all__ = ["BatchReport", "BatchStats", "JobResult", "Status"]
+
+Status = Literal["succeeded", "failed", "skipped"]
+
+
+@attrs.frozen
+class JobResult:
+    """The outcome of one job of a batch; exactly one per input job.
+
+    ``status`` is ``"succeeded"``, ``"failed"`` or ``"skipped"`` (not sent: over budget, or the
+    batch stopped; ``reason`` says why). ``credits`` is what the job was charged by the
+    pricing table: 0 unless it generated. ``resumed`` marks a job taken from the journal of
+    an earlier run without a request. ``id`` is the job's id in journals and file names
+    (``None`` when the batch has neither and the job sets none).
+    """
+
+    index: int
+    job: Job | None
+    status: Status
+    id: str | None = None
+    generation: Generation | None = None
+    error: NanoBananaError | None = None
+    reason: str | None = None
+    attempts: int = 0
+    elapsed: float = 0.0
+    credits: int = 0
+    paths: tuple[pathlib.Path, ...] = ()
+    resumed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the job succeeded."""
+        return self.status == "succeeded"
+
+    def to_record(self) -> dict[str, Any]:
+        """The journal line for this result (JSON-ready; never contains the API key)."""
+        job = self.job
+        return {
+            "id": self.id,
+            "index": self.index,
+            "status": self.status,
+            "prompt": job.prompt if job else None,
+            "model": job.model if job else None,
+            "image_size": job.image_size if job else None,
+            "num": job.num if job else None,
+            "urls": list(self.generation.urls) if self.generation else [],
+            "credits": self.credits,
+            "attempts": self.attempts,
+            "elapsed": round(self.elapsed, 4),
+            "paths": [str(p) for p in self.paths],
+            "error": str(self.error) if self.error else None,
+            "reason": self.reason,
+        }
+
+
+@attrs.define
+class BatchStats:
+    """Live counters of a running batch (read them for progress displays)."""
+
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    in_flight: int = 0
+    credits_estimated: int = 0
+    credits_spent: int = 0
+    retries: int = 0
+    stopped_reason: str | None = None
+
+    @property
+    def finished(self) -> int:
+        """Jobs finished so far, whatever their status."""
+        return self.succeeded + self.failed + self.skipped
+
+    def count(self, result: JobResult) -> None:
+        """Count a finished job."""
+        if result.status == "succeeded":
+            self.succeeded += 1
+            self.resumed += result.resumed
+        elif result.status == "failed":
+            self.failed += 1
+        else:
+            self.skipped += 1
+        self.credits_spent += result.credits
+        self.retries += max(0, result.attempts - 1)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    rank = max(0, math.ceil(q * len(sorted_values)) - 1)
+    return sorted_values[rank]
+
+
+@attrs.frozen
+class BatchReport:
+    """Everything about a finished batch: every result and the totals.
+
+    ``credits_estimated`` is what the batch's jobs were priced at before sending (jobs resumed
+    from a journal excluded); ``credits_spent`` what the succeeded jobs cost. Latency
+    percentiles are over jobs that made requests. ``stopped_reason`` says why dispatch stopped
+    early (an invalid key, insufficient credits), if it did.
+    """
+
+    results: tuple[JobResult, ...]
+    succeeded: int
+    failed: int
+    skipped: int
+    resumed: int
+    credits_estimated: int
+    credits_spent: int
+    elapsed: float
+    retries: int
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    stopped_reason: str | None
+
+    @property
+    def total(self) -> int:
+        """Number of jobs in the report (one result per input job)."""
+        return len(self.results)
+
+    @property
+    def ok(self) -> bool:
+        """True when every job succeeded."""
+        return self.succeeded == len(self.results)
+
+    @classmethod
+    def build(cls, results: Sequence[JobResult], stats: BatchStats, elapsed: float) -> BatchReport:
+        """The report of a finished batch from its results and live counters."""
+        latencies = sorted(r.elapsed for r in results if r.attempts)
+        return cls(
+            results=tuple(sorted(results, key=lambda r: r.index)),
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            skipped=stats.skipped,
+            resumed=stats.resumed,
+            credits_estimated=stats.credits_estimated,
+            credits_spent=stats.credits_spent,
+            elapsed=elapsed,
+            retries=stats.retries,
+            latency_p50=_percentile(latencies, 0.50),
+            latency_p95=_percentile(latencies, 0.95),
+            latency_p99=_percentile(latencies, 0.99),
+            stopped_reason=stats.stopped_reason,
+        )

@@ -1,0 +1,212 @@
+"""The async iterator a batch is consumed through, and the background task it runs in."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import attrs
+import sniffio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .options import BatchOptions, JobInput
+from .results import BatchReport, BatchStats, JobResult
+from .runner import Runner
+from .sender import JobSender
+
+__all__ = ["BatchRegistry", "BatchRun", "run_to_report"]
+
+
+@attrs.define(eq=False)
+class _Background:
+    """What a batch's background task shares with its :class:`BatchRun` and the client.
+
+    Never the ``BatchRun`` itself: a task holding it would keep it alive, so breaking out of
+    ``async for`` (which only drops the reference) would not reach ``__del__`` and the
+    workers would go on generating, and paying, with nobody reading the results.
+    """
+
+    scope: anyio.CancelScope
+    finished: anyio.Event
+    started: float
+    failure: BaseException | None = None
+    ended: float | None = None
+    task: Any = None
+
+
+class BatchRegistry:
+    """The batches of one client still running, so that closing the client can stop them.
+
+    Closing the connection pool under a running batch would strand the connections it was
+    still opening: :meth:`close` cancels each batch and waits (a few seconds at most) for it.
+    """
+
+    def __init__(self) -> None:
+        self._running: set[_Background] = set()
+
+    def add(self, state: _Background) -> None:
+        self._running.add(state)
+
+    def discard(self, state: _Background) -> None:
+        self._running.discard(state)
+
+    async def close(self) -> None:
+        """Cancel every running batch and wait for them to end."""
+        batches = list(self._running)
+        for batch in batches:
+            batch.scope.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            for batch in batches:
+                await batch.finished.wait()
+
+
+async def _run_in_background(
+    runner: Runner,
+    state: _Background,
+    send: MemoryObjectSendStream[JobResult],
+    registry: BatchRegistry,
+) -> None:
+    try:
+        with state.scope:
+            try:
+                await runner.run(send)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # handed to the consumer, never lost
+                state.failure = exc
+    finally:
+        state.ended = time.perf_counter()
+        state.finished.set()
+        registry.discard(state)
+
+
+class BatchRun:
+    """The async iterator returned by :meth:`AsyncNanoBanana.batch`.
+
+    Results arrive as jobs finish (in input order with ``ordered=True``). The work runs in a
+    background task tied to this object: breaking out of ``async for``, cancelling the scope
+    around it, or :meth:`aclose` cancels the requests in flight. ``async with`` around it also
+    waits for that background task to end. ``stats`` are live counters.
+    """
+
+    def __init__(
+        self, sender: JobSender, jobs: JobInput, options: BatchOptions, registry: BatchRegistry
+    ) -> None:
+        # Set before the runner, which validates ``jobs`` and may raise: ``__del__`` still runs
+        # on the half-built object and reads these.
+        self._receive: MemoryObjectReceiveStream[JobResult] | None = None
+        self._state: _Background | None = None
+        self._runner = Runner(sender, jobs, options)
+        self._registry = registry
+
+    @property
+    def stats(self) -> BatchStats:
+        """Live counters of this batch (succeeded, failed, skipped, credits, retries)."""
+        return self._runner.stats
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the batch started (0 before the first result is awaited)."""
+        if self._state is None:
+            return 0.0
+        return (self._state.ended or time.perf_counter()) - self._state.started
+
+    def _start(self) -> MemoryObjectReceiveStream[JobResult]:
+        send, receive = anyio.create_memory_object_stream[JobResult](
+            self._runner.options.concurrency
+        )
+        self._receive = receive
+        state = self._state = _Background(anyio.CancelScope(), anyio.Event(), time.perf_counter())
+        # The client cancels and awaits its running batches before it closes its connections.
+        self._registry.add(state)
+        # The work must outlive each __anext__ call but not the batch; a task group cannot
+        # span the caller's yields, so it runs as its own top-level task that this object
+        # cancels. Trio needs a system task for that; asyncio a plain task.
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(
+                _run_in_background,
+                self._runner,
+                state,
+                send,
+                self._registry,
+                name="nanobanana batch",
+                context=contextvars.copy_context(),
+            )
+        else:
+            import asyncio
+
+            state.task = asyncio.get_running_loop().create_task(
+                _run_in_background(self._runner, state, send, self._registry),
+                name="nanobanana batch",
+            )
+        return receive
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> JobResult:
+        receive = self._receive or self._start()
+        try:
+            return await receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            state = self._state
+            if state is not None:
+                await state.finished.wait()
+                if state.failure is not None:
+                    failure, state.failure = state.failure, None
+                    raise failure from None
+            raise StopAsyncIteration from None
+        except BaseException:
+            self._cancel()
+            raise
+
+    def _cancel(self) -> None:
+        if self._state is not None:
+            self._state.scope.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel what is in flight and wait (up to a few seconds) for the batch to end."""
+        self._cancel()
+        if self._state is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._state.finished.wait()
+        if self._receive is not None:
+            self._receive.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Breaking out of ``async for`` drops the last reference: stop the work right away.
+        with contextlib.suppress(Exception):  # the event loop may already be gone at shutdown
+            self._cancel()
+        if self._receive is not None:
+            self._receive.close()
+
+    def report(self, results: Sequence[JobResult]) -> BatchReport:
+        """A :class:`BatchReport` over ``results`` with this batch's totals."""
+        return BatchReport.build(results, self.stats, self.elapsed)
+
+
+async def run_to_report(run: BatchRun) -> BatchReport:
+    """Drain ``run`` and build its report."""
+    results: list[JobResult] = []
+    async with run:
+        async for result in run:
+            results.append(result)
+    return run.report(results)

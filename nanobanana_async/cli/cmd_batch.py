@@ -1,0 +1,232 @@
+"""``nanobanana batch``: estimate, confirm, run with a progress bar, gallery and summary."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+from ..batch import BatchReport, BatchRun, JobResult
+from ..batch.journal import JobIds, Journal
+from ..errors import InvalidRequestError
+from .common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ClientConfig,
+    CLIError,
+    add_input,
+    add_job_defaults,
+    console,
+    credits,
+    estimate_table,
+    label_of,
+    load_jobs,
+    make_dir,
+    out,
+    positive_float,
+    positive_int,
+    pricing_of,
+    setup_logging,
+)
+from .gallery import GallerySummary, write_gallery
+from .inputs import SourcedJob
+from .progress import BatchUI, print_summary
+
+__all__ = ["add_parser", "cmd_batch"]
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``batch`` to the subcommands."""
+    bat = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="run every job of a file, with progress, budget and resume",
+        description="Run every job of FILE. Prints the credit estimate and asks before spending "
+        "unless --yes or --max-credits. With -o DIR, images, the journal and an index.html "
+        "gallery go to DIR, and running the same command again resumes. Exit status: 0 all "
+        "succeeded, 1 some failed or were skipped, 2 usage or input error, 130 interrupted.",
+    )
+    add_input(bat)
+    add_job_defaults(bat, rows=True)
+    bat.add_argument(
+        "-c", "--concurrency", type=positive_int, default=8, help="requests in flight (8)"
+    )
+    bat.add_argument(
+        "--max-credits", type=credits, metavar="N", help="never commit more than N credits"
+    )
+    bat.add_argument(
+        "--max-per-second", type=positive_float, metavar="R", help="at most R request starts/s"
+    )
+    bat.add_argument(
+        "-o", "--output", metavar="DIR", help="save images, journal and index.html gallery in DIR"
+    )
+    bat.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="JSONL journal to resume from (default: DIR/journal.jsonl)",
+    )
+    bat.add_argument("-y", "--yes", action="store_true", help="do not ask before spending")
+    bat.add_argument(
+        "--json", action="store_true", help="print each finished job as a JSON line on stdout"
+    )
+    bat.add_argument(
+        "--emulator", action="store_true", help="use the built-in emulator (no key needed)"
+    )
+    bat.add_argument("--timeout", type=positive_float, help="read timeout in seconds")
+
+    bat.set_defaults(run=cmd_batch)
+
+
+def _already_done(journal: pathlib.Path | None, jobs: Sequence[SourcedJob]) -> set[int]:
+    """Indexes of the jobs an earlier run with this journal generated (the batch will not pay
+    for them again). Ids are assigned exactly as the batch runner does."""
+    if journal is None or not journal.exists():
+        return set()
+    try:
+        opened = Journal(journal)
+    except InvalidRequestError as exc:
+        raise CLIError(exc.message) from None
+    try:
+        ids = JobIds()
+        return {i for i, s in enumerate(jobs) if opened.resumable(ids.assign(s.job)) is not None}
+    finally:
+        opened.close()
+
+
+def _confirm(
+    args: argparse.Namespace, credits: int, jobs: int, emulator: bool, err: Console
+) -> bool:
+    if args.yes or args.max_credits is not None or credits == 0:
+        return True
+    if args.file == "-" or not sys.stdin.isatty():
+        raise CLIError(
+            f"refusing to spend {credits} credits without confirmation (standard input is not a "
+            "terminal): pass --yes, or --max-credits N to cap the spend"
+        )
+    what = "emulated credits" if emulator else "credits"
+    err.print(f"Spend up to [bold]{credits}[/] {what} on {jobs} jobs? {escape('[y/N]')} ", end="")
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+@attrs.define
+class _BatchState:
+    results: list[JobResult] = attrs.Factory(list)
+    run: BatchRun | None = None
+    interrupted: bool = False
+
+    def report(self) -> BatchReport | None:
+        return self.run.report(self.results) if self.run is not None else None
+
+
+async def _run_batch(
+    args: argparse.Namespace,
+    config: ClientConfig,
+    jobs: Sequence[SourcedJob],
+    out_dir: pathlib.Path | None,
+    journal: pathlib.Path | None,
+    ui: BatchUI,
+    state: _BatchState,
+) -> None:
+    print_urls = out_dir is None and not args.json
+    async with config.open() as client:
+        run = client.batch(
+            [s.job for s in jobs],
+            concurrency=args.concurrency,
+            max_credits=args.max_credits,
+            max_per_second=args.max_per_second,
+            journal=journal,
+            download_dir=out_dir,
+        )
+        state.run = run
+        async with run:
+            async for result in run:
+                state.results.append(result)
+                ui.update(result, run.stats)
+                if args.json:
+                    record = result.to_record()
+                    record["line"] = jobs[result.index].line
+                    out(json.dumps(record, ensure_ascii=False))
+                elif print_urls and result.generation is not None:
+                    for url in result.generation.urls:
+                        out(url)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    pricing = pricing_of(args)
+    jobs = load_jobs(args, pricing)
+    config = ClientConfig.from_args(args, pricing)
+    label = label_of(args.file)
+    out_dir = pathlib.Path(args.output) if args.output else None
+    journal = pathlib.Path(args.journal) if args.journal else None
+    if journal is None and out_dir is not None:
+        journal = out_dir / "journal.jsonl"
+    err = console(stderr=True)
+    setup_logging(args.verbose, err)
+
+    done = _already_done(journal, jobs)
+    todo = [s for i, s in enumerate(jobs) if i not in done]
+    estimate = pricing.estimate(s.job for s in todo)
+    if done:
+        err.print(
+            Text(f"{len(done)} of {len(jobs)} jobs already done in {journal}: not sent again.")
+        )
+    if todo:
+        emulated = " (emulator: no real credits)" if config.emulator else ""
+        err.print(Text(f"Estimate for {label}{emulated}", style="bold"))
+        err.print(estimate_table(estimate, todo))
+    if args.max_credits is not None and args.max_credits < estimate.total:
+        err.print(
+            f"[yellow]--max-credits {args.max_credits} is below the estimate: jobs that do not "
+            "fit will be skipped.[/]"
+        )
+    if not _confirm(args, estimate.total, len(todo), config.emulator, err):
+        err.print("Cancelled: nothing was sent.")
+        return EXIT_FAILED
+    if out_dir is not None:
+        make_dir(str(out_dir))
+    if journal is not None and journal.parent != pathlib.Path():
+        make_dir(str(journal.parent))
+
+    state = _BatchState()
+    ui = BatchUI(err, jobs, len(done), label)
+    try:
+        with ui.progress:
+            asyncio.run(_run_batch(args, config, jobs, out_dir, journal, ui, state))
+    except KeyboardInterrupt:
+        state.interrupted = True
+    report = state.report()
+    gallery = None
+    if out_dir is not None and report is not None:
+        summary = GallerySummary(
+            source=label,
+            total=len(jobs),
+            succeeded=report.succeeded,
+            failed=report.failed,
+            skipped=report.skipped,
+            credits_spent=report.credits_spent,
+            elapsed=report.elapsed,
+            note=(
+                f"Interrupted: {report.total} of {len(jobs)} jobs finished. Run the same command "
+                "again to resume."
+                if state.interrupted
+                else None
+            ),
+        )
+        gallery = write_gallery(report.results, out_dir, summary)
+    print_summary(err, report, len(jobs), state.interrupted, gallery, journal)
+    if state.interrupted:
+        return EXIT_INTERRUPTED
+    return (
+        EXIT_OK if report is not None and report.total == len(jobs) and report.ok else EXIT_FAILED
+    )

@@ -1,0 +1,16 @@
+"""Exit statuses, and the error a command raises for one clear line on stderr."""
+
+from __future__ import annotations
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "PROG", "CLIError"]
+
+PROG = "nanobanana"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CLIError(Exception):
+    """A user-facing failure: one line on stderr and an exit status, never a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,172 @@
+"""The batch gallery: one self-contained ``index.html`` beside the downloaded images.
+
+Prompts, errors and ids are untrusted text and are always escaped. Images are referenced by
+relative paths inside the output directory, and the page loads nothing from the network, so
+the directory can be zipped, moved or opened offline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import os
+import pathlib
+import urllib.parse
+from collections.abc import Sequence
+
+import attrs
+
+from ..batch import JobResult
+
+__all__ = ["GallerySummary", "image_href", "paid", "render_gallery", "write_gallery"]
+
+
+@attrs.frozen
+class GallerySummary:
+    """The totals shown in the gallery's header."""
+
+    source: str
+    total: int
+    succeeded: int
+    failed: int
+    skipped: int
+    credits_spent: int
+    elapsed: float
+    note: str | None = None
+
+
+def image_href(path: pathlib.Path | str, out_dir: pathlib.Path) -> str | None:
+    """A relative, URL-quoted link from ``out_dir/index.html`` to ``path``; ``None`` when the
+    file is not inside ``out_dir`` (the gallery never points outside its directory)."""
+    try:
+        rel = pathlib.Path(os.path.abspath(path)).relative_to(os.path.abspath(out_dir))
+    except ValueError:
+        return None
+    if not rel.parts:
+        return None
+    return urllib.parse.quote(rel.as_posix())
+
+
+_CSS = """
+:root { color-scheme: light dark; --bg: #f4f4f6; --card: #fff; --fg: #1d1d22; --muted: #6b6b76;
+  --line: #dedee3; --ok: #1a7f37; --bad: #c9182b; --skip: #9a6700; }
+@media (prefers-color-scheme: dark) { :root { --bg: #16161a; --card: #202026; --fg: #ececf1;
+  --muted: #9d9daa; --line: #33333b; } }
+* { box-sizing: border-box; }
+body { margin: 0; padding: 24px; background: var(--bg); color: var(--fg);
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+header h1 { margin: 0 0 4px; font-size: 20px; }
+header p { margin: 0 0 20px; color: var(--muted); }
+header .note { color: var(--skip); }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 16px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
+  overflow: hidden; display: flex; flex-direction: column; }
+.thumbs { display: flex; gap: 4px; height: 220px; padding: 6px; align-items: center;
+  justify-content: center; background: repeating-conic-gradient(#8881 0 25%, #0000 0 50%)
+  50% / 16px 16px; }
+.thumbs a { flex: 1 1 0; height: 100%; min-width: 0; display: flex; align-items: center;
+  justify-content: center; }
+.thumbs img { width: 100%; height: 100%; object-fit: contain; }
+.noimg { color: var(--muted); font-style: italic; }
+.body { padding: 10px 12px 12px; display: flex; flex-direction: column; gap: 6px; }
+.prompt { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; }
+.meta { color: var(--muted); font-size: 12px; overflow-wrap: anywhere; }
+.status { display: inline-block; padding: 0 8px; border-radius: 999px; font-size: 12px;
+  font-weight: 600; color: #fff; }
+.succeeded { background: var(--ok); } .failed { background: var(--bad); }
+.skipped { background: var(--skip); }
+.error { margin: 0; color: var(--bad); font: 12px/1.4 ui-monospace, monospace;
+  white-space: pre-wrap; overflow-wrap: anywhere; }
+"""
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def paid(result: JobResult) -> int:
+    """Credits a job cost, including those paid by an earlier run it was resumed from."""
+    if result.resumed and result.generation is not None:
+        return result.generation.credits
+    return result.credits
+
+
+def _card(result: JobResult, out_dir: pathlib.Path) -> str:
+    job = result.job
+    prompt = job.prompt if job is not None else "(invalid job)"
+    thumbs: list[str] = []
+    for path in result.paths:
+        href = image_href(path, out_dir)
+        if href is not None:
+            thumbs.append(
+                f'<a href="{_esc(href)}"><img src="{_esc(href)}" alt="{_esc(prompt[:200])}" '
+                'loading="lazy" decoding="async"></a>'
+            )
+    if not thumbs:
+        thumbs.append('<span class="noimg">no image</span>')
+    meta = []
+    if job is not None:
+        meta += [job.model, job.image_size]
+        if job.num > 1:
+            meta.append(f"{job.num} images")
+    meta.append(f"{paid(result)} credits")
+    if result.resumed:
+        meta.append("from an earlier run")
+    problem = result.reason or (str(result.error) if result.error is not None else None)
+    problem_html = f'<p class="error">{_esc(problem)}</p>' if problem else ""
+    return (
+        f'<article class="card" id="job-{result.index + 1}" data-status="{_esc(result.status)}">'
+        f'<div class="thumbs">{"".join(thumbs)}</div>'
+        '<div class="body">'
+        f'<div><span class="status {_esc(result.status)}">{_esc(result.status)}</span> '
+        f'<span class="meta">#{result.index + 1}'
+        + (f" · {_esc(result.id)}" if result.id else "")
+        + "</span></div>"
+        f'<p class="prompt">{_esc(prompt)}</p>'
+        f'<div class="meta">{" · ".join(_esc(m) for m in meta)}</div>'
+        f"{problem_html}"
+        "</div></article>"
+    )
+
+
+def render_gallery(
+    results: Sequence[JobResult], out_dir: pathlib.Path, summary: GallerySummary
+) -> str:
+    """The gallery page for ``results`` (in input order), as HTML text."""
+    cards = "\n".join(_card(r, out_dir) for r in sorted(results, key=lambda r: r.index))
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    total_paid = sum(paid(r) for r in results)
+    credits = f"{total_paid} credits"
+    if total_paid != summary.credits_spent:
+        credits += f" ({summary.credits_spent} in the last run)"
+    line = (
+        f"{summary.total} jobs: {summary.succeeded} succeeded, {summary.failed} failed, "
+        f"{summary.skipped} skipped · {credits} · {summary.elapsed:.1f} s · {when}"
+    )
+    note = f'<p class="note">{_esc(summary.note)}</p>' if summary.note else ""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        # Nothing on this page may reach the network: it shows untrusted prompts offline.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "img-src 'self' file: data:; style-src 'unsafe-inline'\">\n"
+        f"<title>{_esc(summary.source)} · nanobanana gallery</title>\n"
+        f"<style>{_CSS}</style></head>\n"
+        f"<body><header><h1>{_esc(summary.source)}</h1><p>{_esc(line)}</p>{note}</header>\n"
+        f'<main class="grid">\n{cards}\n</main></body></html>\n'
+    )
+
+
+def write_gallery(
+    results: Sequence[JobResult], out_dir: pathlib.Path, summary: GallerySummary
+) -> pathlib.Path:
+    """Write ``out_dir/index.html`` atomically and return its path."""
+    target = out_dir / "index.html"
+    tmp = out_dir / f".index.html.{os.getpid()}.part"
+    try:
+        tmp.write_text(render_gallery(results, out_dir, summary), encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

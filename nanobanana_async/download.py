@@ -1,0 +1,91 @@
+"""Saving an image: a plain GET streamed to a temporary file, renamed into place when whole."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import uuid
+from collections.abc import Callable, Mapping
+
+import anyio
+import httpx
+
+from ._http.body import declared_length
+from ._http.failures import connection_error
+from .errors import APIError, InvalidRequestError, MalformedResponseError
+
+__all__ = ["MAX_DOWNLOAD_BYTES", "download_image"]
+
+logger = logging.getLogger("nanobanana_async")
+
+MAX_DOWNLOAD_BYTES = 256 << 20
+_CHUNK = 64 << 10
+
+
+async def download_image(
+    http: httpx.AsyncClient,
+    url: str,
+    dest: pathlib.Path,
+    *,
+    headers_for: Callable[[httpx.URL], Mapping[str, str]],
+    timeout: httpx.Timeout,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+) -> pathlib.Path:
+    """Stream the image at ``url`` to ``dest`` atomically and return ``dest``.
+
+    The file appears complete or not at all: bytes go to a temporary file beside it, renamed
+    into place at the end and removed on any failure or cancellation. ``headers_for`` gives
+    the headers for a URL (the key only for the API's own origin).
+    """
+    try:
+        target_url = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise InvalidRequestError(f"invalid image URL {url!r}: {exc}", param="url") from None
+    if target_url.scheme not in ("http", "https"):
+        raise InvalidRequestError(f"image URL must be http(s), got {url!r}", param="url")
+    await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
+    request = http.build_request(
+        "GET", target_url, headers=headers_for(target_url), timeout=timeout
+    )
+    shown = str(target_url.copy_with(query=None))
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        try:
+            response = await http.send(request, stream=True, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise connection_error(exc, shown, sent=False) from None
+        try:
+            if response.status_code >= 400:
+                raise APIError(f"downloading {shown} failed", status_code=response.status_code)
+            await _stream_to(response, tmp, max_bytes)
+        except httpx.HTTPError as exc:
+            raise connection_error(exc, shown, sent=False) from None
+        finally:
+            await response.aclose()
+        os.replace(tmp, dest)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.debug("downloaded %s to %s", shown, dest)
+    return dest
+
+
+async def _stream_to(response: httpx.Response, tmp: pathlib.Path, max_bytes: int) -> None:
+    declared = declared_length(response.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
+        raise MalformedResponseError(
+            f"image of {declared} bytes refused: larger than the {max_bytes}-byte cap",
+            status_code=response.status_code,
+        )
+    size = 0
+    async with await anyio.open_file(tmp, "wb") as fh:
+        async for chunk in response.aiter_bytes(_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise MalformedResponseError(
+                    f"image refused: larger than the {max_bytes}-byte cap",
+                    status_code=response.status_code,
+                )
+            await fh.write(chunk)

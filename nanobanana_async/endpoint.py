@@ -1,0 +1,113 @@
+"""Where the API is and how the client authenticates to it: key, base URL, origins, proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import urllib.request
+
+import attrs
+import httpx
+
+from .errors import InvalidRequestError
+
+__all__ = ["DEFAULT_BASE_URL", "GENERATE_PATH", "Endpoint", "env_proxy_applies", "is_loopback"]
+
+DEFAULT_BASE_URL = "https://api.nanobananaapi.dev"
+GENERATE_PATH = "/v1/images/generate"
+
+Origin = tuple[str, str, int | None]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (``localhost`` or a loopback address)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """Scheme, host and port of ``url``, the default port filled in."""
+    default_port = {"http": 80, "https": 443}.get(url.scheme)
+    return (url.scheme, url.host, url.port or default_port)
+
+
+def env_proxy_applies(url: httpx.URL) -> bool:
+    """Whether ``url`` should go through a proxy named in the environment.
+
+    Never for a loopback host: no proxy can reach this machine's loopback (an emulator).
+    """
+    if is_loopback(url.host):
+        return False
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(url.host)
+
+
+def _mask(key: str) -> str:
+    return f"...{key[-4:]}" if len(key) >= 20 else "***"
+
+
+@attrs.frozen
+class Endpoint:
+    """The API's base URL and the key sent to it (never shown in ``repr``)."""
+
+    api_key: str = attrs.field(repr=False)
+    base_url: httpx.URL
+    generate_url: httpx.URL
+    origin: Origin
+
+    @classmethod
+    def resolve(
+        cls, api_key: str | None, base_url: str | None, *, allow_insecure_http: bool
+    ) -> Endpoint:
+        """The endpoint for these arguments and the environment, or :class:`InvalidRequestError`.
+
+        ``api_key`` falls back to ``NANOBANANA_API_KEY``, ``base_url`` to
+        ``NANOBANANA_BASE_URL``. Plain ``http`` is refused for a non-loopback host unless
+        ``allow_insecure_http``: the key would travel in clear text.
+        """
+        key = api_key if api_key is not None else os.environ.get("NANOBANANA_API_KEY")
+        if not key or not key.strip():
+            raise InvalidRequestError(
+                "no API key: pass api_key=... or set the NANOBANANA_API_KEY environment variable",
+                param="api_key",
+            )
+        if any(c in key for c in "\r\n\x00"):
+            raise InvalidRequestError("the API key contains control characters", param="api_key")
+        raw_base = base_url or os.environ.get("NANOBANANA_BASE_URL") or DEFAULT_BASE_URL
+        try:
+            base = httpx.URL(raw_base.rstrip("/"))
+        except httpx.InvalidURL as exc:
+            raise InvalidRequestError(
+                f"invalid base_url {raw_base!r}: {exc}", param="base_url"
+            ) from None
+        if base.scheme not in ("http", "https") or not base.host:
+            raise InvalidRequestError(
+                f"base_url must be an http(s) URL with a host, got {raw_base!r}", param="base_url"
+            )
+        if base.scheme == "http" and not allow_insecure_http and not is_loopback(base.host):
+            raise InvalidRequestError(
+                f"refusing to send the API key over plain http to {base.host}: use https, or pass "
+                "allow_insecure_http=True if this network is trusted",
+                param="base_url",
+            )
+        return cls(
+            api_key=key.strip(),
+            base_url=base,
+            generate_url=base.copy_with(path=base.path.rstrip("/") + GENERATE_PATH),
+            origin=origin_of(base),
+        )
+
+    @property
+    def masked_key(self) -> str:
+        """The key as it may be shown: its last four characters at most."""
+        return _mask(self.api_key)
+
+    def is_api_origin(self, url: httpx.URL) -> bool:
+        """Whether ``url`` is on the API's own origin (the only one that sees the key)."""
+        return origin_of(url) == self.origin
