@@ -37,6 +37,7 @@ DOC_PAGES = (
     "fastapi",
     "reliability",
     "benchmarks",
+    "architecture",
 )
 MAIN_JOB = (
     'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && '
@@ -106,7 +107,7 @@ def test_every_page_has_running_examples() -> None:
     for page in DOC_PAGES:
         path = ROOT / "docs" / f"{page}.md"
         assert path.is_file(), f"missing {path.relative_to(ROOT)}"
-        if page not in ("index", "cli", "reliability", "benchmarks"):
+        if page not in ("index", "cli", "reliability", "benchmarks", "architecture"):
             assert path in paths, f"{path.relative_to(ROOT)} has no runnable python block"
     assert README in paths
 
