@@ -237,7 +237,7 @@ async def test_generate_keywords_never_raise_anything_else(
                 Job,
                 # Valid Job prompts only (no NUL, no lone surrogate): a Job refuses the rest.
                 st.text(
-                    st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+                    st.characters(exclude_characters="\x00", exclude_categories=["Cs"]),
                     min_size=1,
                     max_size=30,
                 ).filter(str.strip),
