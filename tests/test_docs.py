@@ -181,3 +181,18 @@ def test_public_names_have_docstrings() -> None:
                 if (isinstance(value, property) or inspect.isfunction(value)) and not value.__doc__:
                     missing.append(f"{name}.{attr}")
     assert missing == []
+
+
+def test_tests_named_in_the_docs_exist() -> None:
+    # docs/reliability.md proves each promise by naming tests: a renamed or moved test must not
+    # leave a promise pointing at nothing.
+    reference = re.compile(r"`(tests/[\w/]+\.py)(?:::(\w+))?`")
+    missing = []
+    for path in markdown_files():
+        for file, name in reference.findall(path.read_text("utf-8")):
+            source = ROOT / file
+            if not source.is_file():
+                missing.append(f"{path.relative_to(ROOT)}: {file}")
+            elif name and not re.search(rf"^(async )?def {name}\(", source.read_text(), re.M):
+                missing.append(f"{path.relative_to(ROOT)}: {file}::{name}")
+    assert missing == []
