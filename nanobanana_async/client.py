@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pathlib
 import time
@@ -28,7 +29,6 @@ from .batch import (
     JobInput,
     run_to_report,
 )
-from .batch.sender import BeforeAttempt
 from .download import MAX_DOWNLOAD_BYTES, download_image
 from .endpoint import DEFAULT_BASE_URL, Endpoint, env_proxy_applies
 from .errors import (
@@ -41,7 +41,14 @@ from .errors import (
 )
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
-from .retry import CallStats, Cooldown, RetryBudget, RetryPolicy, call_with_retries
+from .retry import (
+    AttemptHooks,
+    CallStats,
+    Cooldown,
+    RetryBudget,
+    RetryPolicy,
+    call_with_retries,
+)
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoBanana"]
 
@@ -101,9 +108,7 @@ class AsyncNanoBanana:
         self._generate_url = endpoint.generate_url
         # A plain number bounds connect, read and write; waiting for a pooled connection
         # still never times out (see DEFAULT_TIMEOUT).
-        self._timeout = (
-            timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, pool=None)
-        )
+        self._timeout = _checked_timeout(timeout)
         self._policy = RetryPolicy()
         self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
@@ -262,11 +267,11 @@ class AsyncNanoBanana:
         job: Job,
         policy: RetryPolicy,
         stats: CallStats,
-        before_attempt: BeforeAttempt | None = None,
+        hooks: AttemptHooks | None = None,
     ) -> Generation:
         """Generate a validated ``job`` under ``policy`` (the batch runner's way in).
 
-        ``stats`` counts the attempts; ``before_attempt`` is awaited before each one.
+        ``stats`` counts the attempts; ``hooks`` are called around each one.
         """
         started = time.perf_counter()
         headers = {
@@ -285,7 +290,7 @@ class AsyncNanoBanana:
             budget=self._budget,
             cooldown=self._cooldown,
             stats=stats,
-            before_attempt=before_attempt,
+            hooks=hooks,
             what=f"generate ({job.model}, {job.num} image(s))",
         )
         elapsed = time.perf_counter() - started
@@ -295,7 +300,8 @@ class AsyncNanoBanana:
             model=job.model,
             image_size=job.image_size,
             num=job.num,
-            credits=self._pricing.credits(job),
+            # Credits are charged per image generated: a partial answer costs what it returned.
+            credits=self._pricing[job.model] * min(len(urls), job.num),
             elapsed=elapsed,
         )
 
@@ -453,3 +459,27 @@ def _refuse_overrides(job: Job, **fields: object) -> None:
             "Job (attrs.evolve(job, ...)) or pass a prompt string",
             param=clashes[0],
         )
+
+
+def _checked_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
+    """The timeout as httpx takes it; a plain number bounds connect, read and write.
+
+    Waiting for a pooled connection still never times out (see DEFAULT_TIMEOUT). Each bound
+    must be a positive finite number or None: NaN or a negative value would only fail later,
+    deep in a request.
+    """
+    spec = timeout if isinstance(timeout, httpx.Timeout) else None
+    if spec is None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise InvalidRequestError(
+                f"timeout must be a number of seconds or an httpx.Timeout, got {timeout!r}",
+                param="timeout",
+            )
+        spec = httpx.Timeout(timeout, pool=None)
+    for name, value in spec.as_dict().items():
+        if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
+            raise InvalidRequestError(
+                f"timeout {name} must be a positive number of seconds or None, got {value!r}",
+                param="timeout",
+            )
+    return spec

@@ -13,7 +13,8 @@ import httpx
 
 from ._http.body import declared_length
 from ._http.failures import connection_error
-from .errors import APIError, InvalidRequestError, MalformedResponseError
+from .endpoint import check_http_url
+from .errors import APIError, MalformedResponseError
 
 __all__ = ["MAX_DOWNLOAD_BYTES", "download_image"]
 
@@ -38,12 +39,7 @@ async def download_image(
     into place at the end and removed on any failure or cancellation. ``headers_for`` gives
     the headers for a URL (the key only for the API's own origin).
     """
-    try:
-        target_url = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise InvalidRequestError(f"invalid image URL {url!r}: {exc}", param="url") from None
-    if target_url.scheme not in ("http", "https"):
-        raise InvalidRequestError(f"image URL must be http(s), got {url!r}", param="url")
+    target_url = check_http_url(url, what="image URL", param="url")
     await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
     request = http.build_request(
         "GET", target_url, headers=headers_for(target_url), timeout=timeout

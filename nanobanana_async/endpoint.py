@@ -11,7 +11,14 @@ import httpx
 
 from .errors import InvalidRequestError
 
-__all__ = ["DEFAULT_BASE_URL", "GENERATE_PATH", "Endpoint", "env_proxy_applies", "is_loopback"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "GENERATE_PATH",
+    "Endpoint",
+    "check_http_url",
+    "env_proxy_applies",
+    "is_loopback",
+]
 
 DEFAULT_BASE_URL = "https://api.nanobananaapi.dev"
 GENERATE_PATH = "/v1/images/generate"
@@ -48,6 +55,66 @@ def env_proxy_applies(url: httpx.URL) -> bool:
     return not urllib.request.proxy_bypass(url.host)
 
 
+def _host_problem(url: httpx.URL) -> str | None:
+    """Why no connection could ever be made to ``url``'s host and port, or None."""
+    if not url.host:
+        return "it has no host"
+    if url.port is not None and not 0 < url.port < 65536:
+        return f"port {url.port} is out of range"
+    host = url.raw_host
+    if _is_ip(host):
+        return None
+    labels = host.rstrip(b".").split(b".")
+    if len(host) > 253 or any(not 0 < len(label) <= 63 for label in labels):
+        return "its host name is not a valid DNS name (labels of 1 to 63 characters)"
+    return None
+
+
+def _is_ip(host: bytes) -> bool:
+    try:
+        ipaddress.ip_address(host.decode("ascii").strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def check_http_url(url: str, *, what: str, param: str) -> httpx.URL:
+    """``url`` parsed, or :class:`InvalidRequestError` when no request could ever reach it.
+
+    Catches here, with a clear message, what would otherwise fail deep in a connection
+    attempt as a bare ``ValueError`` or ``UnicodeError`` (a port out of range, a host label
+    over 63 characters).
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise InvalidRequestError(f"invalid {what} {url!r}: {exc}", param=param) from None
+    if parsed.scheme not in ("http", "https"):
+        raise InvalidRequestError(f"{what} must be an http(s) URL, got {url!r}", param=param)
+    problem = _host_problem(parsed)
+    if problem is not None:
+        raise InvalidRequestError(f"invalid {what} {url!r}: {problem}", param=param)
+    return parsed
+
+
+def _check_key(key: str) -> None:
+    # The key goes into a header: anything but visible ASCII would fail deep in the HTTP stack,
+    # with the whole key in the exception. Say where, never what.
+    for position, char in enumerate(key, 1):
+        if not (char.isascii() and char.isprintable()) or char.isspace():
+            kind = (
+                "a control character"
+                if not char.isprintable()
+                else "a character that is not visible ASCII"
+            )
+            raise InvalidRequestError(
+                f"the API key contains {kind} at position {position} of {len(key)}: "
+                "API keys are printable ASCII without spaces (check for a stray character "
+                "copied with the key)",
+                param="api_key",
+            )
+
+
 def _mask(key: str) -> str:
     return f"...{key[-4:]}" if len(key) >= 20 else "***"
 
@@ -77,19 +144,14 @@ class Endpoint:
                 "no API key: pass api_key=... or set the NANOBANANA_API_KEY environment variable",
                 param="api_key",
             )
+        # Header injection characters are refused even at the ends, where strip() would hide
+        # them; other surrounding white space is only a copy-and-paste slip.
         if any(c in key for c in "\r\n\x00"):
             raise InvalidRequestError("the API key contains control characters", param="api_key")
+        key = key.strip()
+        _check_key(key)
         raw_base = base_url or os.environ.get("NANOBANANA_BASE_URL") or DEFAULT_BASE_URL
-        try:
-            base = httpx.URL(raw_base.rstrip("/"))
-        except httpx.InvalidURL as exc:
-            raise InvalidRequestError(
-                f"invalid base_url {raw_base!r}: {exc}", param="base_url"
-            ) from None
-        if base.scheme not in ("http", "https") or not base.host:
-            raise InvalidRequestError(
-                f"base_url must be an http(s) URL with a host, got {raw_base!r}", param="base_url"
-            )
+        base = check_http_url(raw_base.rstrip("/"), what="base_url", param="base_url")
         if base.scheme == "http" and not allow_insecure_http and not is_loopback(base.host):
             raise InvalidRequestError(
                 f"refusing to send the API key over plain http to {base.host}: use https, or pass "
@@ -97,7 +159,7 @@ class Endpoint:
                 param="base_url",
             )
         return cls(
-            api_key=key.strip(),
+            api_key=key,
             base_url=base,
             generate_url=base.copy_with(path=base.path.rstrip("/") + GENERATE_PATH),
             origin=origin_of(base),

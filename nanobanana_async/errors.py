@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "error_for_status",
     "parse_generate_response",
     "parse_retry_after",
+    "redact",
 ]
 
 
@@ -121,7 +124,7 @@ _SPACE = re.compile(r"\s+")
 
 def _snippet(content: bytes, secret: str | None = None) -> str:
     # Redact before cutting: a key straddling the cut would otherwise leak its first part.
-    text = _redact(content.decode("utf-8", "replace"), secret)[: _MAX_SNIPPET * 8]
+    text = redact(content.decode("utf-8", "replace"), secret)[: _MAX_SNIPPET * 8]
     text = _SPACE.sub(" ", _TAGS.sub(" ", text)).strip()
     if len(text) > _MAX_SNIPPET:
         text = text[:_MAX_SNIPPET] + "..."
@@ -178,8 +181,25 @@ def _error_for(
     return cls(message, status_code=status_code, code=code, retry_after=retry_after)
 
 
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+@functools.lru_cache(maxsize=8)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    # A server may echo the key transformed: upper- or lower-cased, percent-encoded (as in a
+    # query string), JSON-escaped (once more than its body needed). Any of these in a log line
+    # is as good as the key itself.
+    forms = {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        secret.replace("/", "\\/"),
+    }
+    alternatives = sorted((re.escape(form) for form in forms), key=len, reverse=True)
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every form of ``secret`` the server might echo replaced by ``***``."""
+    return _secret_pattern(secret).sub("***", text) if secret else text
 
 
 def error_for_status(status_code: int, headers: Mapping[str, str], detail: str) -> APIError:
@@ -215,10 +235,10 @@ def parse_generate_response(
             raise error_for_status(
                 status_code,
                 headers,
-                _redact(f"with an unexpected body: {_snippet(content, secret)}", secret),
+                redact(f"with an unexpected body: {_snippet(content, secret)}", secret),
             )
         raise MalformedResponseError(
-            _redact(
+            redact(
                 "the API answered with a body that is not the documented JSON: "
                 + _snippet(content, secret),
                 secret,
@@ -228,25 +248,25 @@ def parse_generate_response(
 
     assert isinstance(body, dict)
     raw_message = body.get("message")
-    message = _redact(raw_message if isinstance(raw_message, str) else f"error code {code}", secret)
+    message = redact(raw_message if isinstance(raw_message, str) else f"error code {code}", secret)
     if code != 0:
         # The body's code is the API's own classification; the HTTP status is the fallback for
         # codes the API does not document.
         kind = code if 400 <= code <= 599 else (status_code if status_code >= 400 else 0)
         raise _error_for(kind, status_code, code, message, retry_after)
-    if status_code >= 400:
-        raise _error_for(status_code, status_code, code, message, retry_after)
-
+    # code 0 with image URLs is the API saying it generated (and charged), whatever the HTTP
+    # status says: a 5xx around a success body is a success, never a failure to retry and pay
+    # for again. Without URLs, an error status still classifies the failure.
     data = body.get("data")
     url = data.get("url") if isinstance(data, dict) else None
     if isinstance(url, str) and url:
         return (url,)
     if isinstance(url, list) and url and all(isinstance(u, str) and u for u in url):
         return tuple(url)
+    if status_code >= 400:
+        raise _error_for(status_code, status_code, code, message, retry_after)
     raise MalformedResponseError(
-        _redact(
-            f"the API reported success without image URLs: {_snippet(content, secret)}", secret
-        ),
+        redact(f"the API reported success without image URLs: {_snippet(content, secret)}", secret),
         status_code=status_code,
         code=code,
     )

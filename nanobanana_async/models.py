@@ -139,7 +139,12 @@ class Job:
 
 @attrs.frozen
 class Generation:
-    """A finished generation: the image URLs (always a tuple) and what it cost."""
+    """A finished generation: the image URLs (always a tuple) and what it cost.
+
+    ``num`` is what was asked for; the API may answer with fewer URLs (``partial``: credits
+    are charged per image generated, so ``credits`` follows the images returned) or more
+    (``extra_images``: kept, and charged as asked).
+    """
 
     urls: tuple[str, ...]
     model: str
@@ -147,3 +152,13 @@ class Generation:
     num: int
     credits: int
     elapsed: float
+
+    @property
+    def partial(self) -> bool:
+        """The API returned fewer images than asked for."""
+        return len(self.urls) < self.num
+
+    @property
+    def extra_images(self) -> int:
+        """How many more images than asked for the API returned (0 normally)."""
+        return max(0, len(self.urls) - self.num)

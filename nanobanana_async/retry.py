@@ -6,7 +6,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 import attrs
@@ -20,7 +20,15 @@ from .errors import (
     ServerError,
 )
 
-__all__ = ["Cooldown", "RetryBudget", "RetryPolicy", "call_with_retries", "is_retryable"]
+__all__ = [
+    "AttemptHooks",
+    "CallStats",
+    "Cooldown",
+    "RetryBudget",
+    "RetryPolicy",
+    "call_with_retries",
+    "is_retryable",
+]
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -143,6 +151,19 @@ class Cooldown:
             await anyio.sleep(delay)
 
 
+class AttemptHooks(Protocol):
+    """What a caller (the batch runner) does around each attempt of one call."""
+
+    async def before_attempt(self) -> None:
+        """Awaited before each attempt (after any cool-down); raising skips the attempt and
+        ends the call with that exception."""
+        ...
+
+    def attempt_failed(self, outcome: BaseException) -> None:
+        """An attempt that was started ended with ``outcome`` (an error, or a cancellation)."""
+        ...
+
+
 @attrs.define
 class CallStats:
     """What one logical call went through: attempts made, retries slept."""
@@ -157,7 +178,7 @@ async def call_with_retries(
     budget: RetryBudget,
     cooldown: Cooldown,
     stats: CallStats,
-    before_attempt: Callable[[], Awaitable[None]] | None = None,
+    hooks: AttemptHooks | None = None,
     what: str = "request",
 ) -> T:
     """Run ``attempt`` until it succeeds or a failure is not worth retrying.
@@ -205,10 +226,16 @@ async def call_with_retries(
 
     async def one_attempt() -> T:
         await cooldown.wait()
-        if before_attempt is not None:
-            await before_attempt()
+        if hooks is None:
+            stats.attempts += 1
+            return await attempt()
+        await hooks.before_attempt()
         stats.attempts += 1
-        return await attempt()
+        try:
+            return await attempt()
+        except BaseException as exc:
+            hooks.attempt_failed(exc)
+            raise
 
     # Most calls succeed at once: the first attempt runs outside tenacity, whose per-attempt
     # bookkeeping was a seventh of a batch's CPU per job. A failure enters tenacity as its

@@ -11,7 +11,14 @@ import anyio
 from ..errors import NanoBananaError
 from .sender import JobSender
 
-__all__ = ["FileNames", "download_images", "file_stem", "image_filename", "safe_filename"]
+__all__ = [
+    "FileNames",
+    "download_images",
+    "file_stem",
+    "image_filename",
+    "in_directory",
+    "safe_filename",
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
@@ -35,11 +42,21 @@ def _image_stems(stem: str, count: int) -> list[str]:
 
 
 def image_filename(stem: str, position: int, count: int, url: str) -> str:
-    """The file name of image ``position`` of ``count`` for a job whose stem is ``stem``."""
+    """The file name of image ``position`` of a job that asked for ``count`` images.
+
+    Images the API returned beyond ``count`` are named ``<stem>+<n>``: no stem contains a
+    ``+`` (:func:`file_stem` replaces it), so they can never take another job's name.
+    """
     suffix = pathlib.PurePosixPath(url.split("?", 1)[0]).suffix.lower()
     if suffix not in _IMAGE_SUFFIXES:
         suffix = ".png"
-    return _image_stems(stem, count)[position] + suffix
+    name = _image_stems(stem, count)[position] if position < count else f"{stem}+{position + 1}"
+    return name + suffix
+
+
+def in_directory(path: pathlib.Path, directory: pathlib.Path) -> bool:
+    """Whether ``path`` is a file directly in ``directory``."""
+    return path.parent.resolve() == directory.resolve()
 
 
 def safe_filename(job_id: str, position: int, count: int, url: str) -> str:
@@ -69,21 +86,27 @@ class FileNames:
 
 
 async def download_images(
-    sender: JobSender, directory: pathlib.Path, stem: str, urls: tuple[str, ...]
+    sender: JobSender, directory: pathlib.Path, stem: str, urls: tuple[str, ...], num: int
 ) -> tuple[tuple[pathlib.Path, ...], NanoBananaError | None]:
-    """Save a job's images as ``directory/stem...``: the saved paths, and an error if any
-    image could not be saved."""
+    """Save a job that asked for ``num`` images as ``directory/stem...``: the saved paths, and
+    an error if any image could not be saved.
+
+    A failure is this job's, never the batch's: whatever an image URL does (a port out of
+    range, a host no resolver takes, a disk that is full), the other images and jobs go on.
+    """
     paths: list[pathlib.Path | None] = [None] * len(urls)
     errors: list[NanoBananaError] = []
 
     async def fetch(position: int, url: str) -> None:
-        target = directory / image_filename(stem, position, len(urls), url)
+        target = directory / image_filename(stem, position, num, url)
         try:
             paths[position] = await sender.download(url, target)
         except NanoBananaError as exc:
             errors.append(exc)
         except OSError as exc:
             errors.append(NanoBananaError(f"could not save {target}: {exc.strerror or exc}"))
+        except Exception as exc:
+            errors.append(NanoBananaError(f"could not download {url!r}: {exc!r}"))
 
     async with anyio.create_task_group() as tg:
         for position, url in enumerate(urls):

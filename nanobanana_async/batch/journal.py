@@ -9,12 +9,17 @@ import os
 from collections.abc import Mapping
 from typing import IO, Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory lock
+    fcntl = None  # type: ignore[assignment]
+
 import attrs
 
 from ..errors import InvalidRequestError
 from ..models import Job
 
-__all__ = ["JobIds", "Journal", "JournalRecord"]
+__all__ = ["JobIds", "Journal", "JournalRecord", "journal_line"]
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -54,7 +59,7 @@ class JobIds:
 
 @attrs.frozen
 class JournalRecord:
-    """What an earlier run recorded for a job id."""
+    """What an earlier run recorded for a job id: the job's fields, and what it got."""
 
     id: str
     status: str
@@ -62,11 +67,29 @@ class JournalRecord:
     credits: int
     attempts: int
     paths: tuple[str, ...]
+    prompt: str | None = None
+    model: str | None = None
+    image_size: str | None = None
+    num: int | None = None
 
     @property
     def generated(self) -> bool:
         """Images were generated (and paid for) even if the job did not fully succeed."""
         return bool(self.urls)
+
+    def mismatch(self, job: Job) -> list[str]:
+        """The fields of ``job`` that differ from the ones journaled under its id."""
+        journaled = {
+            "prompt": self.prompt,
+            "model": self.model,
+            "image_size": self.image_size,
+            "num": self.num,
+        }
+        return [name for name, value in journaled.items() if value != getattr(job, name)]
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _record(data: Mapping[str, Any]) -> JournalRecord | None:
@@ -74,7 +97,7 @@ def _record(data: Mapping[str, Any]) -> JournalRecord | None:
     if not isinstance(job_id, str) or not isinstance(status, str) or not isinstance(urls, list):
         return None
     paths = data.get("paths") or []
-    credits, attempts = data.get("credits"), data.get("attempts")
+    credits, attempts, num = data.get("credits"), data.get("attempts"), data.get("num")
     return JournalRecord(
         id=job_id,
         status=status,
@@ -82,37 +105,75 @@ def _record(data: Mapping[str, Any]) -> JournalRecord | None:
         credits=credits if isinstance(credits, int) else 0,
         attempts=attempts if isinstance(attempts, int) else 0,
         paths=tuple(p for p in paths if isinstance(p, str)) if isinstance(paths, list) else (),
+        prompt=_text(data.get("prompt")),
+        model=_text(data.get("model")),
+        image_size=_text(data.get("image_size")),
+        num=num if isinstance(num, int) and not isinstance(num, bool) else None,
     )
 
 
+def journal_line(entry: Mapping[str, Any]) -> bytes:
+    """One JSON line for ``entry``, whatever text it holds.
+
+    Text a server sent can hold lone surrogates, which UTF-8 cannot encode: such an entry is
+    written with JSON's ASCII escapes instead, which read back as the same text.
+    """
+    text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+
+
 class Journal:
-    """Append-only JSONL file of finished jobs.
+    """Append-only JSONL file of finished jobs, held by one run at a time.
 
     Each line is written with one ``write`` and flushed at once, so a killed process loses at
-    most the jobs that had not finished; a torn last line is skipped on the next open.
+    most the jobs that had not finished; a torn last line is skipped on the next open. The
+    file is locked (an OS advisory lock) while open: a second run on the same journal, in
+    this process or another, would otherwise pay for every job again.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.done: dict[str, JournalRecord] = {}
-        needs_newline = self._load()
         try:
-            self._fh: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+            self._fh: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
         except OSError as exc:
             raise InvalidRequestError(
                 f"cannot open journal {self.path!r}: {exc.strerror}", param="journal"
             ) from None
+        try:
+            self._lock()
+            needs_newline = self._load()
+        except BaseException:
+            self._fh.close()
+            raise
         if needs_newline:
             self._fh.write(b"\n")
             self._fh.flush()
 
+    def _lock(self) -> None:
+        if fcntl is None:  # pragma: no cover - Windows
+            return
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidRequestError(
+                f"journal {self.path!r} is in use by another run (in this process or another): "
+                "let that run finish, or give this one its own journal",
+                param="journal",
+            ) from None
+        except OSError as exc:
+            raise InvalidRequestError(
+                f"cannot lock journal {self.path!r}: {exc.strerror}", param="journal"
+            ) from None
+
     def _load(self) -> bool:
         """Read earlier records; True when the file ends in a torn line."""
         try:
-            with open(self.path, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            return False
+            self._fh.seek(0)
+            data = self._fh.read()
         except OSError as exc:
             raise InvalidRequestError(
                 f"cannot read journal {self.path!r}: {exc.strerror}", param="journal"
@@ -125,7 +186,7 @@ class Journal:
             try:
                 parsed = json.loads(line)
                 record = _record(parsed) if isinstance(parsed, dict) else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 parsed, record = None, None
             if isinstance(parsed, dict) and "id" in parsed and parsed["id"] is None:
                 # Our own line for an input that never became a valid job (an empty prompt, a
@@ -152,9 +213,10 @@ class Journal:
         return record if record is not None and record.generated else None
 
     def write(self, entry: Mapping[str, Any]) -> None:
-        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._fh.write(line.encode())
+        """Append ``entry`` as one line and flush it."""
+        self._fh.write(journal_line(entry))
         self._fh.flush()
 
     def close(self) -> None:
+        """Close the file, which releases the lock."""
         self._fh.close()

@@ -1,18 +1,43 @@
-"""The batch's credit budget: reserve before sending, then commit or release."""
+"""A job's money: reserved before an attempt, then spent, released or kept as may-have-been-spent.
+
+One rule decides what happens to an attempt's reservation (:func:`may_have_charged`): anything
+after which the server may have charged keeps it. The budget is therefore never above
+``max_credits`` whatever the server did with a request whose answer was lost, at any
+concurrency, with or without retries of such requests (each attempt holds its own
+reservation).
+"""
 
 from __future__ import annotations
 
 import anyio
 
-__all__ = ["CreditBudget"]
+from ..errors import APIConnectionError, MalformedResponseError, NanoBananaError
+
+__all__ = ["CreditBudget", "JobMoney", "NoRoomForAttempt", "may_have_charged"]
+
+
+def may_have_charged(outcome: BaseException) -> bool:
+    """Whether the server may have charged for an attempt that ended with ``outcome``.
+
+    Released (False) only when the server cannot have charged: a clear error answer, or a
+    request that never left. A success status whose body could not be read
+    (:class:`MalformedResponseError`), a connection lost after sending, and anything else
+    that cut an attempt short (a cancellation, an unexpected exception) keep it.
+    """
+    if isinstance(outcome, APIConnectionError):
+        return outcome.may_have_been_charged
+    if isinstance(outcome, MalformedResponseError):
+        return True
+    return not isinstance(outcome, NanoBananaError)
 
 
 class CreditBudget:
-    """Reserve-then-commit accounting that never lets committed credits exceed ``limit``."""
+    """A batch's ``max_credits``: spent + may-have-been-spent + reserved never exceeds it."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.committed = 0
+        self.spent = 0
+        self.uncertain = 0
         self.reserved = 0
         self._changed = anyio.Event()
 
@@ -20,8 +45,18 @@ class CreditBudget:
         self._changed.set()
         self._changed = anyio.Event()
 
+    @property
+    def committed(self) -> int:
+        """Credits that may be gone: spent, or kept for an answer that was lost."""
+        return self.spent + self.uncertain
+
+    @property
+    def left(self) -> int:
+        """Credits neither committed nor reserved."""
+        return self.limit - self.committed - self.reserved
+
     async def reserve(self, cost: int) -> bool:
-        """Reserve ``cost``; False when it can never fit. Waits while in-flight reservations
+        """Reserve ``cost``; False when it can never fit. Waits while reservations in flight
         might be released."""
         while True:
             if self.committed + self.reserved + cost <= self.limit:
@@ -31,15 +66,70 @@ class CreditBudget:
                 return False
             await self._changed.wait()
 
-    def release(self, cost: int) -> None:
+    def settle(self, cost: int, *, spent: int = 0, uncertain: int = 0) -> None:
+        """End a reservation of ``cost``: ``spent`` and ``uncertain`` credits stay committed,
+        the rest is released."""
         self.reserved -= cost
+        self.spent += spent
+        self.uncertain += uncertain
         self._notify()
 
-    def commit(self, cost: int) -> None:
-        self.reserved -= cost
-        self.committed += cost
-        self._notify()
 
-    @property
-    def left(self) -> int:
-        return self.limit - self.committed - self.reserved
+class NoRoomForAttempt(Exception):
+    """Raised before a retry when ``max_credits`` can never hold another attempt.
+
+    Not an SDK error, so the retry loop does not treat it as an attempt's failure.
+    """
+
+
+class JobMoney:
+    """One job's credits: one reservation per attempt that may be charged.
+
+    ``reserve`` before an attempt (the first one is taken before the job is dispatched, so a
+    job that can never fit is skipped unsent), then exactly one of :meth:`attempt_failed`
+    (the attempt's reservation is kept or released per :func:`may_have_charged`),
+    :meth:`succeeded`, or :meth:`unused` (reserved, never sent). ``spent`` and ``uncertain``
+    add up what this job spent and what it may have spent.
+    """
+
+    __slots__ = ("_budget", "_held", "cost", "spent", "uncertain")
+
+    def __init__(self, budget: CreditBudget | None, cost: int) -> None:
+        self._budget = budget
+        self._held = False
+        self.cost = cost
+        self.spent = 0
+        self.uncertain = 0
+
+    async def reserve(self) -> bool:
+        """Hold a reservation for the next attempt; False when the budget can never fit one."""
+        if self._held:
+            return True
+        if self._budget is not None and not await self._budget.reserve(self.cost):
+            return False
+        self._held = True
+        return True
+
+    def _settle(self, *, spent: int = 0, uncertain: int = 0) -> None:
+        if self._held:
+            self._held = False
+            if self._budget is not None:
+                self._budget.settle(self.cost, spent=spent, uncertain=uncertain)
+
+    def attempt_failed(self, outcome: BaseException) -> None:
+        """The attempt holding the reservation ended with ``outcome``."""
+        if may_have_charged(outcome):
+            self.uncertain += self.cost
+            self._settle(uncertain=self.cost)
+        else:
+            self._settle()
+
+    def succeeded(self, credits: int) -> None:
+        """The attempt holding the reservation generated, costing ``credits`` (at most
+        ``cost``: a partial answer is charged per image returned)."""
+        self.spent += credits
+        self._settle(spent=credits)
+
+    def unused(self) -> None:
+        """Release a reservation no attempt was sent with."""
+        self._settle()

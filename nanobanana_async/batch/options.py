@@ -51,7 +51,8 @@ class BatchOptions:
       beyond the limit so network jitter does not push the server's windows over it.
     - ``journal``: JSONL file of finished jobs; a rerun skips jobs already generated.
     - ``download_dir``: save each succeeded job's images there.
-    - ``ordered``: yield results in input order (at most ``window`` jobs ahead).
+    - ``ordered``: yield results in input order. Jobs dispatched and not yet taken by the
+      consumer are never more than ``concurrency``, so a slow job holds later ones back.
     - ``max_retries`` / ``retry_ambiguous``: override the client's retry policy.
     """
 
@@ -61,10 +62,5 @@ class BatchOptions:
     journal: str | os.PathLike[str] | None = None
     download_dir: str | os.PathLike[str] | None = None
     ordered: bool = False
-    window: int | None = attrs.field(default=None)
     max_retries: int | None = None
     retry_ambiguous: bool | None = None
-
-    @property
-    def ordered_window(self) -> int:
-        return max(self.window or 0, 2 * self.concurrency)

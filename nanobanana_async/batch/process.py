@@ -1,4 +1,4 @@
-"""One job from input to result: resume, budget, rate, send, downloads."""
+"""One job from input to result: resume, budget, rate, send, journal, downloads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 import attrs
 
 from ..errors import (
-    APIConnectionError,
     AuthenticationError,
     InsufficientCreditsError,
     InvalidRequestError,
@@ -17,9 +16,9 @@ from ..errors import (
 )
 from ..models import Generation, Job
 from ..retry import CallStats, RetryPolicy
-from .files import download_images
+from .files import download_images, in_directory
 from .journal import Journal, JournalRecord
-from .money import CreditBudget
+from .money import CreditBudget, JobMoney, NoRoomForAttempt
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
@@ -51,11 +50,43 @@ class _Stopped(Exception):
     """
 
 
+class _Attempts:
+    """The batch's side of each attempt of one job: stop check, reservation, rate limit."""
+
+    __slots__ = ("_money", "_processor", "last_error")
+
+    def __init__(self, processor: JobProcessor, money: JobMoney) -> None:
+        self._processor = processor
+        self._money = money
+        self.last_error: BaseException | None = None
+
+    async def before_attempt(self) -> None:
+        processor = self._processor
+        if processor.stats.stopped_reason is not None:
+            raise _Stopped
+        # Every attempt that may be charged holds its own reservation (a retry after a lost
+        # answer included), taken before the rate limit so a slot is never spent waiting.
+        if not await self._money.reserve():
+            raise NoRoomForAttempt
+        if processor.limiter is not None:
+            await processor.limiter.acquire()
+        # Checked after the waits (budget, rate limit, 429 cool-down, retry backoff): a job
+        # that was waiting when a 401 or "insufficient credits" came back must not send.
+        if processor.stats.stopped_reason is not None:
+            self._money.unused()
+            raise _Stopped
+
+    def attempt_failed(self, outcome: BaseException) -> None:
+        self.last_error = outcome
+        self._money.attempt_failed(outcome)
+
+
 class JobProcessor:
-    """Takes each job of a batch through budget, rate limit, sending and downloads.
+    """Takes each job of a batch through budget, rate limit, sending, journal and downloads.
 
     A 401 or "insufficient credits" stops the batch: later jobs are skipped, and jobs already
-    waiting (rate limit, cool-down, backoff) re-check the stop before they send.
+    waiting (rate limit, cool-down, backoff) re-check the stop before they send. The journal
+    gets a job's generation the moment its answer is read, and its files when they land.
     """
 
     def __init__(
@@ -86,114 +117,140 @@ class JobProcessor:
             self.stats.stopped_reason = f"{what}: {error}"
             logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
 
-    def _skipped_stopped(self, item: Item, job: Job) -> JobResult:
-        reason = f"batch stopped: {self.stats.stopped_reason}"
-        return JobResult(item.index, job, "skipped", item.id, reason=reason)
-
-    async def _before_attempt(self) -> None:
-        if self.limiter is not None:
-            await self.limiter.acquire()
-        # Checked after the waits (rate limit, 429 cool-down, retry backoff): a job that was
-        # waiting when a 401 or "insufficient credits" came back must not send anyway.
-        if self.stats.stopped_reason is not None:
-            raise _Stopped
+    def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
+        if self.journal is not None:
+            self.journal.write(result.to_record(status=status))
+        return result
 
     async def process(self, item: Item) -> JobResult:
-        """The result of one job: resumed, skipped, failed or succeeded."""
+        """The result of one job (resumed, skipped, failed or succeeded), journaled."""
         job = item.job
         if item.error is not None or job is None:
-            return JobResult(item.index, job, "failed", item.id, error=item.error)
+            return self._journal(JobResult(item.index, job, "failed", item.id, error=item.error))
         if self.journal is not None and item.id is not None:
             record = self.journal.resumable(item.id)
             if record is not None:
                 return await self._resume(item, job, record)
-        cost = item.cost
-        self.stats.credits_estimated += cost
+        self.stats.credits_estimated += item.cost
         if self.stats.stopped_reason is not None:
-            return self._skipped_stopped(item, job)
-        if self.budget is not None and not await self.budget.reserve(cost):
-            return JobResult(
-                item.index,
-                job,
-                "skipped",
-                item.id,
-                reason=(
-                    f"over budget: needs {cost} credits, {self.budget.left} of "
-                    f"max_credits={self.budget.limit} left"
-                ),
+            return self._journal(self._skipped_stopped(item, job))
+        money = JobMoney(self.budget, item.cost)
+        if not await money.reserve():
+            assert self.budget is not None
+            reason = (
+                f"over budget: needs {item.cost} credits, {self.budget.left} of "
+                f"max_credits={self.budget.limit} left"
             )
-        if self.stats.stopped_reason is not None:  # stopped while waiting for budget
-            if self.budget is not None:
-                self.budget.release(cost)
-            return self._skipped_stopped(item, job)
+            return self._journal(JobResult(item.index, job, "skipped", item.id, reason=reason))
+        if self.stats.stopped_reason is not None:  # stopped while waiting for the budget
+            money.unused()
+            return self._journal(self._skipped_stopped(item, job))
+        return await self._send(item, job, money)
+
+    async def _send(self, item: Item, job: Job, money: JobMoney) -> JobResult:
+        attempts = _Attempts(self, money)
         call = CallStats()
         started = time.perf_counter()
         self.stats.started += 1
         self.stats.in_flight += 1
         try:
-            generation = await self.sender.send_job(job, self.policy, call, self._before_attempt)
+            generation = await self.sender.send_job(job, self.policy, call, attempts)
         except NanoBananaError as exc:
-            if self.budget is not None:
-                # A job that may have been charged keeps its reservation: the budget must hold
-                # even when the server billed a request whose answer we never saw.
-                ambiguous = isinstance(exc, APIConnectionError) and exc.may_have_been_charged
-                (self.budget.commit if ambiguous else self.budget.release)(cost)
             if isinstance(exc, _STOP_ERRORS):
                 self.stop(exc)
-            return JobResult(
-                item.index,
-                job,
-                "failed",
-                item.id,
-                error=exc,
-                attempts=call.attempts,
-                elapsed=time.perf_counter() - started,
-            )
+            error: NanoBananaError | None = exc
         except _Stopped:
-            if self.budget is not None:
-                # An earlier attempt may have been charged only if ambiguous ones are retried.
-                charged = call.attempts > 0 and self.policy.retry_ambiguous
-                (self.budget.commit if charged else self.budget.release)(cost)
+            money.unused()
             if call.attempts == 0:
-                return self._skipped_stopped(item, job)
-            return JobResult(
-                item.index,
-                job,
-                "failed",
-                item.id,
-                error=NanoBananaError(
-                    f"not retried after {call.attempts} failed attempt(s): "
-                    f"batch stopped: {self.stats.stopped_reason}"
-                ),
-                attempts=call.attempts,
-                elapsed=time.perf_counter() - started,
+                return self._journal(self._skipped_stopped(item, job))
+            error = NanoBananaError(
+                f"not retried after {call.attempts} failed attempt(s): "
+                f"batch stopped: {self.stats.stopped_reason}"
+            )
+        except NoRoomForAttempt:
+            assert self.budget is not None
+            error = NanoBananaError(
+                f"not retried after {call.attempts} attempt(s): max_credits="
+                f"{self.budget.limit} has no room for another attempt while "
+                f"{money.uncertain} credits may have been spent on this job; last error: "
+                f"{attempts.last_error}"
             )
         except BaseException:
-            if self.budget is not None:
-                self.budget.commit(cost)
+            # Cancelled: an attempt in progress was settled by attempt_failed (kept, since the
+            # server may have charged it); a reservation no attempt used goes back.
+            money.unused()
             raise
+        else:
+            money.succeeded(generation.credits)
+            error = None
         finally:
             self.stats.in_flight -= 1
-        if self.budget is not None:
-            self.budget.commit(cost)
-        paths: tuple[pathlib.Path, ...] = ()
-        error: NanoBananaError | None = None
-        if self.download_dir is not None and item.stem is not None:
-            paths, error = await self._download(item.stem, generation.urls)
-        return JobResult(
+        if error is None:
+            return await self._generated(item, job, generation, money, call, started)
+        return self._journal(
+            JobResult(
+                item.index,
+                job,
+                "failed",
+                item.id,
+                error=error,
+                attempts=call.attempts,
+                elapsed=time.perf_counter() - started,
+                credits_may_have_been_spent=money.uncertain,
+            )
+        )
+
+    async def _generated(
+        self,
+        item: Item,
+        job: Job,
+        generation: Generation,
+        money: JobMoney,
+        call: CallStats,
+        started: float,
+    ) -> JobResult:
+        result = JobResult(
             item.index,
             job,
-            "failed" if error else "succeeded",
+            "succeeded",
             item.id,
             generation=generation,
-            error=error,
             attempts=call.attempts,
             elapsed=time.perf_counter() - started,
             credits=generation.credits,
-            paths=paths,
+            credits_may_have_been_spent=money.uncertain,
         )
+        if self.download_dir is None or item.stem is None:
+            return self._journal(result)
+        # Journaled before the downloads: a run stopped while they go on must not pay again;
+        # the next run downloads what is missing.
+        self._journal(result, status="generated")
+        paths, error = await download_images(
+            self.sender, self.download_dir, item.stem, generation.urls, job.num
+        )
+        result = attrs.evolve(
+            result,
+            status="failed" if error else "succeeded",
+            error=error,
+            paths=paths,
+            elapsed=time.perf_counter() - started,
+        )
+        return self._journal(result)
+
+    def _skipped_stopped(self, item: Item, job: Job) -> JobResult:
+        reason = f"batch stopped: {self.stats.stopped_reason}"
+        return JobResult(item.index, job, "skipped", item.id, reason=reason)
 
     async def _resume(self, item: Item, job: Job, record: JournalRecord) -> JobResult:
+        changed = record.mismatch(job)
+        if changed:
+            mismatch = InvalidRequestError(
+                f"job id {item.id!r} is in the journal with a different "
+                f"{', '.join(changed)}: its earlier result is not this job's. Give the changed "
+                "job a new id, or use a new journal",
+                param="id",
+            )
+            return JobResult(item.index, job, "failed", item.id, error=mismatch)
         generation = Generation(
             urls=record.urls,
             model=job.model,
@@ -203,29 +260,34 @@ class JobProcessor:
             elapsed=0.0,
         )
         paths = tuple(pathlib.Path(p) for p in record.paths)
-        on_disk = len(paths) == len(record.urls) and all(p.exists() for p in paths)
-        if self.download_dir is not None and item.stem is not None and not on_disk:
-            paths, error = await self._download(item.stem, record.urls)
-            result = JobResult(
+        directory = self.download_dir
+        if directory is None or item.stem is None or _saved(paths, record.urls, directory):
+            return JobResult(
                 item.index,
                 job,
-                "failed" if error else "succeeded",
+                "succeeded",
                 item.id,
                 generation=generation,
-                error=error,
                 paths=paths,
                 resumed=True,
             )
-            if self.journal is not None:
-                # The files changed: record them so the next run need not download again.
-                self.journal.write(result.to_record())
-            return result
-        return JobResult(
-            item.index, job, "succeeded", item.id, generation=generation, paths=paths, resumed=True
+        paths, error = await download_images(
+            self.sender, directory, item.stem, record.urls, job.num
         )
+        result = JobResult(
+            item.index,
+            job,
+            "failed" if error else "succeeded",
+            item.id,
+            generation=generation,
+            error=error,
+            paths=paths,
+            resumed=True,
+        )
+        # The files changed: record them so the next run need not download again.
+        return self._journal(result)
 
-    async def _download(
-        self, stem: str, urls: tuple[str, ...]
-    ) -> tuple[tuple[pathlib.Path, ...], NanoBananaError | None]:
-        assert self.download_dir is not None
-        return await download_images(self.sender, self.download_dir, stem, urls)
+
+def _saved(paths: tuple[pathlib.Path, ...], urls: tuple[str, ...], directory: pathlib.Path) -> bool:
+    """Every image of a journaled job is on disk in ``directory`` (not only elsewhere)."""
+    return len(paths) == len(urls) and all(p.exists() and in_directory(p, directory) for p in paths)

@@ -23,9 +23,12 @@ class JobResult:
 
     ``status`` is ``"succeeded"``, ``"failed"`` or ``"skipped"`` (not sent: over budget, or the
     batch stopped; ``reason`` says why). ``credits`` is what the job was charged by the
-    pricing table: 0 unless it generated. ``resumed`` marks a job taken from the journal of
-    an earlier run without a request. ``id`` is the job's id in journals and file names
-    (``None`` when the batch has neither and the job sets none).
+    pricing table: 0 unless it generated. ``credits_may_have_been_spent`` counts attempts
+    whose answer was lost after the request was sent (a dropped connection, an unreadable
+    success body): the server may or may not have charged them, so the budget kept them.
+    ``resumed`` marks a job taken from the journal of an earlier run without a request.
+    ``id`` is the job's id in journals and file names (``None`` when the batch has neither
+    and the job sets none).
     """
 
     index: int
@@ -40,25 +43,44 @@ class JobResult:
     credits: int = 0
     paths: tuple[pathlib.Path, ...] = ()
     resumed: bool = False
+    credits_may_have_been_spent: int = 0
 
     @property
     def ok(self) -> bool:
         """True when the job succeeded."""
         return self.status == "succeeded"
 
-    def to_record(self) -> dict[str, Any]:
-        """The journal line for this result (JSON-ready; never contains the API key)."""
+    @property
+    def may_have_been_charged(self) -> bool:
+        """Some attempt of this job may have been charged without its answer being read."""
+        return self.credits_may_have_been_spent > 0
+
+    @property
+    def partial(self) -> bool:
+        """The job generated fewer images than it asked for (see :attr:`Generation.partial`)."""
+        return self.generation is not None and self.generation.partial
+
+    def to_record(self, *, status: str | None = None) -> dict[str, Any]:
+        """The journal line for this result (JSON-ready; never contains the API key).
+
+        ``status`` overrides the result's own: the runner journals ``"generated"`` the moment
+        an answer is read, before the images are downloaded.
+        """
         job = self.job
+        generation = self.generation
         return {
             "id": self.id,
             "index": self.index,
-            "status": self.status,
+            "status": status or self.status,
             "prompt": job.prompt if job else None,
             "model": job.model if job else None,
             "image_size": job.image_size if job else None,
             "num": job.num if job else None,
-            "urls": list(self.generation.urls) if self.generation else [],
+            "urls": list(generation.urls) if generation else [],
             "credits": self.credits,
+            "credits_may_have_been_spent": self.credits_may_have_been_spent,
+            "partial": self.partial,
+            "extra_images": generation.extra_images if generation else 0,
             "attempts": self.attempts,
             "elapsed": round(self.elapsed, 4),
             "paths": [str(p) for p in self.paths],
@@ -79,6 +101,8 @@ class BatchStats:
     in_flight: int = 0
     credits_estimated: int = 0
     credits_spent: int = 0
+    credits_may_have_been_spent: int = 0
+    partial: int = 0
     retries: int = 0
     stopped_reason: str | None = None
 
@@ -97,6 +121,8 @@ class BatchStats:
         else:
             self.skipped += 1
         self.credits_spent += result.credits
+        self.credits_may_have_been_spent += result.credits_may_have_been_spent
+        self.partial += result.partial and not result.resumed
         self.retries += max(0, result.attempts - 1)
 
 
@@ -112,7 +138,11 @@ class BatchReport:
     """Everything about a finished batch: every result and the totals.
 
     ``credits_estimated`` is what the batch's jobs were priced at before sending (jobs resumed
-    from a journal excluded); ``credits_spent`` what the succeeded jobs cost. Latency
+    from a journal excluded); ``credits_spent`` what the jobs that generated cost.
+    ``credits_may_have_been_spent`` adds up attempts whose answer was lost after the request
+    was sent: the server may have charged them or not, so the most the batch can have cost is
+    ``credits_spent + credits_may_have_been_spent``, and that never exceeds ``max_credits``.
+    ``partial`` counts jobs answered with fewer images than asked (charged per image). Latency
     percentiles are over jobs that made requests. ``stopped_reason`` says why dispatch stopped
     early (an invalid key, insufficient credits), if it did.
     """
@@ -130,6 +160,8 @@ class BatchReport:
     latency_p95: float | None
     latency_p99: float | None
     stopped_reason: str | None
+    credits_may_have_been_spent: int = 0
+    partial: int = 0
 
     @property
     def total(self) -> int:
@@ -159,4 +191,6 @@ class BatchReport:
             latency_p95=_percentile(latencies, 0.95),
             latency_p99=_percentile(latencies, 0.99),
             stopped_reason=stats.stopped_reason,
+            credits_may_have_been_spent=stats.credits_may_have_been_spent,
+            partial=stats.partial,
         )

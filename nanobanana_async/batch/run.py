@@ -10,10 +10,12 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import anyio.lowlevel
 import attrs
 import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..errors import NanoBananaError
 from .options import BatchOptions, JobInput
 from .results import BatchReport, BatchStats, JobResult
 from .runner import Runner
@@ -34,9 +36,11 @@ class _Background:
     scope: anyio.CancelScope
     finished: anyio.Event
     started: float
+    stats: BatchStats
     failure: BaseException | None = None
     ended: float | None = None
     task: Any = None
+    completed: bool = False
 
 
 class BatchRegistry:
@@ -56,9 +60,20 @@ class BatchRegistry:
         self._running.discard(state)
 
     async def close(self) -> None:
-        """Cancel every running batch and wait for them to end."""
+        """Cancel every running batch and wait for them to end.
+
+        A consumer still reading one gets an error rather than a quiet, short end: results it
+        never got would otherwise look like a batch that finished.
+        """
         batches = list(self._running)
         for batch in batches:
+            if not batch.completed and batch.failure is None:
+                batch.failure = NanoBananaError(
+                    "the AsyncNanoBanana client was closed (aclose) while this batch was running: "
+                    f"it stopped after {batch.stats.finished} job(s) finished, before every job "
+                    "was reported. Close the client after the batch ends (a journal keeps what "
+                    "finished, so a rerun resumes)"
+                )
             batch.scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             for batch in batches:
@@ -75,6 +90,7 @@ async def _run_in_background(
         with state.scope:
             try:
                 await runner.run(send)
+                state.completed = True
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # handed to the consumer, never lost
@@ -121,7 +137,9 @@ class BatchRun:
             self._runner.options.concurrency
         )
         self._receive = receive
-        state = self._state = _Background(anyio.CancelScope(), anyio.Event(), time.perf_counter())
+        state = self._state = _Background(
+            anyio.CancelScope(), anyio.Event(), time.perf_counter(), self._runner.stats
+        )
         # The client cancels and awaits its running batches before it closes its connections.
         self._registry.add(state)
         # The work must outlive each __anext__ call but not the batch; a task group cannot
@@ -152,8 +170,16 @@ class BatchRun:
         return self
 
     async def __anext__(self) -> JobResult:
-        receive = self._receive or self._start()
+        receive = self._receive
         try:
+            if receive is None:
+                receive = self._start()
+            else:
+                # Asking for the next result is what lets one more job be dispatched: a
+                # consumer that stops asking, or is being cancelled, costs no more than the
+                # jobs already in flight.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                self._runner.permits.release()
             return await receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             state = self._state

@@ -8,11 +8,12 @@ import pathlib
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import InvalidRequestError
 from ..models import Job
-from ..pricing import as_job
+from ..pricing import PricingTable, as_job
 from .files import FileNames
 from .journal import JobIds, Journal
 from .money import CreditBudget
@@ -28,11 +29,15 @@ logger = logging.getLogger("nanobanana_async")
 
 
 class Runner:
-    """Runs one batch: a producer pulls jobs lazily, ``concurrency`` workers process them.
+    """Runs one batch: a producer pulls jobs lazily, workers process them, results go out.
 
-    At most ``concurrency`` jobs are in flight; results go out through a stream whose buffer
-    is ``concurrency``, so a slow consumer stalls dispatch. ``ordered`` adds a reorder stage
-    bounded by a window of jobs.
+    Dispatch follows the consumer: a job is pulled from the input and dispatched only with a
+    permit from :attr:`permits`, which starts with ``concurrency`` and gets one back each time
+    the consumer asks for the next result. Jobs dispatched and not yet taken by the consumer
+    (in flight, or finished and waiting) are never more than ``concurrency``, so a consumer
+    that stops asking (``break`` with the iterator still referenced) costs at most the jobs
+    already in flight. Workers are started as jobs arrive, up to ``concurrency``: a batch of
+    one job at ``concurrency=100_000`` starts one worker.
     """
 
     def __init__(self, sender: JobSender, jobs: JobInput, options: BatchOptions) -> None:
@@ -49,6 +54,9 @@ class Runner:
         self.download_dir = (
             pathlib.Path(options.download_dir) if options.download_dir is not None else None
         )
+        directory = self.download_dir
+        if directory is not None and directory.exists() and not directory.is_dir():
+            raise _not_a_directory(directory)
         self.processor = JobProcessor(
             sender,
             sender.policy_for(options.max_retries, options.retry_ambiguous),
@@ -57,12 +65,12 @@ class Runner:
             budget=CreditBudget(options.max_credits) if options.max_credits is not None else None,
             download_dir=self.download_dir,
         )
-        self.window = anyio.Semaphore(options.ordered_window) if options.ordered else None
+        self.permits = anyio.Semaphore(options.concurrency)
 
     async def run(self, out: MemoryObjectSendStream[JobResult]) -> None:
         async with out:
             if self.download_dir is not None:
-                await anyio.Path(self.download_dir).mkdir(parents=True, exist_ok=True)
+                await _make_directory(self.download_dir)
             if self.options.journal is not None:
                 self.processor.journal = await anyio.to_thread.run_sync(
                     Journal, self.options.journal
@@ -81,7 +89,6 @@ class Runner:
         )
 
     async def _run(self, out: MemoryObjectSendStream[JobResult]) -> None:
-        send_items, receive_items = anyio.create_memory_object_stream[Item](0)
         try:
             async with anyio.create_task_group() as tg:
                 if self.options.ordered:
@@ -92,10 +99,8 @@ class Runner:
                     sink: MemoryObjectSendStream[JobResult] = send_done
                 else:
                     sink = out.clone()
-                async with receive_items, sink:
-                    for _ in range(self.options.concurrency):
-                        tg.start_soon(self._worker, receive_items.clone(), sink.clone())
-                input_error = await self._produce(send_items)
+                async with sink:
+                    input_error = await self._produce(tg, sink)
         except BaseExceptionGroup as group:
             # One failure (say, the caller's job generator raising) is reported as itself.
             if len(group.exceptions) == 1:
@@ -104,7 +109,9 @@ class Runner:
         if input_error is not None:
             raise input_error
 
-    async def _produce(self, send: MemoryObjectSendStream[Item]) -> Exception | None:
+    async def _produce(
+        self, tg: anyio.abc.TaskGroup, sink: MemoryObjectSendStream[JobResult]
+    ) -> Exception | None:
         """Feed the workers; the caller's input failing is returned, not raised.
 
         Raising would cancel the jobs in flight, whose generations may already be paid for,
@@ -115,38 +122,60 @@ class Runner:
         ids = JobIds() if journal is not None or self.download_dir is not None else None
         names = FileNames() if self.download_dir is not None else None
         pricing = self.sender.pricing
-        async with send:
+        send, receive = anyio.create_memory_object_stream[Item](0)
+        workers = 0
+        async with send, receive:
             index = 0
             try:
                 async with contextlib.aclosing(_aiter(self.jobs)) as inputs:
-                    async for raw in inputs:
+                    while True:
+                        # The permit first: nothing is pulled from the input, let alone sent,
+                        # before the consumer has room for its result.
+                        await self.permits.acquire()
                         try:
-                            job = as_job(raw, pricing)
-                            cost = pricing.credits(job)
-                            job_id = ids.assign(job) if ids is not None else job.id
-                            stem = (
-                                names.claim(job_id, job.num)
-                                if names is not None and job_id is not None
-                                else None
-                            )
-                            item = Item(index, job, job_id, cost, stem=stem)
-                        except InvalidRequestError as exc:
-                            item = Item(
-                                index, raw if isinstance(raw, Job) else None, None, error=exc
-                            )
-                        if self.window is not None:
-                            await self.window.acquire()
-                        await send.send(item)
+                            raw = await anext(inputs)
+                        except StopAsyncIteration:
+                            break
+                        item = self._item(index, raw, pricing, ids, names)
+                        try:
+                            send.send_nowait(item)  # an idle worker took it
+                        except anyio.WouldBlock:
+                            if workers < self.options.concurrency:
+                                # A new worker starts with this job in hand: no wait for it
+                                # to be scheduled before the next job is pulled.
+                                workers += 1
+                                tg.start_soon(self._worker, receive.clone(), sink.clone(), item)
+                            else:
+                                await send.send(item)
                         index += 1
             except Exception as exc:
                 logger.warning("batch input failed; finishing the jobs already started: %r", exc)
                 return exc
         return None
 
+    @staticmethod
+    def _item(
+        index: int,
+        raw: Job | str,
+        pricing: PricingTable,
+        ids: JobIds | None,
+        names: FileNames | None,
+    ) -> Item:
+        try:
+            job = as_job(raw, pricing)
+            cost = pricing.credits(job)
+            job_id = ids.assign(job) if ids is not None else job.id
+            stem = (
+                names.claim(job_id, job.num) if names is not None and job_id is not None else None
+            )
+            return Item(index, job, job_id, cost, stem=stem)
+        except InvalidRequestError as exc:
+            return Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
+
     async def _reorder(
         self, done: MemoryObjectReceiveStream[JobResult], out: MemoryObjectSendStream[JobResult]
     ) -> None:
-        assert self.window is not None
+        # Bounded by the permits: at most ``concurrency`` results wait here for their turn.
         pending: dict[int, JobResult] = {}
         next_index = 0
         async with done:
@@ -154,21 +183,46 @@ class Runner:
                 pending[result.index] = result
                 while next_index in pending:
                     await out.send(pending.pop(next_index))
-                    self.window.release()
                     next_index += 1
 
     async def _worker(
-        self, items: MemoryObjectReceiveStream[Item], sink: MemoryObjectSendStream[JobResult]
+        self,
+        items: MemoryObjectReceiveStream[Item],
+        sink: MemoryObjectSendStream[JobResult],
+        first: Item,
     ) -> None:
         async with items, sink:
-            async for item in items:
+            item: Item | None = first
+            while item is not None:
+                # Journaled inside process, before the slot frees: a kill loses at most the
+                # jobs in flight.
                 result = await self.processor.process(item)
                 self.stats.count(result)
-                journal = self.processor.journal
-                if journal is not None and not result.resumed:
-                    # Written before the slot frees: a kill loses at most the jobs in flight.
-                    journal.write(result.to_record())
                 await sink.send(result)
+                try:
+                    item = await items.receive()
+                except anyio.EndOfStream:
+                    item = None
+
+
+def _not_a_directory(directory: pathlib.Path) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"download_dir {str(directory)!r} exists and is not a directory: "
+        "pass a directory (it is created if missing)",
+        param="download_dir",
+    )
+
+
+async def _make_directory(directory: pathlib.Path) -> None:
+    try:
+        await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise _not_a_directory(directory) from None
+    except OSError as exc:
+        raise InvalidRequestError(
+            f"cannot create download_dir {str(directory)!r}: {exc.strerror or exc}",
+            param="download_dir",
+        ) from None
 
 
 async def _aiter(jobs: JobInput) -> AsyncGenerator[Job | str, None]:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ..models import Generation, Job
 from ..pricing import PricingTable
-from ..retry import CallStats, RetryPolicy
+from ..retry import AttemptHooks, CallStats, RetryPolicy
 
-__all__ = ["BeforeAttempt", "JobSender"]
-
-#: Awaited before every attempt of a job (rate limit, stop check); raising skips the attempt.
-BeforeAttempt = Callable[[], Awaitable[None]]
+__all__ = ["JobSender"]
 
 
 class JobSender(Protocol):
@@ -38,9 +34,10 @@ class JobSender(Protocol):
         job: Job,
         policy: RetryPolicy,
         stats: CallStats,
-        before_attempt: BeforeAttempt | None = None,
+        hooks: AttemptHooks | None = None,
     ) -> Generation:
-        """Generate ``job`` under ``policy``, counting attempts in ``stats``."""
+        """Generate ``job`` under ``policy``, counting attempts in ``stats`` and calling
+        ``hooks`` around each attempt."""
         ...
 
     async def download(self, url: str, path: str | os.PathLike[str]) -> pathlib.Path:

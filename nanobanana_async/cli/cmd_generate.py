@@ -84,7 +84,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 if out_dir is not None:
                     stem = f"{_slug(job.prompt)}-{uuid.uuid4().hex[:6]}"
                     for i, url in enumerate(generation.urls):
-                        name = safe_filename(stem, i, len(generation.urls), url)
+                        name = safe_filename(stem, i, generation.num, url)
                         paths.append(await client.download(url, out_dir / name))
             return generation, paths
 

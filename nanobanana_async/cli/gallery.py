@@ -110,6 +110,10 @@ def _card(result: JobResult, out_dir: pathlib.Path) -> str:
         if job.num > 1:
             meta.append(f"{job.num} images")
     meta.append(f"{paid(result)} credits")
+    if result.credits_may_have_been_spent:
+        meta.append(f"{result.credits_may_have_been_spent} may have been spent")
+    if result.partial:
+        meta.append("fewer images than asked")
     if result.resumed:
         meta.append("from an earlier run")
     problem = result.reason or (str(result.error) if result.error is not None else None)

@@ -113,9 +113,13 @@ def print_summary(
         table.add_row("skipped", f"[yellow]{report.skipped}[/]" if report.skipped else "0")
         if interrupted:
             table.add_row("not run", str(total - report.total))
-        table.add_row(
-            "credits", f"{report.credits_spent} spent (estimate {report.credits_estimated})"
-        )
+        credits = f"{report.credits_spent} spent (estimate {report.credits_estimated})"
+        if report.credits_may_have_been_spent:
+            # Answers lost after the request was sent: the server may have charged them.
+            credits += f", {report.credits_may_have_been_spent} more may have been spent"
+        table.add_row("credits", credits)
+        if report.partial:
+            table.add_row("partial", f"[yellow]{report.partial}[/] answered with fewer images")
         timing = f"{report.elapsed:.1f} s"
         if report.latency_p50 is not None and report.latency_p95 is not None:
             timing += f" · latency p50 {report.latency_p50:.2f} s, p95 {report.latency_p95:.2f} s"

@@ -81,7 +81,9 @@ def assert_each_index_once(results: Any, n: int) -> None:
 async def test_in_flight_never_exceeds_concurrency_and_reaches_it(
     anyio_backend: str, concurrency: int
 ) -> None:
-    emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.02, 0.05)), seed=1)
+    # Latency long enough that the first wave is all in flight before any answer, even on a
+    # loaded machine (at 20 ms, 32 requests' client and server CPU did not always fit).
+    emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.15, 0.2)), seed=1)
     n = 3 * concurrency + 5
     async with client_for(emulator) as client:
         report = await collect(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, Job, RetryPolicy
+from nanobanana_async import AsyncNanoBanana, InvalidRequestError, Job, RetryPolicy
 from nanobanana_async.batch.journal import JobIds, Journal, content_id
 from nanobanana_async.emulator import Emulator, Faults
 
@@ -182,16 +182,24 @@ async def test_a_rerun_after_failures_retries_only_the_failed(
     assert len(succeeded) == len(jobs)
 
 
-async def test_ids_are_stable_and_jobs_with_an_id_resume_by_it(
+async def test_a_job_id_resumes_only_the_job_it_named(
     anyio_backend: str, tmp_path: pathlib.Path
 ) -> None:
     emulator = Emulator(keys={KEY: 10**6}, seed=6)
     journal = tmp_path / "run.jsonl"
     async with client_for(emulator) as client:
         await client.run_batch([Job("first wording", id="hero")], journal=journal)
-        # Same id, other prompt: the id is the job's identity, so it is not generated again.
-        again = await client.run_batch([Job("second wording", id="hero")], journal=journal)
-    assert again.resumed == 1
+        same = await client.run_batch([Job("first wording", id="hero")], journal=journal)
+        # Issue 11, finding 13: same id, other fields. The journaled result is another job's:
+        # never a silent match, and nothing is sent (the id may be a typo of the caller's).
+        changed = await client.run_batch([Job("second wording", id="hero", num=2)], journal=journal)
+    assert same.resumed == 1
+    assert changed.resumed == 0
+    (result,) = changed.results
+    assert result.status == "failed"
+    assert isinstance(result.error, InvalidRequestError)
+    assert "'hero'" in str(result.error)
+    assert "prompt, num" in str(result.error)
     assert emulator.stats.generate_requests == 1
 
 

@@ -71,6 +71,12 @@ def journal_lines(path: pathlib.Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def final_records(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The last journal line of each job: a job is journaled "generated" the moment its answer
+    is read, then again once its files land."""
+    return list({r["id"]: r for r in journal_lines(path)}.values())
+
+
 def write(path: pathlib.Path, text: str) -> pathlib.Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -280,7 +286,7 @@ def test_batch_txt_with_output_dir(tmp_path: pathlib.Path) -> None:
     ]
     assert len(prompts) >= 24
     out = tmp_path / "out"
-    records = journal_lines(out / "journal.jsonl")
+    records = final_records(out / "journal.jsonl")
     assert sorted(r["prompt"] for r in records) == sorted(prompts)
     assert {r["status"] for r in records} == {"succeeded"}
     for record in records:
@@ -399,7 +405,7 @@ def test_batch_asks_on_a_terminal_and_yes_runs(tmp_path: pathlib.Path) -> None:
     code, err = _run_on_a_terminal(["batch", "p.txt", "--emulator", "-o", "out"], tmp_path, b"y\n")
     assert code == 0, err
     assert "Spend up to 6 emulated credits on 3 jobs? [y/N]" in err
-    assert len(journal_lines(tmp_path / "out" / "journal.jsonl")) == 3
+    assert len(final_records(tmp_path / "out" / "journal.jsonl")) == 3
 
 
 def test_batch_asks_on_a_terminal_and_no_sends_nothing(tmp_path: pathlib.Path) -> None:
@@ -415,7 +421,7 @@ def test_max_credits_skips_what_does_not_fit_without_asking(tmp_path: pathlib.Pa
     write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(5)))
     proc = run_cli("batch", "p.txt", "--emulator", "-o", "out", "--max-credits", "6", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
-    records = journal_lines(tmp_path / "out" / "journal.jsonl")
+    records = final_records(tmp_path / "out" / "journal.jsonl")
     statuses = sorted(r["status"] for r in records)
     assert statuses == ["skipped", "skipped", "succeeded", "succeeded", "succeeded"]
     assert "6 spent" in proc.stderr
@@ -501,14 +507,18 @@ def test_rerun_resumes_without_new_requests(tmp_path: pathlib.Path, server: str)
     assert "6 from an earlier run" in second.stderr
 
 
-def _wait_for_lines(path: pathlib.Path, count: int, proc: subprocess.Popen[str]) -> None:
+def _wait_for_jobs(path: pathlib.Path, count: int, proc: subprocess.Popen[str]) -> None:
+    """Wait until ``count`` jobs of the journal at ``path`` have finished."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the batch ended before it could be interrupted"
-        if path.exists() and len(path.read_text().splitlines()) >= count:
-            return
+        if path.exists():
+            lines = [line for line in path.read_text().splitlines() if line.endswith("}")]
+            records = [json.loads(line) for line in lines]
+            if sum(r["status"] == "succeeded" for r in records) >= count:
+                return
         time.sleep(0.05)
-    raise AssertionError(f"{path} never reached {count} lines")
+    raise AssertionError(f"{path} never had {count} finished jobs")
 
 
 @pytest.mark.slow
@@ -532,23 +542,27 @@ def test_ctrl_c_exits_130_and_a_rerun_resumes(tmp_path: pathlib.Path) -> None:
             text=True,
         )
         journal = tmp_path / "out" / "journal.jsonl"
-        _wait_for_lines(journal, 4, proc)
+        _wait_for_jobs(journal, 4, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert "Traceback" not in err
         assert "Interrupted" in err
-        done = journal_lines(journal)  # every line parses: nothing torn
+        journal_lines(journal)  # every line parses: nothing torn
+        done = final_records(journal)
         assert 4 <= len(done) < jobs
-        assert {r["status"] for r in done} == {"succeeded"}
-        assert (tmp_path / "out" / "index.html").read_text().count('class="card"') == len(done)
+        # A job interrupted while its images downloaded was journaled as generated: the rerun
+        # downloads it and never pays for it again.
+        assert {r["status"] for r in done} <= {"succeeded", "generated"}
+        finished = sum(r["status"] == "succeeded" for r in done)
+        assert (tmp_path / "out" / "index.html").read_text().count('class="card"') == finished
 
         before = generate_requests(base)
         rerun = run_cli(*args, cwd=tmp_path)
         assert rerun.returncode == 0, rerun.stderr
         # Only the jobs the journal did not record are sent again.
         assert generate_requests(base) - before == jobs - len(done)
-        assert len(journal_lines(journal)) == jobs
+        assert len(final_records(journal)) == jobs
         assert len(list((tmp_path / "out").glob("*.png"))) == jobs
 
 

@@ -180,7 +180,11 @@ def assert_valid(generation: Generation, job: Job) -> None:
         job.image_size,
         job.num,
     )
-    assert generation.credits == DEFAULT_PRICING.credits(job)
+    # Charged per image returned (issue 11, finding 19): fewer URLs than num cost less; more
+    # cost what was asked.
+    images = min(len(generation.urls), job.num)
+    assert generation.credits == DEFAULT_PRICING[job.model] * images
+    assert generation.partial == (len(generation.urls) < job.num)
     assert generation.elapsed >= 0
 
 

@@ -379,11 +379,15 @@ async def test_cancellation_is_not_retried() -> None:
 
 
 @pytest.mark.anyio
-async def test_before_attempt_runs_before_every_attempt() -> None:
+async def test_hooks_run_around_every_attempt() -> None:
     events: list[str] = []
 
-    async def before() -> None:
-        events.append("before")
+    class Hooks:
+        async def before_attempt(self) -> None:
+            events.append("before")
+
+        def attempt_failed(self, outcome: BaseException) -> None:
+            events.append(f"failed: {type(outcome).__name__}")
 
     async def attempt() -> str:
         events.append("attempt")
@@ -398,11 +402,71 @@ async def test_before_attempt_runs_before_every_attempt() -> None:
         budget=RetryBudget(),
         cooldown=Cooldown(),
         stats=stats,
-        before_attempt=before,
+        hooks=Hooks(),
     )
     assert result == "ok"
-    assert events == ["before", "attempt"] * 3
+    assert events == ["before", "attempt", "failed: ServerError"] * 2 + ["before", "attempt"]
     assert stats.attempts == 3
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_attempt_is_reported_as_failed() -> None:
+    outcomes: list[BaseException] = []
+
+    class Hooks:
+        async def before_attempt(self) -> None:
+            pass
+
+        def attempt_failed(self, outcome: BaseException) -> None:
+            outcomes.append(outcome)
+
+    async def attempt() -> str:
+        await anyio.sleep(10)
+        return "never"
+
+    with anyio.move_on_after(0.01):
+        await call_with_retries(
+            attempt,
+            policy=FAST,
+            budget=RetryBudget(),
+            cooldown=Cooldown(),
+            stats=CallStats(),
+            hooks=Hooks(),
+        )
+    assert len(outcomes) == 1
+    assert isinstance(outcomes[0], anyio.get_cancelled_exc_class())
+
+
+@pytest.mark.anyio
+async def test_a_hook_raising_before_an_attempt_ends_the_call_unsent() -> None:
+    sent: list[str] = []
+
+    class Refuse(Exception):
+        pass
+
+    class Hooks:
+        async def before_attempt(self) -> None:
+            raise Refuse
+
+        def attempt_failed(self, outcome: BaseException) -> None:
+            raise AssertionError("no attempt was made")
+
+    async def attempt() -> str:
+        sent.append("x")
+        return "ok"
+
+    stats = CallStats()
+    with pytest.raises(Refuse):
+        await call_with_retries(
+            attempt,
+            policy=FAST,
+            budget=RetryBudget(),
+            cooldown=Cooldown(),
+            stats=stats,
+            hooks=Hooks(),
+        )
+    assert sent == []
+    assert stats.attempts == 0
 
 
 @pytest.mark.anyio
