@@ -23,6 +23,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "error_for_status",
+    "may_have_charged",
     "parse_generate_response",
     "parse_retry_after",
     "redact",
@@ -270,3 +271,18 @@ def parse_generate_response(
         status_code=status_code,
         code=code,
     )
+
+
+def may_have_charged(outcome: BaseException) -> bool:
+    """Whether the server may have charged for an attempt that ended with ``outcome``.
+
+    Released (False) only when the server cannot have charged: a clear error answer, or a
+    request that never left. A success status whose body could not be read
+    (:class:`MalformedResponseError`), a connection lost after sending, and anything else
+    that cut an attempt short (a cancellation, an unexpected exception) keep it.
+    """
+    if isinstance(outcome, APIConnectionError):
+        return outcome.may_have_been_charged
+    if isinstance(outcome, MalformedResponseError):
+        return True
+    return not isinstance(outcome, NanoBananaError)

@@ -1,6 +1,6 @@
 """A job's money: reserved before an attempt, then spent, released or kept as may-have-been-spent.
 
-One rule decides what happens to an attempt's reservation (:func:`may_have_charged`): anything
+One rule decides what happens to an attempt's reservation (``errors.may_have_charged``): anything
 after which the server may have charged keeps it. The budget is therefore never above
 ``max_credits`` whatever the server did with a request whose answer was lost, at any
 concurrency, with or without retries of such requests (each attempt holds its own
@@ -11,24 +11,9 @@ from __future__ import annotations
 
 import anyio
 
-from ..errors import APIConnectionError, MalformedResponseError, NanoBananaError
+from ..errors import may_have_charged
 
-__all__ = ["CreditBudget", "JobMoney", "NoRoomForAttempt", "may_have_charged"]
-
-
-def may_have_charged(outcome: BaseException) -> bool:
-    """Whether the server may have charged for an attempt that ended with ``outcome``.
-
-    Released (False) only when the server cannot have charged: a clear error answer, or a
-    request that never left. A success status whose body could not be read
-    (:class:`MalformedResponseError`), a connection lost after sending, and anything else
-    that cut an attempt short (a cancellation, an unexpected exception) keep it.
-    """
-    if isinstance(outcome, APIConnectionError):
-        return outcome.may_have_been_charged
-    if isinstance(outcome, MalformedResponseError):
-        return True
-    return not isinstance(outcome, NanoBananaError)
+__all__ = ["CreditBudget", "JobMoney", "NoRoomForAttempt"]
 
 
 class CreditBudget:
