@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import cast
 
 import anyio
 import httpx
@@ -76,8 +78,11 @@ async def _stream_to(response: httpx.Response, tmp: pathlib.Path, max_bytes: int
             status_code=response.status_code,
         )
     size = 0
-    async with await anyio.open_file(tmp, "wb") as fh:
-        async for chunk in response.aiter_bytes(_CHUNK):
+    # Closed explicitly when a download is cancelled: the garbage collector would otherwise
+    # finalise the generator, and Trio warns about every one.
+    chunks = contextlib.aclosing(cast("AsyncGenerator[bytes]", response.aiter_bytes(_CHUNK)))
+    async with await anyio.open_file(tmp, "wb") as fh, chunks as stream:
+        async for chunk in stream:
             size += len(chunk)
             if size > max_bytes:
                 raise MalformedResponseError(

@@ -1,0 +1,113 @@
+"""Random schedules for the money checker: faults, budgets, options and interruptions.
+
+A schedule is drawn from one seed, so a failing seed replays exactly (``NANOBANANA_CHECKER_SEED``
+runs one). Each schedule is a few runs of the same jobs against one emulator key: the first
+runs may be interrupted (``break``, a cancelled scope, ``aclose`` from another task), later
+ones resume from the journal, and the last one runs to the end.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import attrs
+
+from nanobanana_async import DEFAULT_PRICING, Job
+from nanobanana_async.emulator import Faults
+
+__all__ = ["Interruption", "Run", "Schedule", "draw"]
+
+Interruption = Literal["none", "break", "break_named", "cancel", "aclose"]
+
+MODELS = ("gemini-2.5-flash-image", "gemini-2.5-flash-image-hd", "gemini-3-pro-image-preview")
+
+
+@attrs.frozen
+class Run:
+    """One pass over the schedule's jobs."""
+
+    concurrency: int
+    max_credits: int | None
+    max_per_second: float | None
+    ordered: bool
+    max_retries: int
+    retry_ambiguous: bool
+    interruption: Interruption
+    after_results: int  # the interruption comes after this many results
+
+
+@attrs.frozen
+class Schedule:
+    seed: int
+    jobs: tuple[Job, ...]
+    faults: Faults
+    journal: bool
+    downloads: bool
+    runs: tuple[Run, ...]
+
+    @property
+    def cost(self) -> int:
+        return sum(DEFAULT_PRICING.credits(job) for job in self.jobs)
+
+    def describe(self) -> str:
+        return (
+            f"seed={self.seed} jobs={len(self.jobs)} journal={self.journal} "
+            f"downloads={self.downloads} faults={self.faults} runs={list(self.runs)}"
+        )
+
+
+def _faults(rng: random.Random) -> Faults:
+    drop = rng.choice((0.0, 0.0, 0.05, 0.15))
+    rate_limited = rng.choice((0.0, 0.0, 0.05))
+    server_error = rng.choice((0.0, 0.1, 0.3, 0.6))
+    return Faults(
+        server_error_rate=server_error,
+        rate_limit_rate=rate_limited,
+        retry_after=0.01,
+        drop_rate=drop,
+        drop_after_charge_share=rng.random(),
+        latency=rng.choice((0.0, (0.0, 0.01), (0.0, 0.03))),
+    )
+
+
+def _run(rng: random.Random, jobs: int, cost: int, *, last: bool) -> Run:
+    interruption: Interruption = (
+        "none" if last else rng.choice(("none", "break", "break_named", "cancel", "aclose"))
+    )
+    budget = rng.choice((None, None, rng.randint(0, cost), rng.randint(cost // 2, cost + 10)))
+    return Run(
+        concurrency=rng.choice((1, 2, 4, 8, 16)),
+        max_credits=budget,
+        max_per_second=rng.choice((None, None, None, 200.0)),
+        ordered=rng.random() < 0.3,
+        max_retries=rng.randint(0, 3),
+        retry_ambiguous=rng.random() < 0.3,
+        interruption=interruption,
+        after_results=rng.randint(0, jobs),
+    )
+
+
+def draw(seed: int) -> Schedule:
+    """The schedule for ``seed``."""
+    rng = random.Random(seed)
+    count = rng.randint(1, 24)
+    jobs = tuple(
+        Job(
+            f"checker {seed} job {i}",
+            model=rng.choice(MODELS),
+            num=rng.choice((1, 1, 1, 2, 3)),
+        )
+        for i in range(count)
+    )
+    cost = sum(DEFAULT_PRICING.credits(job) for job in jobs)
+    journal = rng.random() < 0.7
+    runs = rng.randint(1, 3) if journal else 1
+    return Schedule(
+        seed=seed,
+        jobs=jobs,
+        faults=_faults(rng),
+        journal=journal,
+        downloads=journal and rng.random() < 0.4,
+        runs=tuple(_run(rng, count, cost, last=i == runs - 1) for i in range(runs)),
+    )
