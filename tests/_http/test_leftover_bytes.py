@@ -12,12 +12,10 @@ stream layers above the socket.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Literal
 
 import anyio
-import attrs
 import httpx
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
@@ -25,6 +23,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from nanobanana_async import AsyncNanoBanana
 from nanobanana_async._http.fast import FastTransport
 from nanobanana_async._http.h11_pool import _READ_SIZE, _Connection
+from tests.support.http_server import loopback_server
 
 pytestmark = pytest.mark.anyio
 
@@ -56,59 +55,16 @@ def answer(layout: Layout) -> bytes:
     return head % len(data) + data + b"\r\n"
 
 
-@attrs.define
-class StrayServer:
-    layout: Layout
-    port: int = 0
-    requests: int = 0
-    connections: int = 0
-
-    async def handle(self, stream: SocketStream) -> None:
-        self.connections += 1
-        async with stream:
-            buffer = b""
-            while True:
-                try:
-                    while b"\r\n\r\n" not in buffer:
-                        buffer += await stream.receive()
-                    head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.decode("latin-1").split("\r\n")[1:]:
-                        name, _, value = line.partition(":")
-                        if name.strip().lower() == "content-length":
-                            length = int(value)
-                    while len(buffer) < length:
-                        buffer += await stream.receive()
-                    buffer = buffer[length:]
-                    self.requests += 1
-                    await stream.send(answer(self.layout))
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return
-
-
-@asynccontextmanager
-async def stray_server(layout: Layout) -> AsyncIterator[StrayServer]:
-    server = StrayServer(layout)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.handle)
-        try:
-            yield server
-        finally:
-            tg.cancel_scope.cancel()
-
-
 @pytest.mark.parametrize("layout", ["with-the-body", "past-a-full-read"])
 @pytest.mark.parametrize("name", list(TRANSPORTS))
 async def test_stray_bytes_after_a_body_fail_no_call(
     anyio_backend: str, name: str, layout: Layout
 ) -> None:
     async with (
-        stray_server(layout) as server,
+        loopback_server(lambda _head: answer(layout)) as server,
         AsyncNanoBanana(
             KEY,
-            base_url=f"http://127.0.0.1:{server.port}",
+            base_url=server.base_url,
             transport=TRANSPORTS[name](),
             max_retries=0,
         ) as client,
