@@ -18,6 +18,7 @@ import httpx
 import yarl
 
 from .body import read_capped
+from .encoding import read_encoded
 from .h11_pool import KEEPALIVE_EXPIRY
 
 __all__ = ["AiohttpPool"]
@@ -146,7 +147,9 @@ class AiohttpPool:
 
         No ``httpx.Request``/``httpx.Response`` is built: on the hot path of a batch their
         construction cost more CPU than the request itself. Failures raise the same httpx
-        exceptions as :meth:`send`; an oversized body raises :class:`BodyTooLarge`.
+        exceptions as :meth:`send`; a body is decoded as httpx decodes it (``DecodingError``
+        when it cannot be); one over ``limit`` bytes, encoded or decoded, raises
+        :class:`BodyTooLarge`.
         """
         session = self.session_for(loop)
         try:
@@ -158,13 +161,24 @@ class AiohttpPool:
                 timeout=self.timeout(timeout),
             )
             try:
-                content = await read_capped(
-                    response.content.iter_any(),
-                    response.content_length,
-                    limit,
-                    response.status,
-                    response.headers,
-                )
+                if "Content-Encoding" in response.headers:
+                    # Compressed although asked for identity: decoded as httpx would.
+                    content = await read_encoded(
+                        response.content.iter_any(),
+                        response.content_length,
+                        limit,
+                        response.status,
+                        response.headers,
+                        response.raw_headers,
+                    )
+                else:
+                    content = await read_capped(
+                        response.content.iter_any(),
+                        response.content_length,
+                        limit,
+                        response.status,
+                        response.headers,
+                    )
             finally:
                 response.release()
         except _AIOHTTP_ERRORS as exc:
