@@ -23,7 +23,6 @@ once it may have reached the server.
 from __future__ import annotations
 
 import math
-import select
 import socket
 import ssl
 import time
@@ -35,6 +34,7 @@ import httpx
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from .idle import is_readable
 from .tls import default_ssl_context
 
 __all__ = ["KEEPALIVE_EXPIRY", "H11Transport"]
@@ -45,20 +45,6 @@ _READ_SIZE = 64 << 10
 _IO_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 Origin = tuple[bytes, str, int]
-
-
-def _is_readable(sock: socket.socket | None) -> bool:
-    """Whether an idle socket has something to read: EOF, a reset, or unexpected bytes."""
-    if sock is None:
-        return False
-    fd = sock.fileno()
-    if fd == -1:
-        return True
-    if not hasattr(select, "poll"):  # pragma: no cover - Windows
-        return bool(select.select([fd], [], [], 0)[0])
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _holds_read_ahead(stream: object) -> bool:
@@ -91,7 +77,7 @@ class _Connection:
 
     def has_unread_input(self) -> bool:
         """Whether anything arrived that no response claims: then it must not carry a request."""
-        return _holds_read_ahead(self.stream) or _is_readable(self.sock)
+        return _holds_read_ahead(self.stream) or is_readable(self.sock)
 
     async def aclose(self) -> None:
         # Forcefully: works inside a cancelled scope, skips TLS close_notify.
