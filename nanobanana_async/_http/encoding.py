@@ -10,7 +10,8 @@ the header (nearly all) never reach this module.
 The cap applies to the decoded size, as on the httpx path. httpx decodes each chunk it reads
 in one call, so a gzip bomb briefly costs up to about a thousand times a 64 KiB read there;
 here the encoded body is fed to the decoders in 1 KiB slices, so no decoded piece exceeds about
-1 MiB (gzip and deflate expand at most ~1032:1) before the cap stops the work.
+1 MiB (gzip and deflate expand at most ~1032:1) before the cap stops the work. The h11 pool
+hands httpx encoded bodies in slices of the same size (:data:`DECODE_SLICE`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import httpx
 
 from .body import BodyTooLarge, read_capped
 
-__all__ = ["read_encoded"]
+__all__ = ["DECODE_SLICE", "read_encoded"]
 
-_SLICE = 1 << 10
+#: Bytes of an encoded body handed to httpx's decoders at a time (gzip: ~1 MiB out at most).
+DECODE_SLICE = 1 << 10
 
 
 def _encoded_limit(limit: int) -> int:
@@ -40,8 +42,8 @@ class _Slices(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         data = self._data
-        for start in range(0, len(data), _SLICE):
-            yield data[start : start + _SLICE]
+        for start in range(0, len(data), DECODE_SLICE):
+            yield data[start : start + DECODE_SLICE]
 
 
 async def read_encoded(

@@ -34,6 +34,7 @@ import httpx
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from .encoding import DECODE_SLICE
 from .idle import is_readable
 from .tls import default_ssl_context
 
@@ -155,16 +156,35 @@ class _Connection:
             conn.receive_data(data)
 
 
+def _slice_for(response: h11.Response) -> int | None:
+    # h11 gives header names in lower case.
+    encoded = any(name == b"content-encoding" for name, _ in response.headers.raw_items())
+    return DECODE_SLICE if encoded else None
+
+
 class _ResponseStream(httpx.AsyncByteStream):
-    """The response body; closing it returns the connection to the pool or closes it."""
+    """The response body; closing it returns the connection to the pool or closes it.
 
-    __slots__ = ("_conn", "_done", "_timeout", "_transport")
+    An encoded body comes in slices of ``slice_size`` bytes: httpx decodes each chunk in one
+    call, so a 64 KiB read of a gzip bomb would briefly take 64 MiB; a 1 KiB slice at most
+    about 1 MiB, and the caller's size cap stops the read after the first slices.
+    """
 
-    def __init__(self, transport: H11Transport, conn: _Connection, timeout: float | None) -> None:
+    __slots__ = ("_conn", "_done", "_rest", "_slice", "_timeout", "_transport")
+
+    def __init__(
+        self,
+        transport: H11Transport,
+        conn: _Connection,
+        timeout: float | None,
+        slice_size: int | None = None,
+    ) -> None:
         self._transport = transport
         self._conn: _Connection | None = conn
         self._timeout = timeout
         self._done = False
+        self._slice = slice_size
+        self._rest = memoryview(b"")
 
     def __aiter__(self) -> _ResponseStream:
         # An iterator object, not an async generator: nothing left unfinished when a capped
@@ -175,6 +195,8 @@ class _ResponseStream(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None or self._done:
             raise StopAsyncIteration
+        if self._rest:
+            return self._take(self._rest)
         try:
             data = await self._next_chunk(conn)
         except BaseException:
@@ -184,7 +206,14 @@ class _ResponseStream(httpx.AsyncByteStream):
         if data is None:
             self._done = True
             raise StopAsyncIteration
+        if self._slice is not None and len(data) > self._slice:
+            return self._take(memoryview(data))
         return data
+
+    def _take(self, view: memoryview) -> bytes:
+        size = self._slice or len(view)
+        self._rest = view[size:]
+        return bytes(view[:size])
 
     async def _next_chunk(self, conn: _Connection) -> bytes | None:
         """The next piece of the body, None at its end."""
@@ -305,7 +334,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=event.status_code,
             headers=event.headers.raw_items(),
-            stream=_ResponseStream(self, conn, read_timeout),
+            stream=_ResponseStream(self, conn, read_timeout, _slice_for(event)),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
         )
 
