@@ -16,9 +16,14 @@ from typing import Any
 import aiohttp
 import httpx
 import yarl
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 from .body import read_capped
+from .encoding import read_encoded
 from .h11_pool import KEEPALIVE_EXPIRY
+from .idle import is_readable
 
 __all__ = ["AiohttpPool"]
 
@@ -65,6 +70,36 @@ class _AiohttpStream(httpx.AsyncByteStream):
         self._response.release()
 
 
+class _CheckedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, never reusing an idle connection whose socket has input.
+
+    aiohttp reuses a pooled connection while its transport is open. When the server closed
+    it after the last response without ``Connection: close``, the FIN is often still unread
+    (the event loop has not run since), so the next request went out on a closed connection
+    and failed after it was sent: "may have been charged" for every second call. Before a
+    pooled connection is handed out, its socket is polled as httpcore and the h11 pool do; one
+    with an EOF, a reset or stray bytes waiting, or that aiohttp itself marked for closing, is
+    closed and the next one (or a new connection) is used.
+
+    ``_get`` is the step of ``BaseConnector.connect`` that takes a pooled connection: private,
+    but with this signature and role since aiohttp 3.11 (the minimum of the ``aiohttp`` extra).
+    """
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        while (conn := await super()._get(key, traces)) is not None:
+            protocol = conn.protocol
+            transport = None if protocol is None else protocol.transport
+            if (
+                protocol is not None
+                and transport is not None
+                and not protocol.should_close
+                and not is_readable(transport.get_extra_info("socket"))
+            ):
+                return conn
+            conn.close()  # back to the connector as "close it", never to the pool
+        return None
+
+
 class AiohttpPool:
     """One aiohttp session bound to the event loop that created it."""
 
@@ -78,7 +113,7 @@ class AiohttpPool:
         session = self.session
         if session is not None and self.loop is loop and not session.closed:
             return session
-        connector = aiohttp.TCPConnector(
+        connector = _CheckedConnector(
             limit=0,  # the caller bounds concurrency; no request waits for a connection
             ssl=self._ssl,
             ttl_dns_cache=300,
@@ -146,7 +181,9 @@ class AiohttpPool:
 
         No ``httpx.Request``/``httpx.Response`` is built: on the hot path of a batch their
         construction cost more CPU than the request itself. Failures raise the same httpx
-        exceptions as :meth:`send`; an oversized body raises :class:`BodyTooLarge`.
+        exceptions as :meth:`send`; a body is decoded as httpx decodes it (``DecodingError``
+        when it cannot be); one over ``limit`` bytes, encoded or decoded, raises
+        :class:`BodyTooLarge`.
         """
         session = self.session_for(loop)
         try:
@@ -158,13 +195,24 @@ class AiohttpPool:
                 timeout=self.timeout(timeout),
             )
             try:
-                content = await read_capped(
-                    response.content.iter_any(),
-                    response.content_length,
-                    limit,
-                    response.status,
-                    response.headers,
-                )
+                if "Content-Encoding" in response.headers:
+                    # Compressed although asked for identity: decoded as httpx would.
+                    content = await read_encoded(
+                        response.content.iter_any(),
+                        response.content_length,
+                        limit,
+                        response.status,
+                        response.headers,
+                        response.raw_headers,
+                    )
+                else:
+                    content = await read_capped(
+                        response.content.iter_any(),
+                        response.content_length,
+                        limit,
+                        response.status,
+                        response.headers,
+                    )
             finally:
                 response.release()
         except _AIOHTTP_ERRORS as exc:

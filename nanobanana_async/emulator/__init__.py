@@ -28,6 +28,10 @@ or over a real loopback socket (extra ``emulator``, which installs uvicorn) with
 or from a shell, for a separate process: ``python -m nanobanana_async.emulator --port 8000``
 (``nanobanana emulator`` does the same).
 
+Faults below HTTP (stray bytes after a response, a close after a response that kept the
+connection alive) come from a proxy in front of the served app:
+``serve(emulator, wire=WireFaults(close_after_response_rate=0.5, seed=1))``.
+
 Routes: ``POST /v1/images/generate``, ``GET /images/<id>.png`` and ``GET /_emulator/stats``
 (the counters as JSON, for tests that run the emulator in another process).
 """
@@ -37,6 +41,7 @@ from .cli import build_parser, main
 from .faults import FAULT_KINDS, Faults, parse_latency
 from .server import RunningEmulator, serve
 from .stats import EmulatorStats
+from .wire import WireFaults, WireProxy, WireStats
 
 __all__ = [
     "FAULT_KINDS",
@@ -46,6 +51,9 @@ __all__ = [
     "EmulatorStats",
     "Faults",
     "RunningEmulator",
+    "WireFaults",
+    "WireProxy",
+    "WireStats",
     "build_parser",
     "main",
     "parse_latency",

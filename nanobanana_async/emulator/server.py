@@ -13,21 +13,28 @@ from typing import Any
 
 import anyio
 import attrs
+from anyio.from_thread import start_blocking_portal
 
 from .app import Emulator
 from .asgi import DropConnection, Message, Receive, Scope, Send, json_bytes
+from .wire import WireFaults, WireProxy, WireStats
 
 __all__ = ["RunningEmulator", "serve"]
 
 
 @attrs.frozen
 class RunningEmulator:
-    """An emulator being served by :func:`serve`: point clients at ``base_url``."""
+    """An emulator being served by :func:`serve`: point clients at ``base_url``.
+
+    ``wire`` counts what the wire-fault proxy did when :func:`serve` was given ``wire=``
+    (``port`` and ``base_url`` are then the proxy's).
+    """
 
     emulator: Emulator
     host: str
     port: int
     base_url: str
+    wire: WireStats | None = None
 
 
 class _QuietDrops(logging.Filter):
@@ -121,8 +128,28 @@ def _url_host(host: str) -> str:
 
 
 @contextlib.contextmanager
+def _wire_proxy(
+    faults: WireFaults | None, host: str, port: int, upstream: int
+) -> Iterator[tuple[int, WireStats | None]]:
+    """The proxy in front of the app (its own thread and event loop), or the app's port."""
+    if faults is None:
+        yield upstream, None
+        return
+    proxy = WireProxy(faults, (_url_host(host).strip("[]"), upstream))
+    with (
+        start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(proxy.listening(host, port)) as proxy_port,
+    ):
+        yield proxy_port, proxy.stats
+
+
+@contextlib.contextmanager
 def serve(
-    emulator: Emulator | None = None, host: str = "127.0.0.1", port: int = 0
+    emulator: Emulator | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    wire: WireFaults | None = None,
 ) -> Iterator[RunningEmulator]:
     """Serve ``emulator`` over HTTP on ``host:port`` in a background thread (needs uvicorn).
 
@@ -133,12 +160,17 @@ def serve(
 
         with serve(Emulator(faults=Faults(latency=0.1))) as server:
             client = AsyncNanoBanana("any-key", base_url=server.base_url)
+
+    ``wire=WireFaults(...)`` puts a :class:`~nanobanana_async.emulator.wire.WireProxy` on
+    ``host:port`` in front of the app (which then listens on a free port of ``host``) for
+    faults below HTTP: stray bytes after a response, a close after a response that kept the
+    connection alive. ``RunningEmulator.wire`` counts them.
     """
     uvicorn = _import_uvicorn()
     app = Emulator() if emulator is None else emulator
     served = _Served(app)
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)  # idempotent
-    sock = _bind(host, port)
+    sock = _bind(host, 0 if wire is not None else port)
     try:
         config = uvicorn.Config(
             served,
@@ -165,7 +197,12 @@ def serve(
             time.sleep(0.005)
         bound_port = int(sock.getsockname()[1])
         try:
-            yield RunningEmulator(app, host, bound_port, f"http://{_url_host(host)}:{bound_port}")
+            with _wire_proxy(wire, host, port, bound_port) as (
+                public_port,
+                stats,
+            ):
+                url = f"http://{_url_host(host)}:{public_port}"
+                yield RunningEmulator(app, host, public_port, url, stats)
         finally:
             server.should_exit = True
             if served.loop is not None:
