@@ -123,7 +123,7 @@ class Faults:
       every URL of a success (such a URL cannot be fetched).
     - ``bad_url_rate``: every URL of a success is a string nobody can fetch: a port out of
       range (``http://127.0.0.1:99999/...``), a host label over 63 characters, a broken IPv6
-      literal, a space in the host, no host, an empty string, a relative path, or an ``ftp``
+      literal, a space in the host, no host, an empty string, port 0, or an ``ftp``
       URL. Charged as normal.
     - ``partial_rate`` / ``extra_rate`` (together at most 1): a success has fewer URLs than
       ``num`` (1 to ``num - 1``; a request with ``num == 1`` cannot be partial), charged per
@@ -267,7 +267,7 @@ BAD_URL_KINDS: Final = (
     "space_in_host",
     "no_host",
     "empty",
-    "relative",
+    "port_zero",
     "ftp",
 )
 """The unfetchable URLs of ``bad_urls`` (see ``images.bad_url``)."""

@@ -43,8 +43,8 @@ def bad_url(kind: str, url: str) -> str:
         return f"http://{path}"
     if kind == "empty":
         return ""
-    if kind == "relative":
-        return path
+    if kind == "port_zero":
+        return f"http://127.0.0.1:0{path}"
     if kind == "ftp":
         return f"ftp://127.0.0.1{path}"
     raise ValueError(f"unknown bad URL kind {kind!r}")
