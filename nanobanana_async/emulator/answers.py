@@ -43,6 +43,13 @@ class Exchange:
     answered: bool = False
     client_left: bool = False
     faults: list[str] = attrs.field(factory=list)
+    finished: bool = False
+
+    def finish(self, stats: EmulatorStats) -> None:
+        """Keep the record in ``stats`` (once), before the client can see the end of it."""
+        if not self.finished:
+            self.finished = True
+            stats.record(self.record())
 
     def met(self, stats: EmulatorStats, kind: str) -> None:
         """Count a fault of ``kind`` for this request."""
@@ -81,6 +88,7 @@ async def respond(
     stats.count_status(status)
     if exchange is not None:
         exchange.status, exchange.answered = status, True
+        exchange.finish(stats)
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -208,6 +216,7 @@ async def deliver_success(
             headers.append((b"content-encoding", b"gzip"))
         stats.count_status(200)
         exchange.status = 200
+        exchange.finish(stats)
         await cut(send, 200, headers, payload, _cut_point(len(payload), plan.cut))
     elif plan.outcome == Fault.SUCCESS_5XX:
         exchange.met(stats, Fault.SUCCESS_5XX)

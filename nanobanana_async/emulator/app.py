@@ -203,7 +203,7 @@ class Emulator:
             await deliver_success(send, stats, payload, plan, exchange, charged=charged)
         finally:
             stats.in_flight -= 1
-            stats.record(exchange.record())
+            exchange.finish(stats)
 
     async def _wait(
         self,

@@ -94,6 +94,9 @@ class EmulatorStats:
             arrival order; only the first 100 000 are kept so memory stays bounded.
         generate_records: a :class:`GenerateRecord` per generate request, in the order they
             finished (``serial`` gives the arrival order); only the first 100 000 are kept.
+            A record is kept before its response ends, so a client holding its answer (or
+            the error of a drop or cut) finds it here; a client that hung up may have to
+            wait until the server notices.
     """
 
     requests: int = 0

@@ -96,6 +96,8 @@ def test_cut_truncated_and_gzip_bodies_over_a_socket() -> None:
         # Truncated: a complete exchange whose JSON is cut.
         emulator.faults = Faults(truncated_success_rate=1.0)
         truncated = client.post(GENERATE, json=body)
+        # Its record is there as soon as the answer is.
+        assert emulator.stats.generate_records[-1].faults == ("truncated_success",)
         assert truncated.status_code == 200
         assert int(truncated.headers["content-length"]) == len(truncated.content)
         assert 0 < len(truncated.content) < len(whole)
