@@ -102,7 +102,7 @@ class Ledger:
                     stats.idempotent_replays += 1
                     return False, remembered[1]
             balance = self._balances.get(api_key, self._default_credits)
-            if balance < max(cost, cost if required is None else required):
+            if balance < (cost if required is None else max(cost, required)):
                 raise Refused(400, "insufficient credits")
             self._balances[api_key] = balance - cost
             payload = answer()
