@@ -36,6 +36,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     emu.add_argument(
         "--drop-rate", type=rate, default=0.0, help="share whose connection is dropped (0-1)"
     )
+    emu.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME=RATE",
+        help="share (0-1) of generate requests meeting a fault, repeatable (e.g. gzip=0.1, "
+        "truncated_success=0.05, charge_on_hangup=0.5; see docs/testing.md)",
+    )
     emu.add_argument("--seed", type=int, default=0, help="seed of fault and latency draws (0)")
     emu.set_defaults(run=cmd_emulator)
 
@@ -48,7 +56,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             "serving the emulator needs uvicorn: pip install 'nanobanana-async[emulator]' "
             "(batch and generate take --emulator without it)"
         ) from None
-    from ..emulator import Emulator, Faults, parse_latency, serve
+    from ..emulator import Emulator, Faults, parse_latency, serve, with_fault_options
 
     try:
         faults = Faults(
@@ -57,6 +65,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             drop_rate=args.drop_rate,
             latency=parse_latency(args.latency) if args.latency else 0.0,
         )
+        faults = with_fault_options(faults, args.fault)
     except ValueError as exc:
         raise CLIError(f"emulator: {exc}") from None
     options: dict[str, Any] = {"faults": faults, "seed": args.seed}

@@ -6,8 +6,10 @@ ledger (``insufficient credits`` once a key runs out), returns image URLs and se
 small real PNGs with the requested aspect ratio. It counts everything it sees in
 :attr:`Emulator.stats` and can inject faults (:class:`Faults`): server errors with JSON or
 non-JSON bodies, 429s with ``Retry-After``, latency, and dropped connections, some of them
-after the generation was charged. Faults are drawn from a seeded random generator, so a test
-sees the same sequence every run.
+after the generation was charged; and charged answers a client may fail to read: truncated
+or cut success bodies, successes sent with a 5xx, gzip nobody asked for, lone surrogates,
+unfetchable URLs, fewer or more URLs than asked, and charges for clients that hung up.
+Faults are drawn from a seeded random generator, so a test sees the same sequence every run.
 
 Use it in-process, with no socket, through :meth:`Emulator.transport`::
 
@@ -38,24 +40,28 @@ Routes: ``POST /v1/images/generate``, ``GET /images/<id>.png`` and ``GET /_emula
 
 from .app import GENERATE_PATH, STATS_PATH, Emulator
 from .cli import build_parser, main
-from .faults import FAULT_KINDS, Faults, parse_latency
+from .faults import FAULT_KINDS, FAULT_RATES, Faults, parse_fault, parse_latency, with_fault_options
 from .server import RunningEmulator, serve
-from .stats import EmulatorStats
+from .stats import EmulatorStats, GenerateRecord
 from .wire import WireFaults, WireProxy, WireStats
 
 __all__ = [
     "FAULT_KINDS",
+    "FAULT_RATES",
     "GENERATE_PATH",
     "STATS_PATH",
     "Emulator",
     "EmulatorStats",
     "Faults",
+    "GenerateRecord",
     "RunningEmulator",
     "WireFaults",
     "WireProxy",
     "WireStats",
     "build_parser",
     "main",
+    "parse_fault",
     "parse_latency",
     "serve",
+    "with_fault_options",
 ]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+import anyio
 import httpx
 
 from ..models import sizes_for
 from ..pricing import DEFAULT_PRICES
+from .answers import Exchange, deliver_success, inject, respond, respond_error
 from .asgi import (
     Receive,
     Scope,
@@ -23,10 +24,10 @@ from .asgi import (
     read_body,
     sleep_unless_disconnected,
 )
-from .faults import Fault, FaultDraws, Faults
-from .images import image_urls, render_path
+from .faults import Fault, FaultDraws, Faults, Plan
+from .images import bad_url, image_urls, render_path, with_odd_text
 from .ledger import Ledger
-from .requests import GenerateRequest, Refused, validate
+from .requests import Refused, validate
 from .stats import EmulatorStats
 from .transport import InProcessTransport
 
@@ -34,12 +35,6 @@ __all__ = ["GENERATE_PATH", "STATS_PATH", "Emulator"]
 
 GENERATE_PATH: Final = "/v1/images/generate"
 STATS_PATH: Final = "/_emulator/stats"
-
-_PROXY_502 = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
-    b"</body>\r\n</html>\r\n"
-)
 
 
 class Emulator:
@@ -145,7 +140,7 @@ class Emulator:
         elif path == STATS_PATH and method == "GET":
             await self._respond(send, 200, json_bytes(self.stats.to_dict()), b"application/json")
         else:
-            await self._respond_error(send, 404, "not found", as_http_200=False)
+            await respond_error(send, self.stats, 404, "not found", as_http_200=False)
 
     async def _respond(
         self,
@@ -155,104 +150,136 @@ class Emulator:
         content_type: bytes | None,
         headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        all_headers = [(b"content-length", str(len(body)).encode("ascii")), *headers]
-        if content_type is not None:
-            all_headers.append((b"content-type", content_type))
-        self.stats.count_status(status)
-        await send({"type": "http.response.start", "status": status, "headers": all_headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def _respond_error(
-        self,
-        send: Send,
-        code: int,
-        message: str,
-        *,
-        as_http_200: bool | None = None,
-        headers: Sequence[tuple[bytes, bytes]] = (),
-    ) -> None:
-        quirk = self._errors_as_http_200 if as_http_200 is None else as_http_200
-        body = json_bytes({"code": code, "message": message})
-        await self._respond(send, 200 if quirk else code, body, b"application/json", headers)
+        await respond(send, self.stats, status, body, content_type, headers)
 
     # -- generate ----------------------------------------------------------------------------
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send) -> None:
         stats = self.stats
         stats.generate_started()
+        exchange = Exchange(serial=stats.generate_requests)
         # Drawn on arrival, so the n-th request meets the n-th fault even when latency
         # ranges make concurrent requests finish in another order.
-        delay, fault = self._draws.latency(self.faults), self._draws.fault(self.faults)
+        faults = self.faults
+        delay, fault = self._draws.latency(faults), self._draws.fault(faults)
+        plan = self._draws.plan(faults, fault)
         try:
             body = await read_body(receive)
             if body is None:
+                exchange.client_left = True
                 return  # the client left before sending its request: nobody to answer
-            if delay > 0 and await sleep_unless_disconnected(delay, receive):
+            if delay > 0 and await self._wait(delay, receive, scope, body, plan, exchange):
                 return
             if fault not in (Fault.NONE, Fault.DROP_AFTER):
-                await self._inject(fault, send)
+                await inject(
+                    fault,
+                    send,
+                    stats,
+                    faults,
+                    plan,
+                    exchange,
+                    errors_as_http_200=self._errors_as_http_200,
+                )
                 return
             try:
-                request, charged, payload = self._handle(scope, body)
+                charged, payload = self._handle(scope, body, plan, exchange)
             except Refused as refused:
                 if fault == Fault.DROP_AFTER:
-                    self._drop_count(Fault.DROP_BEFORE)
+                    exchange.met(stats, Fault.DROP_BEFORE)
                     await drop(send)
-                await self._respond_error(send, refused.code, refused.message)
+                await respond_error(
+                    send,
+                    stats,
+                    refused.code,
+                    refused.message,
+                    as_http_200=self._errors_as_http_200,
+                    plan=plan,
+                    exchange=exchange,
+                )
                 return
             if fault == Fault.DROP_AFTER:
-                self._drop_count(Fault.DROP_AFTER if charged else Fault.DROP_BEFORE)
+                exchange.met(stats, Fault.DROP_AFTER if charged else Fault.DROP_BEFORE)
                 await drop(send)
-            if charged:
-                stats.generations += 1
-                stats.images_generated += request.num
-            await self._respond(send, 200, payload, b"application/json")
+            await deliver_success(send, stats, payload, plan, exchange, charged=charged)
         finally:
             stats.in_flight -= 1
+            exchange.finish(stats)
 
-    async def _inject(self, fault: str, send: Send) -> None:
-        counts = self.stats.faults
-        if fault == Fault.DROP_BEFORE:
-            self._drop_count(Fault.DROP_BEFORE)
-            await drop(send)
-        elif fault == Fault.RATE_LIMITED:
-            counts["rate_limited"] += 1
-            seconds = self.faults.retry_after
-            headers = [
-                (b"retry-after", str(math.ceil(seconds)).encode("ascii")),
-                (b"retry-after-ms", str(round(seconds * 1000)).encode("ascii")),
-            ]
-            await self._respond_error(send, 429, "rate limit exceeded", headers=headers)
-        elif fault == Fault.JSON_500:
-            counts["server_error_json"] += 1
-            await self._respond_error(send, 500, "server error")
-        elif fault == Fault.PROXY_502:
-            counts["server_error_html"] += 1
-            await self._respond(send, 502, _PROXY_502, b"text/html")
-        else:
-            counts["server_error_html"] += 1
-            await self._respond(send, 503, b"", None)
+    async def _wait(
+        self,
+        delay: float,
+        receive: Receive,
+        scope: Scope,
+        body: bytes,
+        plan: Plan,
+        exchange: Exchange,
+    ) -> bool:
+        """Sleep the latency; True if the client hung up (charged anyway if the plan says so)."""
+        try:
+            left = await sleep_unless_disconnected(delay, receive)
+        except anyio.get_cancelled_exc_class():
+            # In-process, a client that gives up cancels the app itself.
+            self._hung_up(scope, body, plan, exchange)
+            raise
+        if left:
+            self._hung_up(scope, body, plan, exchange)
+        return left
 
-    def _drop_count(self, kind: str) -> None:
-        self.stats.faults[kind] += 1
+    def _hung_up(self, scope: Scope, body: bytes, plan: Plan, exchange: Exchange) -> None:
+        exchange.client_left = True
+        if not plan.charge_on_hangup:
+            return
+        try:
+            charged, _ = self._handle(scope, body, plan, exchange)
+        except Refused:
+            return
+        if charged:
+            exchange.met(self.stats, "charged_after_hangup")
 
-    def _handle(self, scope: Scope, body: bytes) -> tuple[GenerateRequest, bool, bytes]:
-        """Authenticate, validate and charge: the request, whether it was charged, the body."""
+    def _handle(
+        self, scope: Scope, body: bytes, plan: Plan, exchange: Exchange
+    ) -> tuple[bool, bytes]:
+        """Authenticate, validate and charge: whether it was charged, and the success body."""
+        stats = self.stats
         api_key = self.ledger.authenticate(header(scope, b"authorization"))
         request = validate(body, self._prices, self._sizes, self._max_num)
         raw_key = header(scope, b"idempotency-key")
         idempotency_key = raw_key.decode("latin-1") if raw_key else None
+        exchange.prompt, exchange.idempotency_key = request.prompt, idempotency_key
+        count = plan.url_count(request.num)
+        images = min(count, request.num)
+        price = self._prices[request.model]
 
         def answer() -> bytes:
-            urls = image_urls(self._image_base_url or origin(scope), request, next(self._serial))
-            data = {"url": urls[0] if request.num == 1 else urls}
-            return json_bytes({"code": 0, "message": "ok", "data": data})
+            base = self._image_base_url or origin(scope)
+            urls = image_urls(base, request, next(self._serial), count)
+            for kind, applies in (
+                ("partial", count < request.num),
+                ("extra", count > request.num),
+                ("bad_urls", plan.bad_url is not None),
+                ("odd_unicode_urls", plan.odd is not None),
+            ):
+                if applies:
+                    exchange.met(stats, kind)
+            stats.images_missing += max(request.num - count, 0)
+            stats.images_extra += max(count - request.num, 0)
+            if plan.bad_url is not None:
+                urls = [bad_url(plan.bad_url, url) for url in urls]
+            if plan.odd is not None:
+                urls = [with_odd_text(url, plan.odd) for url in urls]
+            exchange.urls, exchange.images, exchange.credits = len(urls), images, price * images
+            data = {"url": urls[0] if len(urls) == 1 and request.num == 1 else urls}
+            return json_bytes({"code": 0, "message": "ok", "data": data}, ascii_only=bool(plan.odd))
 
-        cost = self._prices[request.model] * request.num
-        charged, payload = self.ledger.charge(
-            api_key, request, cost, idempotency_key, answer, self.stats
+        return self.ledger.charge(
+            api_key,
+            request,
+            price * images,
+            idempotency_key,
+            answer,
+            stats,
+            required=price * request.num,
         )
-        return request, charged, payload
 
     # -- images ------------------------------------------------------------------------------
 
@@ -261,7 +288,7 @@ class Emulator:
             self.stats.image_requests_with_authorization += 1
         png = render_path(scope["path"])
         if png is None:
-            await self._respond_error(send, 404, "not found", as_http_200=False)
+            await respond_error(send, self.stats, 404, "not found", as_http_200=False)
             return
         self.stats.images_served += 1
         cache = (b"cache-control", b"public, max-age=31536000, immutable")

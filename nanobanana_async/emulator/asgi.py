@@ -11,11 +11,13 @@ import anyio
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "CutConnection",
     "DropConnection",
     "Message",
     "Receive",
     "Scope",
     "Send",
+    "cut",
     "drop",
     "header",
     "json_bytes",
@@ -38,8 +40,27 @@ class DropConnection(Exception):
     """Raised by the app to have the server abort the connection mid-response."""
 
 
-def json_bytes(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+class CutConnection(DropConnection):
+    """The app sent a status, headers and part of the body they promise, then gave up.
+
+    Carries what was sent, so that an in-process transport can hand the client the same
+    thing a socket would: the response, then an error while reading its body.
+    """
+
+    def __init__(
+        self, status: int, headers: list[tuple[bytes, bytes]], sent: bytes, length: int
+    ) -> None:
+        super().__init__(f"connection closed after {len(sent)} of {length} body bytes")
+        self.status = status
+        self.headers = headers
+        self.sent = sent
+        self.length = length
+
+
+def json_bytes(payload: object, *, ascii_only: bool = False) -> bytes:
+    """Compact JSON. ``ascii_only`` escapes everything outside ASCII, lone surrogates too."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=ascii_only)
+    return text.encode("ascii" if ascii_only else "utf-8")
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -64,6 +85,20 @@ async def drop(send: Send) -> NoReturn:
     # response has started. No length is promised, so the client sees a truncated body.
     await send({"type": "http.response.start", "status": 200, "headers": []})
     raise DropConnection
+
+
+async def cut(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep: int
+) -> NoReturn:
+    """Promise ``body`` with its ``Content-Length``, send its first ``keep`` bytes, give up.
+
+    A server (uvicorn) closes the connection when the app fails after the response started,
+    so the client reads a body shorter than its ``Content-Length``.
+    """
+    headers = [(b"content-length", str(len(body)).encode("ascii")), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body[:keep], "more_body": True})
+    raise CutConnection(status, headers, body[:keep], len(body))
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

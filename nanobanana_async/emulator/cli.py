@@ -12,7 +12,7 @@ from types import FrameType
 from typing import Any
 
 from .app import Emulator
-from .faults import Faults, parse_latency
+from .faults import FAULT_RATES, Faults, parse_fault, parse_latency, with_fault_options
 from .server import serve
 
 __all__ = ["build_parser", "main"]
@@ -33,6 +33,14 @@ def _latency_arg(text: str) -> float | tuple[float, float]:
         return parse_latency(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fault_arg(text: str) -> str:
+    try:
+        parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _non_negative_int(text: str) -> int:
@@ -76,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds per generate request: fixed (0.1) or a range (0.05-0.2)",
     )
+    parser.add_argument(
+        "--fault",
+        type=_fault_arg,
+        action="append",
+        default=[],
+        metavar="NAME=RATE",
+        help="share (0-1) of generate requests meeting a fault, repeatable; NAME is one of "
+        + ", ".join(name.removesuffix("_rate") for name in FAULT_RATES),
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault and latency draws")
     return parser
 
@@ -91,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop_rate=args.drop_rate,
             latency=args.latency,
         )
+        faults = with_fault_options(faults, args.fault)
     except ValueError as exc:
         parser.error(str(exc))
     emulator = Emulator(default_credits=args.credits, faults=faults, seed=args.seed)

@@ -82,11 +82,14 @@ class Ledger:
         idempotency_key: str | None,
         answer: Callable[[], bytes],
         stats: EmulatorStats,
+        *,
+        required: int | None = None,
     ) -> tuple[bool, bytes]:
         """Charge ``cost`` and build the success body with ``answer``: (charged, body).
 
-        A replay of a remembered success is answered without charging; too few credits is
-        :class:`Refused` (400, "insufficient credits").
+        A replay of a remembered success is answered without charging; a balance under
+        ``required`` (default ``cost``; what the request asked for, when fewer images are
+        generated and charged) is :class:`Refused` (400, "insufficient credits").
         """
         with self._lock:
             if self._honour_idempotency and idempotency_key is not None:
@@ -99,7 +102,7 @@ class Ledger:
                     stats.idempotent_replays += 1
                     return False, remembered[1]
             balance = self._balances.get(api_key, self._default_credits)
-            if balance < cost:
+            if balance < (cost if required is None else max(cost, required)):
                 raise Refused(400, "insufficient credits")
             self._balances[api_key] = balance - cost
             payload = answer()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 
-from .asgi import DropConnection, Receive, Scope, Send
+from .asgi import CutConnection, DropConnection, Receive, Scope, Send
 
 __all__ = ["InProcessTransport"]
 
@@ -14,7 +14,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class InProcessTransport(httpx.AsyncBaseTransport):
-    """httpx's ASGI transport, with the emulator's dropped connections mapped as a socket's."""
+    """httpx's ASGI transport, with the emulator's dropped connections mapped as a socket's.
+
+    A drop before any body (:class:`DropConnection`) fails the request; a body cut short of
+    its ``Content-Length`` (:class:`CutConnection`) returns the response, whose body then
+    fails to read, as httpcore does over a socket.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self._inner = httpx.ASGITransport(app=app)
@@ -22,6 +27,11 @@ class InProcessTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             return await self._inner.handle_async_request(request)
+        except CutConnection as cut:
+            # The status and headers arrived; reading the body fails where it stops.
+            return httpx.Response(
+                cut.status, headers=cut.headers, stream=_CutBody(cut, request), request=request
+            )
         except DropConnection:
             # What httpcore raises when a real server closes the socket before answering.
             raise httpx.RemoteProtocolError(
@@ -30,3 +40,20 @@ class InProcessTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class _CutBody(httpx.AsyncByteStream):
+    """The part of a body that arrived, then what h11 raises when the socket closes."""
+
+    def __init__(self, cut: CutConnection, request: httpx.Request) -> None:
+        self._cut = cut
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._cut.sent:
+            yield self._cut.sent
+        raise httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body "
+            f"(received {len(self._cut.sent)} bytes, expected {self._cut.length})",
+            request=self._request,
+        )

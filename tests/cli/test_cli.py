@@ -593,3 +593,35 @@ def test_emulator_command_serves_until_ctrl_c(tmp_path: pathlib.Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_emulator_command_takes_faults_by_name(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("uvicorn")
+    unknown = run_cli("emulator", "--port", "0", "--fault", "nope=0.1", cwd=tmp_path)
+    assert_clean_error(unknown, 2, "unknown fault 'nope'", "truncated_success", "gzip")
+    too_much = run_cli(
+        "emulator", "--port", "0", "--fail-rate", "0.6", "--fault", "cut_success=0.6",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(too_much, 2, "outcome rates")
+    proc = subprocess.Popen(
+        command("emulator", "--port", "0", "--fault", "gzip=1", "--fault", "odd_unicode=1"),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        base = proc.stdout.readline().strip()
+        assert base.startswith("http://127.0.0.1:"), base
+        denied = httpx.post(f"{base}/v1/images/generate", json={"prompt": "x"})
+        assert denied.headers["content-encoding"] == "gzip"
+        assert denied.json()["message"].startswith("invalid API key ")
+        assert stats(base)["faults"]["odd_unicode_message"] == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err

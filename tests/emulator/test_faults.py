@@ -1,14 +1,21 @@
 """The emulator's faults and latency: kinds, shares, seeds, and clients that give up."""
 
+import re
+
 import anyio
+import attrs
 import httpx
 import pytest
 
 from nanobanana_async.emulator import (
+    FAULT_RATES,
     Emulator,
     Faults,
+    parse_fault,
     parse_latency,
+    with_fault_options,
 )
+from nanobanana_async.emulator.faults import Fault, FaultDraws, Plan
 from tests.emulator.inprocess import (
     KEY,
     client_for,
@@ -243,3 +250,126 @@ async def test_a_client_that_gives_up_is_not_charged() -> None:
     assert emulator.stats.in_flight == 0
     assert emulator.balance(KEY) == 10
     assert emulator.stats.generate_requests == 1
+
+
+# -- the newer faults: validation, options, plans ---------------------------------------------
+
+NEW_RATES = (
+    "truncated_success_rate",
+    "cut_success_rate",
+    "success_as_5xx_rate",
+    "gzip_rate",
+    "odd_unicode_rate",
+    "bad_url_rate",
+    "partial_rate",
+    "extra_rate",
+    "charge_on_hangup_rate",
+)
+
+
+def test_new_faults_default_to_off() -> None:
+    faults = Faults()
+    assert all(getattr(faults, name) == 0.0 for name in NEW_RATES)
+    assert set(NEW_RATES) < set(FAULT_RATES)
+
+
+@pytest.mark.parametrize("name", NEW_RATES)
+@pytest.mark.parametrize("value", [-0.1, 1.01, float("nan"), True, "0.5"])
+def test_new_rates_are_shares(name: str, value: object) -> None:
+    with pytest.raises(ValueError, match=name):
+        Faults(**{name: value})  # type: ignore[arg-type]
+
+
+def test_outcome_rates_add_up_to_at_most_one() -> None:
+    with pytest.raises(ValueError, match="outcome rates"):
+        Faults(drop_rate=0.5, truncated_success_rate=0.3, success_as_5xx_rate=0.3)
+    with pytest.raises(ValueError, match="outcome rates"):
+        Faults(truncated_success_rate=0.5, cut_success_rate=0.6)
+    full = Faults(
+        server_error_rate=0.2,
+        rate_limit_rate=0.2,
+        drop_rate=0.2,
+        truncated_success_rate=0.2,
+        cut_success_rate=0.1,
+        success_as_5xx_rate=0.1,
+    )
+    assert full.success_as_5xx_rate == 0.1
+    # Modifiers are not shares of the same requests: each may be 1.
+    Faults(server_error_rate=1.0, gzip_rate=1.0, odd_unicode_rate=1.0, bad_url_rate=1.0,
+           charge_on_hangup_rate=1.0, partial_rate=1.0)  # fmt: skip
+
+
+def test_partial_and_extra_add_up_to_at_most_one() -> None:
+    with pytest.raises(ValueError, match="partial_rate \\+ extra_rate"):
+        Faults(partial_rate=0.6, extra_rate=0.5)
+    assert Faults(partial_rate=0.5, extra_rate=0.5).extra_rate == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gzip=0.1", ("gzip_rate", 0.1)),
+        ("gzip_rate=1", ("gzip_rate", 1.0)),
+        (" truncated-success = 0.5 ", ("truncated_success_rate", 0.5)),
+        ("html_error_share=0", ("html_error_share", 0.0)),
+        ("drop=0.2", ("drop_rate", 0.2)),
+    ],
+)
+def test_parse_fault(text: str, expected: tuple[str, float]) -> None:
+    assert parse_fault(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("gzip", "NAME=RATE"),
+        ("=0.1", "NAME=RATE"),
+        ("latency=0.1", "unknown fault 'latency'; known faults: server_error,"),
+        ("retry_after=2", "unknown fault"),
+        ("nope=0.1", "charge_on_hangup"),
+        ("gzip=2", "gzip_rate must be a number from 0 to 1"),
+        ("gzip=much", "got 'much'"),
+        ("gzip=nan", "from 0 to 1"),
+    ],
+)
+def test_parse_fault_refuses(text: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        parse_fault(text)
+
+
+def test_with_fault_options() -> None:
+    base = Faults(drop_rate=0.1, latency=0.5)
+    faults = with_fault_options(base, ["gzip=0.3", "partial=0.2", "gzip=0.4", "drop=0"])
+    assert faults == Faults(latency=0.5, gzip_rate=0.4, partial_rate=0.2)
+    assert with_fault_options(base, []) == base
+    with pytest.raises(ValueError, match="outcome rates"):
+        with_fault_options(base, ["truncated_success=0.5", "cut_success=0.5"])
+
+
+def test_plan_url_counts() -> None:
+    for share in (0.0, 0.3, 0.999999):
+        partial, extra = (
+            Plan(count="partial", count_share=share),
+            Plan(count="extra", count_share=share),
+        )
+        assert partial.url_count(1) == 1
+        assert 1 <= partial.url_count(2) <= 1
+        assert 1 <= partial.url_count(10) <= 9
+        assert extra.url_count(1) == 2
+        assert 11 <= extra.url_count(10) <= 20
+        assert Plan(count_share=share).url_count(4) == 4
+    assert Plan(count="partial", count_share=0.999999).url_count(10) == 9
+    assert Plan(count="extra", count_share=0.999999).url_count(10) == 20
+
+
+def test_plans_are_drawn_from_their_own_stream() -> None:
+    old = Faults(server_error_rate=0.3, drop_rate=0.3)
+    new = attrs.evolve(old, gzip_rate=0.5, truncated_success_rate=0.2, partial_rate=0.5)
+    plain, both = FaultDraws(7), FaultDraws(7)
+    for _ in range(200):
+        fault = plain.fault(old)
+        assert both.fault(new) == fault
+        plain.plan(old, fault)
+        plan = both.plan(new, fault)
+        if fault != Fault.NONE:
+            assert plan.outcome == Fault.NONE
