@@ -255,19 +255,20 @@ def parse_generate_response(
         # codes the API does not document.
         kind = code if 400 <= code <= 599 else (status_code if status_code >= 400 else 0)
         raise _error_for(kind, status_code, code, message, retry_after)
-    # code 0 with image URLs is the API saying it generated (and charged), whatever the HTTP
-    # status says: a 5xx around a success body is a success, never a failure to retry and pay
-    # for again. Without URLs, an error status still classifies the failure.
+    # code 0 is the API saying it generated and charged, whatever the HTTP status says: a 5xx
+    # around a success body is a success, never a failure to retry and pay for again, and a
+    # code-0 body without usable URLs is malformed (may have been charged), not a server error.
     data = body.get("data")
     url = data.get("url") if isinstance(data, dict) else None
     if isinstance(url, str) and url:
         return (url,)
     if isinstance(url, list) and url and all(isinstance(u, str) and u for u in url):
         return tuple(url)
-    if status_code >= 400:
-        raise _error_for(status_code, status_code, code, message, retry_after)
     raise MalformedResponseError(
-        redact(f"the API reported success without image URLs: {_snippet(content, secret)}", secret),
+        redact(
+            f"the API reported success without usable image URLs: {_snippet(content, secret)}",
+            secret,
+        ),
         status_code=status_code,
         code=code,
     )

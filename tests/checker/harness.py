@@ -261,9 +261,9 @@ class Checker:
             if api_key == key and prompt in jobs
         }
         charged: Counter[str] = Counter()
+        by_key = self.emulator.stats.credits_by_idempotency_key
         for idempotency_key, prompt in mine.items():
-            count = self.emulator.stats.charged_idempotency_keys.get(idempotency_key, 0)
-            charged[prompt] += count * DEFAULT_PRICING.credits(jobs[prompt])
+            charged[prompt] += by_key.get(idempotency_key, 0)
         sent = set(mine.values())
         if sum(charged.values()) != spent:
             self.fail(

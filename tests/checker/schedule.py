@@ -58,14 +58,30 @@ class Schedule:
 
 
 def _faults(rng: random.Random) -> Faults:
-    drop = rng.choice((0.0, 0.0, 0.05, 0.15))
-    rate_limited = rng.choice((0.0, 0.0, 0.05))
-    server_error = rng.choice((0.0, 0.1, 0.3, 0.6))
+    """A mix of the emulator's faults: outcomes that replace an answer (their shares add up
+    to at most 1) and modifiers of whatever answer is sent."""
+    outcomes = {
+        "server_error_rate": rng.choice((0.0, 0.1, 0.3, 0.5)),
+        "rate_limit_rate": rng.choice((0.0, 0.0, 0.05)),
+        "drop_rate": rng.choice((0.0, 0.0, 0.05, 0.15)),
+        "truncated_success_rate": rng.choice((0.0, 0.0, 0.1)),
+        "cut_success_rate": rng.choice((0.0, 0.0, 0.1)),
+        "success_as_5xx_rate": rng.choice((0.0, 0.0, 0.1, 0.3)),
+    }
+    total = sum(outcomes.values())
+    if total > 1:
+        outcomes = {name: rate / total for name, rate in outcomes.items()}
+    modifiers = {
+        name: rng.choice((0.0, 0.0, 0.1, 0.3))
+        for name in ("gzip_rate", "odd_unicode_rate", "bad_url_rate", "charge_on_hangup_rate")
+    }
+    partial = rng.choice((0.0, 0.0, 0.2))
     return Faults(
-        server_error_rate=server_error,
-        rate_limit_rate=rate_limited,
+        **outcomes,
+        **modifiers,
+        partial_rate=partial,
+        extra_rate=rng.choice((0.0, 0.0, 0.2)) * (1 - partial),
         retry_after=0.01,
-        drop_rate=drop,
         drop_after_charge_share=rng.random(),
         latency=rng.choice((0.0, (0.0, 0.01), (0.0, 0.03))),
     )

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nanobanana_async.emulator import serve
+from nanobanana_async.emulator import WireFaults, serve
 from tests.checker.harness import Checker, RecordingEmulator
 from tests.checker.schedule import draw
 
@@ -34,8 +34,10 @@ def seeds(default: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[RecordingEmulator, str]]:
+    # Below HTTP too: stray bytes after bodies, connections closed after responses.
     emulator = RecordingEmulator(seed=7)
-    with serve(emulator) as server:
+    wire = WireFaults(stray_bytes_rate=0.1, close_after_response_rate=0.1, seed=7)
+    with serve(emulator, wire=wire) as server:
         yield emulator, server.base_url
 
 

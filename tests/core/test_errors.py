@@ -163,8 +163,8 @@ def test_insufficient_credits_with_http_402() -> None:
         (500, 500, ServerError),
         (502, 500, ServerError),
         (503, 503, ServerError),
-        # The HTTP status classifies when the body's code is not an HTTP-like one.
-        (401, 0, AuthenticationError),
+        # The HTTP status classifies when the body's code is not an HTTP-like one (but not
+        # code 0: that says success, see below).
         (429, 1, RateLimitError),
         (503, 42, ServerError),
         (404, 404, APIError),
@@ -273,10 +273,17 @@ def test_an_error_status_around_a_success_body_is_a_success(status: int) -> None
     assert parse(status, body({"code": 0, "data": {"url": urls[0]}})) == (urls[0],)
 
 
-def test_an_error_status_with_code_zero_and_no_urls_is_still_an_error() -> None:
-    with pytest.raises(ServerError) as info:
-        parse(500, body({"code": 0, "message": "ok"}))
-    assert info.value.status_code == 500
+@pytest.mark.parametrize("status", [200, 401, 500])
+@pytest.mark.parametrize("data", [None, {}, {"url": ""}, {"url": ["https://i/1.png", ""]}])
+def test_code_zero_without_usable_urls_is_malformed_whatever_the_status(
+    status: int, data: dict[str, object] | None
+) -> None:
+    # The body says it generated (and charged): never a retryable server error that would pay
+    # again, always "may have been charged" (found by the money checker: a 502 around a
+    # success body whose URLs were unusable was retried and paid twice).
+    with pytest.raises(MalformedResponseError) as info:
+        parse(status, body({"code": 0, "message": "ok", "data": data}))
+    assert info.value.status_code == status
 
 
 # -- the key never leaks ---------------------------------------------------------------------
