@@ -431,8 +431,8 @@ class AsyncNanoBanana:
         return await run_to_report(run)
 
 
-# What the SDK's own httpx client sends besides, minus compression: the direct path reads the
-# body as is (a small JSON object is not worth compressing).
+# What the SDK's own httpx client sends besides, minus compression: a small JSON object is not
+# worth compressing (a server that compresses anyway is decoded as httpx would, _http/encoding).
 _DIRECT_HEADERS = {
     "User-Agent": USER_AGENT,
     "Accept": "*/*",
