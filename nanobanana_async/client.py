@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import attrs
 import httpx
 
@@ -60,6 +61,7 @@ logger = logging.getLogger("nanobanana_async")
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=180.0, write=30.0, pool=None)
 USER_AGENT = f"nanobanana-async/{__version__}"
 MAX_RESPONSE_BYTES = 1 << 20
+_CLOSE_TIMEOUT = 5.0  # seconds aclose() may take to close connections the caller cannot reach
 
 
 def _too_large(status_code: int, headers: Mapping[str, str], limit: int) -> APIError:
@@ -174,7 +176,10 @@ class AsyncNanoBanana:
         await self._batches.close()
         client, self._own_client = self._own_client, None
         if client is not None:
-            await client.aclose()
+            # Finished even when the caller is cancelled meanwhile (a task group failing
+            # around it): the pool is no longer reachable, so what it held would leak.
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _CLOSE_TIMEOUT):
+                await client.aclose()
 
     @property
     def base_url(self) -> str:

@@ -342,9 +342,12 @@ class H11Transport(httpx.AsyncBaseTransport):
         """Close every idle connection; connections in use close when their response does."""
         self._closed = True
         idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                await conn.aclose()
+        # Every close is forceful (it never waits), and a cancellation half-way would leave
+        # the rest open with nothing referring to them any more.
+        with anyio.CancelScope(shield=True):
+            for conns in idle.values():
+                for conn in conns:
+                    await conn.aclose()
 
     @property
     def idle_connections(self) -> int:

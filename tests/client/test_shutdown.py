@@ -22,6 +22,7 @@ import textwrap
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 import sniffio
 
@@ -121,6 +122,26 @@ async def test_leaving_a_batch_early_then_aclose_leaves_nothing(
         if seen == 5:
             break
     await client.aclose()
+    assert await settled_connections(port) == 0
+
+
+async def test_an_aclose_cancelled_half_way_still_closes_every_connection(
+    anyio_backend: str, server: tuple[str, int]
+) -> None:
+    # Found by the money checker: aclose() in a task group that fails meanwhile (the batch
+    # raised, so the group cancels its tasks) stopped half-way through the pool's idle
+    # connections, which nothing referred to any more: they leaked until garbage collection.
+    base_url, port = server
+    client = client_for(base_url)
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(client.generate, f"idle {i}")
+    assert connections_to(port) >= 2
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.aclose)
+            await anyio.lowlevel.checkpoint()
+            scope.cancel()
     assert await settled_connections(port) == 0
 
 
