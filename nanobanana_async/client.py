@@ -354,7 +354,6 @@ class AsyncNanoBanana:
                     self._timeout_spec,
                     MAX_RESPONSE_BYTES,
                 )
-                version = "1.1"
             else:
                 request = http.build_request(
                     "POST", self._generate_url, content=body, headers=headers, timeout=self._timeout
@@ -371,14 +370,13 @@ class AsyncNanoBanana:
                 finally:
                     await response.aclose()
                 status, response_headers = response.status_code, response.headers
-                version = response.http_version.removeprefix("HTTP/")
         except httpx.HTTPError as exc:
             raise connection_error(exc, target, sent=request_was_sent(exc)) from None
         except BodyTooLarge as exc:
             raise _too_large(exc.status_code, exc.headers, MAX_RESPONSE_BYTES) from None
         logger.debug("POST %s -> HTTP %d", target, status)
         if call is not None:
-            call.responded(status, response_headers, version)
+            call.responded(status, response_headers)
         return parse_generate_response(status, content, response_headers, secret=self._api_key)
 
     # -- download --------------------------------------------------------------------------

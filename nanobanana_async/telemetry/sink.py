@@ -77,7 +77,6 @@ def _server_attributes(url: httpx.URL) -> dict[str, Any]:
         "server.address": host,
         "server.port": port,
         "url.full": f"{url.scheme}://{netloc}{url.path}",
-        "url.template": url.path,
     }
 
 
@@ -109,7 +108,7 @@ class Telemetry:
         self._span_name = ""
         self._span_attributes: dict[str, Any] = {}
         self._http_base: dict[str, Any] = {}
-        self._http_metric: dict[tuple[int | None, str | None, str | None], dict[str, Any]] = {}
+        self._http_metric: dict[tuple[int | None, str | None], dict[str, Any]] = {}
         self._call_metric: dict[tuple[str, str | None], dict[str, Any]] = {}
         if tracer_provider is not None or meter_provider is not None:
             if load_api(force=True) is None:
@@ -133,7 +132,7 @@ class Telemetry:
         if self.api is None:
             self.api = api
             attributes = _server_attributes(self._url)
-            self._span_name = f"POST {attributes['url.template']}"
+            self._span_name = f"POST {self._url.path}"
             self._span_attributes = attributes
             self._http_base = {
                 key: attributes[key]
@@ -160,10 +159,8 @@ class Telemetry:
             return None
         return CallTelemetry(self, job, prices[job.model] * job.num, idempotency_key)
 
-    def http_metric_attributes(
-        self, status: int | None, error: str | None, version: str | None
-    ) -> dict[str, Any]:
-        key = (status, error, version)
+    def http_metric_attributes(self, status: int | None, error: str | None) -> dict[str, Any]:
+        key = (status, error)
         found = self._http_metric.get(key)
         if found is None:
             found = dict(self._http_base)
@@ -171,8 +168,6 @@ class Telemetry:
                 found["http.response.status_code"] = status
             if error is not None:
                 found["error.type"] = error
-            if version is not None:
-                found["network.protocol.version"] = version
             self._http_metric[key] = found
         return found
 
@@ -229,7 +224,6 @@ class CallTelemetry:
         "_started",
         "_telemetry",
         "_uncertain",
-        "_version",
     )
 
     def __init__(self, telemetry: Telemetry, job: Job, credits: int, key: str) -> None:
@@ -245,16 +239,15 @@ class CallTelemetry:
         self._cooldown_total = 0.0
         self._uncertain = 0
         self._attempt_status: int | None = None
-        self._version: str | None = None
         self._headers: Mapping[str, str] | None = None
         self._span: Any = None
         tracer = telemetry.tracer
         if tracer is not None:
+            # Few attributes: each costs the SDK a few microseconds on every call.
             attributes: dict[str, Any] = {
                 "nanobanana.model": model,
                 "nanobanana.image_size": job.image_size,
                 "nanobanana.num": job.num,
-                "nanobanana.credits.estimated": credits,
             }
             if job.id is not None:
                 attributes["nanobanana.job.id"] = job.id
@@ -275,11 +268,10 @@ class CallTelemetry:
         if totals is not None:
             totals.cooldown[0] += seconds
 
-    def responded(self, status: int, headers: Mapping[str, str], version: str | None) -> None:
+    def responded(self, status: int, headers: Mapping[str, str]) -> None:
         """The attempt in flight got an HTTP response (before its body is interpreted)."""
         self._attempt_status = status
         self._headers = headers
-        self._version = version
 
     async def attempt(self, send: Callable[[], Awaitable[T]], headers: dict[str, str]) -> T:
         """Run one attempt, ``send()``, around its hooks and span; ``traceparent`` goes into
@@ -306,7 +298,6 @@ class CallTelemetry:
             )
         self._attempt_status = None
         self._headers = None
-        self._version = None
         span = token = None
         if telemetry.tracer is not None:
             span, token = self._open_span(number, reason, headers)
@@ -337,7 +328,6 @@ class CallTelemetry:
         parent = api.set_span_in_context(self._span)
         attributes = dict(telemetry._span_attributes)
         attributes["nanobanana.attempt"] = number
-        attributes["nanobanana.model"] = self._model
         if reason is not None:
             attributes["http.request.resend_count"] = number - 1
             attributes["nanobanana.retry.reason"] = reason
@@ -373,12 +363,11 @@ class CallTelemetry:
             if outcome != "cancelled":  # a cancellation is not the request's error
                 failure = str(status) if status is not None and status >= 400 else outcome
         if span is not None:
-            ended: dict[str, Any] = {"nanobanana.request.outcome": outcome}
+            ended: dict[str, Any] = {}
             if status is not None:
                 ended["http.response.status_code"] = status
-            if self._version is not None:
-                ended["network.protocol.version"] = self._version
-            if error is not None:
+            if error is not None:  # a success needs no more words than its status code
+                ended["nanobanana.request.outcome"] = outcome
                 ended["nanobanana.may_have_been_charged"] = charged
             if failure is not None:
                 ended["error.type"] = failure
@@ -398,7 +387,7 @@ class CallTelemetry:
             instruments = telemetry.instruments
             assert instruments is not None
             instruments.http_duration.record(
-                elapsed, telemetry.http_metric_attributes(status, failure, self._version)
+                elapsed, telemetry.http_metric_attributes(status, failure)
             )
         if charged:
             self._uncertain += self._credits
@@ -446,8 +435,9 @@ class CallTelemetry:
             attributes: dict[str, Any] = {
                 "nanobanana.attempts": self._attempts,
                 "nanobanana.credits.spent": generation.credits,
-                "nanobanana.images": len(generation.urls),
             }
+            if len(generation.urls) != generation.num:  # a partial (or generous) answer
+                attributes["nanobanana.images"] = len(generation.urls)
             self._end_span(span, attributes)
 
     def failed(self, error: BaseException) -> None:

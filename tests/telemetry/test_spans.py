@@ -84,10 +84,8 @@ async def test_span_tree_of_a_call_with_two_retries(otel: Otel) -> None:
         "nanobanana.model": MODEL,
         "nanobanana.image_size": "16:9",
         "nanobanana.num": 2,
-        "nanobanana.credits.estimated": 8,
         "nanobanana.attempts": 3,
         "nanobanana.credits.spent": generation.credits,
-        "nanobanana.images": 2,
         "nanobanana.cooldown.time": None,  # present only when the attempts waited for one
     }
     assert generation.credits == 8
@@ -98,9 +96,6 @@ async def test_span_tree_of_a_call_with_two_retries(otel: Otel) -> None:
         "server.address": "api.nanobananaapi.dev",
         "server.port": 443,
         "url.full": "https://api.nanobananaapi.dev/v1/images/generate",
-        "url.template": "/v1/images/generate",
-        "network.protocol.version": "1.1",
-        "nanobanana.model": MODEL,
     }
     assert first == server | {
         "nanobanana.attempt": 1,
@@ -123,7 +118,6 @@ async def test_span_tree_of_a_call_with_two_retries(otel: Otel) -> None:
         "nanobanana.attempt": 3,
         "http.request.resend_count": 2,
         "nanobanana.retry.reason": "rate_limited",
-        "nanobanana.request.outcome": "success",
         "http.response.status_code": 200,
     }
     assert [a.kind for a in attempts] == [SpanKind.CLIENT] * 3
