@@ -326,6 +326,24 @@ class CallTelemetry:
         assert api is not None
         assert telemetry.tracer is not None
         parent = api.set_span_in_context(self._span)
+        span = None
+        if not self._span.is_recording():
+            # The call's trace was not sampled: its attempts' spans would not be either. The
+            # call's context goes out as traceparent (sampled flag off), no span is made.
+            current = parent
+        else:
+            span = self._start_attempt_span(number, reason, parent)
+            current = api.set_span_in_context(span, parent)
+        if api.suppress_key is not None:
+            current = api.context.set_value(api.suppress_key, True, current)
+        api.propagate.inject(headers, context=current)
+        return span, api.context.attach(current)
+
+    def _start_attempt_span(self, number: int, reason: str | None, parent: Any) -> Any:
+        telemetry = self._telemetry
+        api = telemetry.api
+        assert api is not None
+        assert telemetry.tracer is not None
         attributes = dict(telemetry._span_attributes)
         attributes["nanobanana.attempt"] = number
         if reason is not None:
@@ -334,14 +352,9 @@ class CallTelemetry:
         if self._cooldown_wait:
             attributes["nanobanana.cooldown.wait"] = self._cooldown_wait
             self._cooldown_wait = 0.0
-        span = telemetry.tracer.start_span(
+        return telemetry.tracer.start_span(
             telemetry._span_name, context=parent, kind=api.client_kind, attributes=attributes
         )
-        current = api.set_span_in_context(span, parent)
-        if api.suppress_key is not None:
-            current = api.context.set_value(api.suppress_key, True, current)
-        api.propagate.inject(headers, context=current)
-        return span, api.context.attach(current)
 
     def _close(self, span: Any, token: Any, error: BaseException | None, elapsed: float) -> bool:
         """End the attempt's span and count it; whether it may have been charged."""
@@ -431,7 +444,7 @@ class CallTelemetry:
                 elapsed, telemetry.call_metric_attributes(model, None)
             )
         span = self._span
-        if span is not None:
+        if span is not None and span.is_recording():
             attributes: dict[str, Any] = {
                 "nanobanana.attempts": self._attempts,
                 "nanobanana.credits.spent": generation.credits,
@@ -453,7 +466,7 @@ class CallTelemetry:
                 elapsed, telemetry.call_metric_attributes(self._model, failure)
             )
         span = self._span
-        if span is not None:
+        if span is not None and span.is_recording():
             attributes: dict[str, Any] = {"nanobanana.attempts": self._attempts}
             if failure != "cancelled":
                 attributes["error.type"] = failure

@@ -8,6 +8,8 @@ from __future__ import annotations
 import anyio
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
 from nanobanana_async import (
@@ -260,3 +262,24 @@ async def test_breaking_out_of_a_batch_ends_its_span(otel: Otel) -> None:
     assert dict(batch.attributes or {})["nanobanana.batch.completed"] is False
     assert batch.end_time is not None
     assert all(c.end_time is not None for c in otel.spans(GENERATE))
+
+
+async def test_a_trace_not_sampled_still_sends_traceparent_and_records_nothing() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    otel = Otel()
+    otel.tracer_provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    otel.tracer_provider.add_span_processor(SimpleSpanProcessor(otel.exporter))
+    emulator = RecordingEmulator(keys={KEY: 100})
+    hooks = scripted(emulator, {1: SERVER_ERROR})
+    async with AsyncNanoBanana(
+        KEY, transport=emulator.transport(), retry_policy=FAST, hooks=hooks, **otel.providers
+    ) as client:
+        await client.generate("a red fox")
+    otel.shutdown()
+    assert otel.spans() == []
+    # Both attempts carried the call's (unsampled) context, in one trace.
+    assert len(emulator.traceparents) == 2
+    flags = [int(t.rsplit("-", 1)[1], 16) for t in emulator.traceparents if t is not None]
+    assert [f & 1 for f in flags] == [0, 0]  # "sampled" is off
+    assert len({t.split("-")[1] for t in emulator.traceparents if t}) == 1
