@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from ..errors import APIError, may_have_charged
+from ..errors import APIError, NanoBananaError, may_have_charged
 from ..models import Generation, Job
 from .events import AttemptEvent, Hooks, ResponseEvent, RetryEvent, call_hook
 from .otel import Api, Instruments, Totals, load_api, resolve_meter, resolve_tracer
@@ -468,7 +468,10 @@ class CallTelemetry:
         span = self._span
         if span is not None and span.is_recording():
             attributes: dict[str, Any] = {"nanobanana.attempts": self._attempts}
-            if failure != "cancelled":
+            # Not an error: a cancellation, or a batch that held the call back before it sent
+            # anything (stopped, out of budget: the job is reported skipped).
+            held_back = self._attempts == 0 and not isinstance(error, NanoBananaError)
+            if failure != "cancelled" and not held_back:
                 attributes["error.type"] = failure
                 assert telemetry.api is not None
                 span.set_status(telemetry.api.error, str(error))

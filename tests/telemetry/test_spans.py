@@ -283,3 +283,24 @@ async def test_a_trace_not_sampled_still_sends_traceparent_and_records_nothing()
     flags = [int(t.rsplit("-", 1)[1], 16) for t in emulator.traceparents if t is not None]
     assert [f & 1 for f in flags] == [0, 0]  # "sampled" is off
     assert len({t.split("-")[1] for t in emulator.traceparents if t}) == 1
+
+
+async def test_calls_a_stopped_batch_held_back_are_not_errors(otel: Otel) -> None:
+    # "insufficient credits" stops the batch, 50 ms after the first request.
+    emulator = Emulator(keys={KEY: 0}, faults=Faults(latency=0.05))
+    async with AsyncNanoBanana(
+        KEY, transport=emulator.transport(), retry_policy=FAST, **otel.providers
+    ) as client:
+        # The rate limit (a start every 250 ms) holds the later jobs back, inside their calls,
+        # until the first one's answer is in.
+        report = await client.run_batch(["a", "b", "c"], concurrency=3, max_per_second=4)
+    assert (report.failed, report.skipped) == (1, 2)
+    calls = otel.spans(GENERATE)
+    sent = [c for c in calls if dict(c.attributes or {})["nanobanana.attempts"] == 1]
+    held = [c for c in calls if dict(c.attributes or {})["nanobanana.attempts"] == 0]
+    assert len(sent) == 1
+    assert sent[0].status.status_code == StatusCode.ERROR
+    assert len(held) == 2
+    assert {c.status.status_code for c in held} == {StatusCode.UNSET}
+    assert all("error.type" not in dict(c.attributes or {}) for c in held)
+    assert emulator.stats.generate_requests == 1
