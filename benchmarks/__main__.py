@@ -1,11 +1,12 @@
-"""``python -m benchmarks [--quick] [--repeat N] [--output docs/benchmarks.md]``.
+"""``python -m benchmarks [--quick] [--repeat N] [--output docs/benchmarks.md] [--telemetry]``.
 
 Starts the emulator in its own process (uvicorn, fixed latency) and measures, side by side in
 one run, ``AsyncNanoBanana.run_batch`` (asyncio and Trio), hand-written httpx + semaphore and
 hand-written aiohttp + semaphore; then the SDK's per-job CPU with in-process transports and the
 peak RSS of a lazy 1,000,000-job batch in a subprocess. Each networked case runs ``--repeat``
 times (clients interleaved) and the median is reported. Prints the tables and writes them to
-``--output``.
+``--output``. ``--telemetry`` measures only the per-job CPU of telemetry (spans, metrics,
+hooks) against none, and rewrites only that section of ``--output``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nanobanana_async.emulator import Emulator
 
 from . import clients
 from .memory import trivial_transport
+from .telemetry import existing_section, render_telemetry, splice, telemetry_cases
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -327,8 +329,25 @@ def main(argv: list[str] | None = None) -> None:
         "--output", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to write"
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1M-job RSS case")
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="only the telemetry overhead (per-job CPU, tracing/metrics/hooks on vs off)",
+    )
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
+    output = pathlib.Path(args.output) if args.output != "-" else None
+    if args.telemetry:
+        print("telemetry overhead, per-job CPU:", flush=True)
+        section = render_telemetry(
+            telemetry_cases(args.quick, repeat, lambda: emulator_process(0.0)), args.quick
+        )
+        print()
+        print(section)
+        if output is not None:
+            output.write_text(splice(output.read_text() if output.exists() else "", section))
+            print(f"written to {args.output}")
+        return
     print("throughput over loopback:", flush=True)
     rows = network_cases(args.quick, repeat)
     print("per-job CPU in-process:", flush=True)
@@ -340,10 +359,14 @@ def main(argv: list[str] | None = None) -> None:
         else memory_case(args.quick)
     )
     text = render(rows, cpu, memory, args.quick, repeat)
+    # The telemetry section is measured on its own (--telemetry): carried over as it was.
+    kept = existing_section(output.read_text()) if output is not None and output.exists() else None
+    if kept is not None:
+        text = splice(text, kept)
     print()
     print(text)
-    if args.output != "-":
-        pathlib.Path(args.output).write_text(text)
+    if output is not None:
+        output.write_text(text)
         print(f"written to {args.output}")
 
 

@@ -17,7 +17,12 @@ The pattern:
 - a dependency, ``Client``, hands it to handlers;
 - one exception handler turns the SDK's errors into HTTP statuses, never leaking the key;
 - ``POST /images`` generates one request's images, ``POST /images/batch`` streams one NDJSON
-  line per job while the batch runs.
+  line per job while the batch runs;
+- with OpenTelemetry installed (``pip install 'nanobanana-async[otel]'`` plus the SDK and an
+  exporter), each request is a SERVER span, current while it is handled, so the SDK's spans
+  (a call, its attempts, a batch) nest under it and its ``traceparent`` continues the
+  caller's trace. :class:`RequestSpans` is a few lines of the OpenTelemetry API; the
+  ``opentelemetry-instrumentation-fastapi`` package does the same with more detail.
 
 ``create_app(client_factory=...)`` builds the app around another client (tests point it at
 the emulator); the default client reads ``NANOBANANA_API_KEY`` (and ``NANOBANANA_BASE_URL``)
@@ -29,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -57,6 +62,7 @@ __all__ = [
     "Client",
     "ImageRequest",
     "ImageResponse",
+    "RequestSpans",
     "app",
     "create_app",
     "error_status",
@@ -195,10 +201,83 @@ async def _stream(
             yield _line(result)
 
 
-def create_app(client_factory: ClientFactory | None = None) -> FastAPI:
+ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+
+class RequestSpans:
+    """ASGI middleware: a SERVER span around each HTTP request, current while it is handled.
+
+    The span continues the caller's trace (its ``traceparent``, read with the configured
+    propagators) and everything the handler does runs under it: the SDK's spans for a call,
+    its attempts and a batch become its children. OpenTelemetry API only; spans go to
+    ``tracer_provider`` (default: the global one, once the application sets it).
+    """
+
+    def __init__(self, app: ASGIApp, tracer_provider: Any = None) -> None:
+        from opentelemetry import trace
+
+        self.app = app
+        self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry import context, propagate, trace
+
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        parent = propagate.extract(carrier)
+        method = scope["method"]
+        span = self.tracer.start_span(
+            method,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"]},
+        )
+        token = context.attach(trace.set_span_in_context(span, parent))
+        status = 500
+
+        async def send_and_note(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is not None:  # known once routed: a low-cardinality span name
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+            context.detach(token)
+            span.end()
+
+
+def _tracing_available() -> bool:
+    try:
+        import opentelemetry.trace  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def create_app(
+    client_factory: ClientFactory | None = None,
+    *,
+    tracing: bool | None = None,
+    tracer_provider: Any = None,
+) -> FastAPI:
     """The app, around a client made by ``client_factory`` (default: from the environment).
 
     The factory is called once, when the app starts; the client is closed when it stops.
+    ``tracing`` wraps each request in a span (:class:`RequestSpans`; default: when
+    OpenTelemetry is installed), sent to ``tracer_provider`` (default: the global one). Give
+    the client the same provider (``AsyncNanoBanana(tracer_provider=...)``) or set it
+    globally, so that the SDK's spans land in the same trace.
     """
     factory = client_factory or default_client
 
@@ -213,6 +292,8 @@ def create_app(client_factory: ClientFactory | None = None) -> FastAPI:
 
     app = FastAPI(title="Nano Banana images", lifespan=lifespan)
     app.add_exception_handler(NanoBananaError, nanobanana_error_handler)
+    if tracing if tracing is not None else _tracing_available():
+        app.add_middleware(RequestSpans, tracer_provider=tracer_provider)
 
     @app.post("/images")
     async def generate_image(body: ImageRequest, client: Client) -> ImageResponse:

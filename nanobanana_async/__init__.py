@@ -23,6 +23,7 @@ from .errors import (
 from .models import BASE_SIZES, DEFAULT_MODEL, EXTENDED_SIZES, MODELS, Generation, Job, sizes_for
 from .pricing import DEFAULT_PRICING, CreditEstimate, PricingTable
 from .retry import RetryBudget, RetryPolicy
+from .telemetry import AttemptEvent, Hooks, ResponseEvent, RetryEvent
 
 __all__ = [
     "BASE_SIZES",
@@ -36,6 +37,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "AsyncNanoBanana",
+    "AttemptEvent",
     "AuthenticationError",
     "BadRequestError",
     "BatchReport",
@@ -43,6 +45,7 @@ __all__ = [
     "BatchStats",
     "CreditEstimate",
     "Generation",
+    "Hooks",
     "InsufficientCreditsError",
     "InvalidRequestError",
     "Job",
@@ -51,7 +54,9 @@ __all__ = [
     "NanoBananaError",
     "PricingTable",
     "RateLimitError",
+    "ResponseEvent",
     "RetryBudget",
+    "RetryEvent",
     "RetryPolicy",
     "ServerError",
     "__version__",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from .retry import (
     RetryPolicy,
     call_with_retries,
 )
+from .telemetry import CallTelemetry, Hooks, Telemetry
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoBanana"]
 
@@ -84,6 +86,12 @@ class AsyncNanoBanana:
     plugs an httpx transport (for example ``Emulator().transport()``) into the client's own
     connection pool. Plain ``http`` is refused for a non-loopback ``base_url`` unless
     ``allow_insecure_http`` is set: the key would travel in clear text.
+
+    ``hooks`` (:class:`Hooks`) are called before each attempt, after each response, on each
+    retry and on each job result of a batch. With OpenTelemetry (extra ``otel``), every call
+    is a span with a child span per attempt and ``traceparent`` goes out on every request;
+    ``tracer_provider`` / ``meter_provider`` default to the global providers, from the moment
+    the application configures them (until then the SDK does nothing for OpenTelemetry).
     """
 
     def __init__(
@@ -99,6 +107,9 @@ class AsyncNanoBanana:
         retry_policy: RetryPolicy | None = None,
         retry_ambiguous: bool | None = None,
         allow_insecure_http: bool = False,
+        hooks: Hooks | None = None,
+        tracer_provider: object | None = None,
+        meter_provider: object | None = None,
     ) -> None:
         endpoint = Endpoint.resolve(api_key, base_url, allow_insecure_http=allow_insecure_http)
         self._endpoint = endpoint
@@ -148,6 +159,17 @@ class AsyncNanoBanana:
         self._closed = False
         self._batches = BatchRegistry()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise InvalidRequestError(
+                f"hooks must be a nanobanana_async.Hooks, got {type(hooks).__name__}",
+                param="hooks",
+            )
+        self._telemetry = Telemetry(
+            self._generate_url,
+            hooks=hooks,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -279,28 +301,37 @@ class AsyncNanoBanana:
         ``stats`` counts the attempts; ``hooks`` are called around each one.
         """
         started = time.perf_counter()
+        idempotency_key = uuid.uuid4().hex
         headers = {
             **self._auth_headers,
-            "Idempotency-Key": uuid.uuid4().hex,
+            "Idempotency-Key": idempotency_key,
             "Content-Type": "application/json",
         }
         body = _json_bytes(job.to_body())  # once per call, the same bytes on every attempt
+        # Spans, metrics and hooks (None when nothing listens: then nothing else runs for them).
+        call = self._telemetry.start_call(job, self._pricing, idempotency_key)
 
-        async def attempt() -> tuple[str, ...]:
-            return await self._post_generate(body, headers)
+        async def post() -> tuple[str, ...]:
+            return await self._post_generate(body, headers, call)
 
-        urls = await call_with_retries(
-            attempt,
-            policy=policy,
-            budget=self._budget,
-            cooldown=self._cooldown,
-            stats=stats,
-            hooks=hooks,
-            what=f"generate ({job.model}, {job.num} image(s))",
-        )
+        try:
+            urls = await call_with_retries(
+                post if call is None else functools.partial(call.attempt, post, headers),
+                policy=policy,
+                budget=self._budget,
+                cooldown=self._cooldown,
+                stats=stats,
+                hooks=hooks,
+                what=f"generate ({job.model}, {job.num} image(s))",
+                on_cooldown=None if call is None else call.cooled_down,
+            )
+        except BaseException as exc:
+            if call is not None:
+                call.failed(exc)
+            raise
         elapsed = time.perf_counter() - started
         logger.debug("generated %d image(s) with %s in %.3fs", len(urls), job.model, elapsed)
-        return Generation(
+        generation = Generation(
             urls=urls,
             model=job.model,
             image_size=job.image_size,
@@ -309,8 +340,13 @@ class AsyncNanoBanana:
             credits=self._pricing[job.model] * min(len(urls), job.num),
             elapsed=elapsed,
         )
+        if call is not None:
+            call.succeeded(generation)
+        return generation
 
-    async def _post_generate(self, body: bytes, headers: dict[str, str]) -> tuple[str, ...]:
+    async def _post_generate(
+        self, body: bytes, headers: dict[str, str], call: CallTelemetry | None = None
+    ) -> tuple[str, ...]:
         http = self._http()
         target = self._generate_target
         try:
@@ -344,6 +380,8 @@ class AsyncNanoBanana:
         except BodyTooLarge as exc:
             raise _too_large(exc.status_code, exc.headers, MAX_RESPONSE_BYTES) from None
         logger.debug("POST %s -> HTTP %d", target, status)
+        if call is not None:
+            call.responded(status, response_headers)
         return parse_generate_response(status, content, response_headers, secret=self._api_key)
 
     # -- download --------------------------------------------------------------------------
@@ -405,7 +443,7 @@ class AsyncNanoBanana:
             max_retries=max_retries,
             retry_ambiguous=retry_ambiguous,
         )
-        return BatchRun(self, jobs, options, self._batches)
+        return BatchRun(self, jobs, options, self._batches, telemetry=self._telemetry)
 
     async def run_batch(
         self,

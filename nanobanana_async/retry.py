@@ -145,10 +145,17 @@ class Cooldown:
     def pause(self, seconds: float) -> None:
         self.until = max(self.until, anyio.current_time() + seconds)
 
-    async def wait(self) -> None:
+    async def wait(self) -> float:
+        """Sleep until the cool-down is over; the seconds slept (0.0 when there was none)."""
+        started = anyio.current_time()
+        delay = self.until - started
+        if delay <= 0:
+            return 0.0
         # Another 429 may push ``until`` further while we sleep, so re-check after each nap.
-        while (delay := self.until - anyio.current_time()) > 0:  # noqa: ASYNC110
+        while delay > 0:
             await anyio.sleep(delay)
+            delay = self.until - anyio.current_time()
+        return anyio.current_time() - started
 
 
 class AttemptHooks(Protocol):
@@ -180,12 +187,14 @@ async def call_with_retries(
     stats: CallStats,
     hooks: AttemptHooks | None = None,
     what: str = "request",
+    on_cooldown: Callable[[float], None] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds or a failure is not worth retrying.
 
     A fresh tenacity object per call: tenacity keeps per-run state on the object, so sharing
     one between concurrent tasks would mix their attempts. Sleeping goes through anyio, so
     Trio works; cancellation is never retried because only SDK errors are.
+    ``on_cooldown(seconds)`` is told each time an attempt waited for the 429 cool-down.
     """
 
     def should_retry(state: tenacity.RetryCallState) -> bool:
@@ -225,7 +234,9 @@ async def call_with_retries(
         )
 
     async def one_attempt() -> T:
-        await cooldown.wait()
+        waited = await cooldown.wait()
+        if waited and on_cooldown is not None:
+            on_cooldown(waited)
         if hooks is None:
             stats.attempts += 1
             return await attempt()

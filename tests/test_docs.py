@@ -35,6 +35,7 @@ DOC_PAGES = (
     "cli",
     "testing",
     "fastapi",
+    "observability",
     "reliability",
     "benchmarks",
     "architecture",

@@ -485,3 +485,60 @@ async def test_module_app_under_uvicorn_reads_the_environment(
     assert {line["status"] for line in lines} == {"succeeded"}
     assert emulator.stats.generations == 6
     assert emulator.balance(KEY) == 100 - 12
+
+
+# -- tracing -----------------------------------------------------------------------------------
+
+
+async def test_request_spans_parent_the_sdk_spans_and_continue_the_callers_trace() -> None:
+    from opentelemetry.trace import SpanKind
+
+    from tests.telemetry.support import Otel, RecordingEmulator, parent_id, span_id
+
+    otel = Otel()
+    emulator = RecordingEmulator(keys={KEY: 100})
+
+    def factory() -> AsyncNanoBanana:
+        return AsyncNanoBanana(
+            KEY,
+            transport=emulator.transport(),
+            retry_policy=FAST,
+            tracer_provider=otel.tracer_provider,
+        )
+
+    caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    headers = {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+    app = create_app(factory, tracing=True, tracer_provider=otel.tracer_provider)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://app.test"
+        ) as http,
+    ):
+        one = await http.post("/images", json={"prompt": "a fox"}, headers=headers)
+        many = await http.post(
+            "/images/batch", json={"jobs": [{"prompt": "an owl"}, {"prompt": "a heron"}]}
+        )
+    otel.shutdown()
+    assert one.status_code == many.status_code == 200
+
+    image, batch_request = otel.spans("POST /images"), otel.spans("POST /images/batch")
+    assert len(image) == len(batch_request) == 1
+    server = image[0]
+    assert server.kind == SpanKind.SERVER
+    assert server.context is not None
+    assert f"{server.context.trace_id:032x}" == caller_trace  # the caller's trace goes on
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == caller_span
+    assert dict(server.attributes or {})["http.route"] == "/images"
+    assert dict(server.attributes or {})["http.response.status_code"] == 200
+
+    calls = otel.spans("nanobanana generate")
+    (batch,) = otel.spans("nanobanana batch")
+    single = [c for c in calls if parent_id(c) == span_id(server)]
+    assert len(single) == 1
+    assert parent_id(batch) == span_id(batch_request[0])
+    assert [parent_id(c) for c in calls if c not in single] == [span_id(batch)] * 2
+    # The API saw the caller's trace id on the single call's request.
+    assert emulator.traceparents[0] is not None
+    assert emulator.traceparents[0].split("-")[1] == caller_trace

@@ -7,7 +7,7 @@ import contextvars
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -20,6 +20,9 @@ from .options import BatchOptions, JobInput
 from .results import BatchReport, BatchStats, JobResult
 from .runner import Runner
 from .sender import JobSender
+
+if TYPE_CHECKING:
+    from ..telemetry import Telemetry
 
 __all__ = ["BatchRegistry", "BatchRun", "run_to_report"]
 
@@ -86,6 +89,10 @@ async def _run_in_background(
     send: MemoryObjectSendStream[JobResult],
     registry: BatchRegistry,
 ) -> None:
+    # The batch's span is current in this task only (never across the consumer's yields); the
+    # workers started below inherit it.
+    telemetry = runner.telemetry
+    span = telemetry.start_batch(runner.options) if telemetry is not None else None
     try:
         with state.scope:
             try:
@@ -97,6 +104,8 @@ async def _run_in_background(
                 state.failure = exc
     finally:
         state.ended = time.perf_counter()
+        if span is not None:
+            span.end(state.stats, state.failure, state.completed)
         state.finished.set()
         registry.discard(state)
 
@@ -111,13 +120,19 @@ class BatchRun:
     """
 
     def __init__(
-        self, sender: JobSender, jobs: JobInput, options: BatchOptions, registry: BatchRegistry
+        self,
+        sender: JobSender,
+        jobs: JobInput,
+        options: BatchOptions,
+        registry: BatchRegistry,
+        *,
+        telemetry: Telemetry | None = None,
     ) -> None:
         # Set before the runner, which validates ``jobs`` and may raise: ``__del__`` still runs
         # on the half-built object and reads these.
         self._receive: MemoryObjectReceiveStream[JobResult] | None = None
         self._state: _Background | None = None
-        self._runner = Runner(sender, jobs, options)
+        self._runner = Runner(sender, jobs, options, telemetry)
         self._registry = registry
 
     @property

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import pathlib
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -22,6 +23,9 @@ from .process import Item, JobProcessor
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
+
+if TYPE_CHECKING:
+    from ..telemetry import Telemetry
 
 __all__ = ["Runner"]
 
@@ -40,7 +44,13 @@ class Runner:
     one job at ``concurrency=100_000`` starts one worker.
     """
 
-    def __init__(self, sender: JobSender, jobs: JobInput, options: BatchOptions) -> None:
+    def __init__(
+        self,
+        sender: JobSender,
+        jobs: JobInput,
+        options: BatchOptions,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs must be an iterable or async iterable of Job or prompt strings "
@@ -49,6 +59,7 @@ class Runner:
             )
         self.sender = sender
         self.jobs = jobs
+        self.telemetry = telemetry  # told of each job's result (metrics, on_job_result hook)
         self.options = options
         self.stats = BatchStats()
         self.download_dir = (
@@ -198,6 +209,8 @@ class Runner:
                 # jobs in flight.
                 result = await self.processor.process(item)
                 self.stats.count(result)
+                if self.telemetry is not None and self.telemetry.wants_job_results:
+                    await self.telemetry.job_result(result)
                 await sink.send(result)
                 try:
                     item = await items.receive()

@@ -40,6 +40,7 @@ from .common import (
 )
 from .gallery import GallerySummary, write_gallery
 from .inputs import SourcedJob
+from .metrics import RunRecorder, metrics_document, write_metrics_json
 from .progress import BatchUI, print_summary
 
 __all__ = ["add_parser", "cmd_batch"]
@@ -83,6 +84,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--emulator", action="store_true", help="use the built-in emulator (no key needed)"
     )
     bat.add_argument("--timeout", type=positive_float, help="read timeout in seconds")
+    bat.add_argument(
+        "--metrics-json",
+        metavar="FILE",
+        help="write the run's figures as JSON to FILE: the summary's, plus request outcomes, "
+        "latency percentiles and retries by reason",
+    )
 
     bat.set_defaults(run=cmd_batch)
 
@@ -124,6 +131,7 @@ class _BatchState:
     results: list[JobResult] = attrs.Factory(list)
     run: BatchRun | None = None
     interrupted: bool = False
+    recorder: RunRecorder = attrs.Factory(RunRecorder)
 
     def report(self) -> BatchReport | None:
         return self.run.report(self.results) if self.run is not None else None
@@ -139,7 +147,7 @@ async def _run_batch(
     state: _BatchState,
 ) -> None:
     print_urls = out_dir is None and not args.json
-    async with config.open() as client:
+    async with config.open(hooks=state.recorder.hooks()) as client:
         run = client.batch(
             [s.job for s in jobs],
             concurrency=args.concurrency,
@@ -224,7 +232,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
             ),
         )
         gallery = write_gallery(report.results, out_dir, summary)
-    print_summary(err, report, len(jobs), state.interrupted, gallery, journal)
+    print_summary(err, report, len(jobs), state.interrupted, gallery, journal, state.recorder)
+    if args.metrics_json and report is not None:
+        document = metrics_document(
+            report,
+            state.recorder,
+            source=label,
+            jobs=len(jobs),
+            interrupted=state.interrupted,
+            emulator=config.emulator,
+        )
+        write_metrics_json(pathlib.Path(args.metrics_json), document)
     if state.interrupted:
         return EXIT_INTERRUPTED
     return (

@@ -23,6 +23,7 @@ from rich.table import Table
 from ..client import DEFAULT_TIMEOUT, AsyncNanoBanana
 from ..models import DEFAULT_MODEL
 from ..pricing import CreditEstimate, PricingTable, resolve_pricing
+from ..telemetry import Hooks
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, CLIError
 from .inputs import FORMATS, SourcedJob, read_jobs
 
@@ -191,7 +192,7 @@ class ClientConfig:
             )
         return cls(key, args.base_url, False, pricing, args.timeout)
 
-    def open(self) -> AsyncNanoBanana:
+    def open(self, *, hooks: Hooks | None = None) -> AsyncNanoBanana:
         transport = None
         if self.emulator:
             from ..emulator import Emulator
@@ -206,6 +207,7 @@ class ClientConfig:
             transport=transport,
             pricing=self.pricing,
             timeout=timeout,
+            hooks=hooks,
         )
 
 

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ..batch import BatchReport, BatchStats, JobResult
 from .inputs import SourcedJob
+from .metrics import RunRecorder, retries_line
 
 __all__ = ["BatchUI", "print_summary"]
 
@@ -102,6 +103,7 @@ def print_summary(
     interrupted: bool,
     gallery: pathlib.Path | None,
     journal: pathlib.Path | None,
+    recorder: RunRecorder | None = None,
 ) -> None:
     table = Table(title="Summary", title_justify="left", show_header=False, box=None)
     table.add_column(style="bold")
@@ -124,7 +126,7 @@ def print_summary(
         if report.latency_p50 is not None and report.latency_p95 is not None:
             timing += f" · latency p50 {report.latency_p50:.2f} s, p95 {report.latency_p95:.2f} s"
         table.add_row("time", timing)
-        table.add_row("retries", str(report.retries))
+        table.add_row("retries", retries_line(report, recorder))
         if report.stopped_reason:
             table.add_row("stopped", Text(report.stopped_reason, style="red"))
     if gallery is not None:
