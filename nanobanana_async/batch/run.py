@@ -111,7 +111,11 @@ class BatchRun:
     """
 
     def __init__(
-        self, sender: JobSender, jobs: JobInput, options: BatchOptions, registry: BatchRegistry
+        self,
+        sender: JobSender,
+        jobs: JobInput | None,
+        options: BatchOptions,
+        registry: BatchRegistry,
     ) -> None:
         # Set before the runner, which validates ``jobs`` and may raise: ``__del__`` still runs
         # on the half-built object and reads these.
