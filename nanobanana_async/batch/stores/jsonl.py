@@ -30,12 +30,14 @@ class JsonlStore:
 
     @property
     def url(self) -> str:
+        """The journal's path."""
         return self.path
 
     def __repr__(self) -> str:
         return f"JsonlStore({self.path!r})"
 
     async def connect(self, *, worker: bool = False) -> JsonlSession:
+        """Open (and lock) the journal for one run."""
         if worker:
             raise StoreError(
                 f"a JSONL journal ({self.path}) holds no pending jobs for a worker: use a "
@@ -44,6 +46,7 @@ class JsonlStore:
         return JsonlSession(await anyio.to_thread.run_sync(Journal, self.path))
 
     async def generated(self, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` the journal has a generation for."""
         if not await anyio.Path(self.path).exists():
             return set()
         journal = await anyio.to_thread.run_sync(Journal, self.path)

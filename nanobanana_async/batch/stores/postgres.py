@@ -68,6 +68,7 @@ class PostgresStore(SqlStore):
 
     @property
     def url(self) -> str:
+        """The connection URL without its password."""
         return redact(self._dsn)
 
     def _errors(self) -> tuple[type[BaseException], ...]:

@@ -50,6 +50,7 @@ class SqliteStore(SqlStore):
 
     @property
     def url(self) -> str:
+        """``sqlite:///`` and the path."""
         return f"sqlite:///{self.path}"
 
     def _errors(self) -> tuple[type[BaseException], ...]:

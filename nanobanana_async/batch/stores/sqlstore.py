@@ -113,7 +113,7 @@ class SqlStore:
     def _claim(self, conn: Any, params: dict[str, Any]) -> list[Sequence[Any]]:
         raise NotImplementedError
 
-    def pool(self, size: int) -> Pool:
+    def _pool(self, size: int) -> Pool:
         return Pool(
             self._connect_ready,
             size,
@@ -145,7 +145,7 @@ class SqlStore:
     # -- what users call --------------------------------------------------------------------
 
     async def _once(self, fn: Any, *args: Any) -> Any:
-        pool = self.pool(1)
+        pool = self._pool(1)
         await pool.open()
         try:
             return await pool.run(fn, *args)
@@ -169,7 +169,7 @@ class SqlStore:
             self._transaction(conn, [op])
             return int(op.result)
 
-        pool = self.pool(1)
+        pool = self._pool(1)
         await pool.open()
         added = 0
         try:
@@ -234,7 +234,7 @@ class SqlStore:
     ) -> AsyncIterator[dict[str, Any]]:
         """Every job as a dict, in input order, read a page at a time."""
         sql = self.dialect.page_done if done_only else self.dialect.page
-        pool = self.pool(1)
+        pool = self._pool(1)
         await pool.open()
         try:
             after: tuple[int, str] = (-(2**62), "")
@@ -297,7 +297,7 @@ class SqlSession:
         self.owner = new_owner()
         self.lease = store.lease
         self._sql = store.dialect
-        self._pool = store.pool(store.writers + 1)
+        self._pool = store._pool(store.writers + 1)
         self._group = GroupCommit(self._apply, store.writers)
         self._generated: set[str] = set()
 
