@@ -5,7 +5,9 @@ one run, ``AsyncNanoBanana.run_batch`` (asyncio and Trio), hand-written httpx + 
 hand-written aiohttp + semaphore; then the SDK's per-job CPU with in-process transports and the
 peak RSS of a lazy 1,000,000-job batch in a subprocess. Each networked case runs ``--repeat``
 times (clients interleaved) and the median is reported. Prints the tables and writes them to
-``--output``.
+``--output``. ``--stores`` measures the job stores (jobs/s of one worker on SQLite and
+Postgres against the JSONL journal, and the memory of a million-job SQLite run and its resume;
+``benchmarks/stores.py``) and rewrites only their section.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import httpx
 from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
 
-from . import clients
+from . import clients, stores
 from .memory import trivial_transport
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -319,6 +321,18 @@ def targets(rows: list[Row], memory: dict[str, float]) -> list[str]:
     return out
 
 
+def store_cases(quick: bool, repeat: int, skip_memory: bool) -> str:
+    """The job store benchmarks, as the markdown section of docs/benchmarks.md."""
+    print("job stores: jobs/s at c128/100 ms:", flush=True)
+    with emulator_process(0.1) as url:
+        rows = stores.throughput(url, quick, repeat)
+    mem = None
+    if not skip_memory:
+        print("job stores: memory:", flush=True)
+        mem = stores.memory(quick)
+    return stores.render(rows, mem)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer cases and requests")
@@ -327,8 +341,22 @@ def main(argv: list[str] | None = None) -> None:
         "--output", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to write"
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1M-job RSS case")
+    parser.add_argument(
+        "--stores", action="store_true", help="only the job store cases (their section)"
+    )
+    parser.add_argument("--skip-stores", action="store_true", help="skip the job store cases")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
+    if args.stores:
+        section = store_cases(args.quick, repeat, args.skip_memory)
+        print()
+        print(section)
+        if args.output != "-":
+            path = pathlib.Path(args.output)
+            existing = path.read_text() if path.exists() else "# Benchmarks\n"
+            path.write_text(stores.replace_section(existing, section))
+            print(f"written to {args.output}")
+        return
     print("throughput over loopback:", flush=True)
     rows = network_cases(args.quick, repeat)
     print("per-job CPU in-process:", flush=True)
@@ -340,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         else memory_case(args.quick)
     )
     text = render(rows, cpu, memory, args.quick, repeat)
+    if not args.skip_stores:
+        text += "\n" + store_cases(args.quick, repeat, args.skip_memory)
     print()
     print(text)
     if args.output != "-":

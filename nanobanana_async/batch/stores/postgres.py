@@ -90,7 +90,15 @@ class PostgresStore(SqlStore):
                 conn.execute(statement, prepare=False)
 
     def _execute(self, conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> Any:
-        return conn.execute(sql, params)
+        # One statement in autocommit: retried as a whole if Postgres picked it as the victim
+        # of a deadlock (it then changed nothing).
+        for attempt in range(5):
+            try:
+                return conn.execute(sql, params)
+            except _TRANSIENT:
+                if attempt == 4:
+                    raise
+        return None
 
     def _transaction(self, conn: psycopg.Connection[Any], ops: list[Op]) -> None:
         for attempt in range(5):

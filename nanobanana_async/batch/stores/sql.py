@@ -10,6 +10,7 @@ every worker whatever their clocks say.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ class Dialect:
     table_suffix: str = ""
     named_params: bool = False  # SQLite's :name instead of %(name)s
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - a few dialects, a few dozen statements
     def sql(self, text: str) -> str:
         text = text.replace("{t}", TABLE).replace("{now}", self.now).replace("{lock}", self.lock)
         if self.named_params:
@@ -209,9 +211,11 @@ class Dialect:
 
     @property
     def heartbeat(self) -> str:
+        # Rows another transaction holds right now (a result being committed) are skipped,
+        # never waited for: lock order then cannot deadlock, and the next beat renews them.
         return self.sql(
-            "UPDATE {t} SET lease_until = {now} + %(lease)s "
-            f"WHERE lease_owner = %(owner)s AND {_LEASED}"
+            "UPDATE {t} SET lease_until = {now} + %(lease)s WHERE id IN (SELECT id FROM {t} "
+            f"WHERE lease_owner = %(owner)s AND {_LEASED}{{lock}})"
         )
 
     def _reap(self, which: str) -> str:

@@ -39,6 +39,11 @@ class SqliteStore(SqlStore):
     dialect = _DIALECT
     writers = 1  # SQLite has one writer at a time: one connection does every write
 
+    @property
+    def connections(self) -> int:
+        """One: a second connection would re-read the pages the first one just wrote."""
+        return 1
+
     def __init__(self, path: str | os.PathLike[str], *, lease: float = DEFAULT_LEASE) -> None:
         super().__init__(lease=lease)
         self.path = os.fspath(path)

@@ -76,6 +76,11 @@ class SqlStore:
     dialect: Dialect
     writers = 1
 
+    @property
+    def connections(self) -> int:
+        """Connections a session opens: its writers and one for claims and leases."""
+        return self.writers + 1
+
     def __init__(self, *, lease: float = DEFAULT_LEASE) -> None:
         if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
             raise InvalidRequestError(f"lease must be positive seconds, got {lease!r}")
@@ -297,7 +302,7 @@ class SqlSession:
         self.owner = new_owner()
         self.lease = store.lease
         self._sql = store.dialect
-        self._pool = store._pool(store.writers + 1)
+        self._pool = store._pool(store.connections)
         self._group = GroupCommit(self._apply, store.writers)
         self._generated: set[str] = set()
 
