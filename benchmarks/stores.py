@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -147,7 +148,10 @@ def render(rows: list[StoreRow], mem: dict[str, dict[str, float]] | None) -> str
         "against the emulator in its own process (100 ms latency, loopback), concurrency 128, "
         "median of the runs. `batch` is `run_batch(jobs, journal=...)`; `worker` is "
         "`run_worker(store)` over jobs added beforehand (timed: the worker only). Postgres is "
-        "Debian's server started for the run (fsync off).",
+        "Debian's server started for the run (fsync off), on the same machine. "
+        f"{os.cpu_count()} CPUs; load average when written: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min): with other work "
+        "running, absolute rates fall with the CPU left, and the ratios are what to read.",
         "",
         "| store | mode | event loop | jobs | ok | wall s | jobs/s | vs JSONL |",
         "|---|---|---|---|---|---|---|---|",
@@ -187,18 +191,18 @@ def render(rows: list[StoreRow], mem: dict[str, dict[str, float]] | None) -> str
                 f"| {name} | {int(m['succeeded']):,} | {int(m['resumed']):,} | {int(m['sent']):,} "
                 f"| {m['rss_peak']:.1f} | {m['rss_start']:.1f} | {m['seconds']:.0f} |"
             )
+        lines.append("")
         for name, m in (("run", run), ("resume", resume)):
             verdict = "met" if m["rss_peak"] < 150 else "NOT met"
-            lines.append("")
             lines.append(f"- peak RSS of the {name}: {m['rss_peak']:.1f} MiB (< 150) - {verdict}")
         lines.append(
             f"- the resume sent {int(resume['sent'])} requests (target 0) - "
             + ("met" if resume["sent"] == 0 else "NOT met")
         )
         lines.append(
-            "\nWith an upstream answering at once the batch is bound by handing each group "
-            "commit to a worker thread while the event loop is busy (the GIL), not by SQLite; "
-            "at real latencies the table above is what counts."
+            "\nWith an upstream answering at once the run is bound by CPU: each job's three "
+            "store writes (taken, sending, done) go through group commit in a worker thread, "
+            "and the wall time also depends on the CPU other work leaves (see the load above)."
         )
     return "\n".join(lines) + "\n"
 
