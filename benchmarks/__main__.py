@@ -6,7 +6,10 @@ hand-written aiohttp + semaphore; then the SDK's per-job CPU with in-process tra
 peak RSS of a lazy 1,000,000-job batch in a subprocess. Each networked case runs ``--repeat``
 times (clients interleaved) and the median is reported. Prints the tables and writes them to
 ``--output``. ``--telemetry`` measures only the per-job CPU of telemetry (spans, metrics,
-hooks) against none, and rewrites only that section of ``--output``.
+hooks) against none, and rewrites only that section of ``--output``. ``--stores`` measures the
+job stores (jobs/s of one worker on SQLite and Postgres against the JSONL journal, and the
+memory of a million-job SQLite run and its resume; ``benchmarks/stores.py``) and rewrites only
+their section.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import httpx
 from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
 
-from . import clients
+from . import clients, stores
 from .memory import trivial_transport
 from .telemetry import existing_section, render_telemetry, splice, telemetry_cases
 
@@ -321,6 +324,18 @@ def targets(rows: list[Row], memory: dict[str, float]) -> list[str]:
     return out
 
 
+def store_cases(quick: bool, repeat: int, skip_memory: bool) -> str:
+    """The job store benchmarks, as the markdown section of docs/benchmarks.md."""
+    print("job stores: jobs/s at c128/100 ms:", flush=True)
+    with emulator_process(0.1) as url:
+        rows = stores.throughput(url, quick, repeat)
+    mem = None
+    if not skip_memory:
+        print("job stores: memory:", flush=True)
+        mem = stores.memory(quick)
+    return stores.render(rows, mem)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer cases and requests")
@@ -334,6 +349,10 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only the telemetry overhead (per-job CPU, tracing/metrics/hooks on vs off)",
     )
+    parser.add_argument(
+        "--stores", action="store_true", help="only the job store cases (their section)"
+    )
+    parser.add_argument("--skip-stores", action="store_true", help="skip the job store cases")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     output = pathlib.Path(args.output) if args.output != "-" else None
@@ -348,6 +367,15 @@ def main(argv: list[str] | None = None) -> None:
             output.write_text(splice(output.read_text() if output.exists() else "", section))
             print(f"written to {args.output}")
         return
+    if args.stores:
+        section = store_cases(args.quick, repeat, args.skip_memory)
+        print()
+        print(section)
+        if output is not None:
+            existing = output.read_text() if output.exists() else "# Benchmarks\n"
+            output.write_text(stores.replace_section(existing, section))
+            print(f"written to {args.output}")
+        return
     print("throughput over loopback:", flush=True)
     rows = network_cases(args.quick, repeat)
     print("per-job CPU in-process:", flush=True)
@@ -359,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         else memory_case(args.quick)
     )
     text = render(rows, cpu, memory, args.quick, repeat)
+    if not args.skip_stores:
+        text += "\n" + store_cases(args.quick, repeat, args.skip_memory)
     # The telemetry section is measured on its own (--telemetry): carried over as it was.
     kept = existing_section(output.read_text()) if output is not None and output.exists() else None
     if kept is not None:

@@ -4,8 +4,11 @@ Everything public is importable from here; see ``nanobanana_async.emulator`` for
 API emulator.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .batch import BatchReport, BatchRun, BatchStats, JobResult
+from .batch.stores import JobStore, JsonlStore, SqliteStore, StoreError, StoreStatus, open_store
 from .client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, AsyncNanoBanana
 from .errors import (
     APIConnectionError,
@@ -24,6 +27,9 @@ from .models import BASE_SIZES, DEFAULT_MODEL, EXTENDED_SIZES, MODELS, Generatio
 from .pricing import DEFAULT_PRICING, CreditEstimate, PricingTable
 from .retry import RetryBudget, RetryPolicy
 from .telemetry import AttemptEvent, Hooks, ResponseEvent, RetryEvent
+
+if TYPE_CHECKING:
+    from .batch.stores import PostgresStore
 
 __all__ = [
     "BASE_SIZES",
@@ -50,8 +56,11 @@ __all__ = [
     "InvalidRequestError",
     "Job",
     "JobResult",
+    "JobStore",
+    "JsonlStore",
     "MalformedResponseError",
     "NanoBananaError",
+    "PostgresStore",
     "PricingTable",
     "RateLimitError",
     "ResponseEvent",
@@ -59,6 +68,19 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "ServerError",
+    "SqliteStore",
+    "StoreError",
+    "StoreStatus",
     "__version__",
+    "open_store",
     "sizes_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Postgres store imports psycopg (extra ``postgres``): only when it is asked for.
+    if name == "PostgresStore":
+        from .batch.stores import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

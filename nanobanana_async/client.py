@@ -29,6 +29,7 @@ from .batch import (
     BatchReport,
     BatchRun,
     JobInput,
+    JobStore,
     run_to_report,
 )
 from .download import MAX_DOWNLOAD_BYTES, download_image
@@ -295,13 +296,16 @@ class AsyncNanoBanana:
         policy: RetryPolicy,
         stats: CallStats,
         hooks: AttemptHooks | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Generation:
         """Generate a validated ``job`` under ``policy`` (the batch runner's way in).
 
-        ``stats`` counts the attempts; ``hooks`` are called around each one.
+        ``stats`` counts the attempts; ``hooks`` are called around each one. Every attempt
+        carries ``idempotency_key`` (a job store keeps one per job), else a fresh one.
         """
         started = time.perf_counter()
-        idempotency_key = uuid.uuid4().hex
+        idempotency_key = idempotency_key or uuid.uuid4().hex
         headers = {
             **self._auth_headers,
             "Idempotency-Key": idempotency_key,
@@ -421,7 +425,7 @@ class AsyncNanoBanana:
         concurrency: int = 8,
         max_credits: int | None = None,
         max_per_second: float | None = None,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | JobStore | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         ordered: bool = False,
         max_retries: int | None = None,
@@ -431,7 +435,8 @@ class AsyncNanoBanana:
 
         ``jobs`` is an iterable or async iterable of :class:`Job` or prompt strings, consumed
         lazily. See :class:`~nanobanana_async.batch.options.BatchOptions` for what each option does.
-        Breaking out of the loop cancels the requests in flight.
+        ``journal`` is a JSONL path, ``"sqlite:///run.db"``, ``"postgresql://..."`` or a job
+        store. Breaking out of the loop cancels the requests in flight.
         """
         options = BatchOptions(
             concurrency=concurrency,
@@ -452,7 +457,7 @@ class AsyncNanoBanana:
         concurrency: int = 8,
         max_credits: int | None = None,
         max_per_second: float | None = None,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | JobStore | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         ordered: bool = False,
         max_retries: int | None = None,
@@ -468,6 +473,67 @@ class AsyncNanoBanana:
             journal=journal,
             download_dir=download_dir,
             ordered=ordered,
+            max_retries=max_retries,
+            retry_ambiguous=retry_ambiguous,
+        )
+        return await run_to_report(run)
+
+    def worker(
+        self,
+        store: str | os.PathLike[str] | JobStore,
+        *,
+        concurrency: int = 8,
+        max_credits: int | None = None,
+        max_per_second: float | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
+        follow: bool = False,
+        poll_interval: float = 1.0,
+        max_retries: int | None = None,
+        retry_ambiguous: bool | None = None,
+    ) -> BatchRun:
+        """Work through the pending jobs of ``store`` (``"sqlite:///jobs.db"``,
+        ``"postgresql://..."`` or a store object); an async iterator of :class:`JobResult`.
+
+        Jobs are claimed a chunk at a time with a lease, recorded ``sending`` before each
+        request and finished in the store, so workers in other processes and on other
+        machines share the store without sending a job twice. Ends when no job is pending
+        (``follow=True``: keeps polling every ``poll_interval`` seconds until cancelled).
+        """
+        options = BatchOptions(
+            concurrency=concurrency,
+            max_credits=max_credits,
+            max_per_second=max_per_second,
+            journal=store,
+            download_dir=download_dir,
+            max_retries=max_retries,
+            retry_ambiguous=retry_ambiguous,
+            follow=follow,
+            poll_interval=poll_interval,
+        )
+        return BatchRun(self, None, options, self._batches)
+
+    async def run_worker(
+        self,
+        store: str | os.PathLike[str] | JobStore,
+        *,
+        concurrency: int = 8,
+        max_credits: int | None = None,
+        max_per_second: float | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
+        follow: bool = False,
+        poll_interval: float = 1.0,
+        max_retries: int | None = None,
+        retry_ambiguous: bool | None = None,
+    ) -> BatchReport:
+        """Run :meth:`worker` to the end and return this worker's :class:`BatchReport`."""
+        run = self.worker(
+            store,
+            concurrency=concurrency,
+            max_credits=max_credits,
+            max_per_second=max_per_second,
+            download_dir=download_dir,
+            follow=follow,
+            poll_interval=poll_interval,
             max_retries=max_retries,
             retry_ambiguous=retry_ambiguous,
         )

@@ -1,10 +1,41 @@
-"""Shared fixtures: every async test runs on both anyio backends (asyncio and Trio)."""
+"""Shared fixtures: every async test runs on both anyio backends (asyncio and Trio), and a real
+PostgreSQL server for the tests that need one."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import pytest
+
+from tests.support.postgres import PgCluster, pg_bin
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """Debian's PostgreSQL on a free loopback port for the whole session (``.ci/run``
+    installs it when missing; without its binaries the tests that need it are skipped)."""
+    binaries = pg_bin()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    cluster = PgCluster.start(binaries)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A new, empty database on the test server for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = pg_cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        pg_cluster.drop_database(name)

@@ -39,6 +39,7 @@ DOC_PAGES = (
     "reliability",
     "benchmarks",
     "architecture",
+    "scaling",
 )
 MAIN_JOB = (
     'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && '
@@ -86,14 +87,25 @@ def python_blocks() -> list[Block]:
     ]
 
 
+# A block that reads this variable gets the URL of a fresh database on the real Postgres server
+# the tests start (tests/conftest.py): the docs' shared job store examples run against it.
+STORE_VARIABLE = "NANOBANANA_STORE"
+
+
 @pytest.mark.parametrize("block", python_blocks(), ids=lambda b: b.name)
 def test_python_block_runs(
-    block: Block, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    block: Block,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     # No ambient key or URL: a block must say everything it needs (and may set these itself;
     # monkeypatch puts them back afterwards).
     monkeypatch.delenv("NANOBANANA_API_KEY", raising=False)
     monkeypatch.delenv("NANOBANANA_BASE_URL", raising=False)
+    monkeypatch.delenv(STORE_VARIABLE, raising=False)
+    if STORE_VARIABLE in block.source:
+        monkeypatch.setenv(STORE_VARIABLE, str(request.getfixturevalue("pg_url")))
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)

@@ -10,6 +10,7 @@ from .options import BatchOptions, JobInput
 from .results import BatchReport, BatchStats, JobResult
 from .run import BatchRegistry, BatchRun, run_to_report
 from .sender import JobSender
+from .stores import JobStore
 
 __all__ = [
     "BatchOptions",
@@ -20,5 +21,6 @@ __all__ = [
     "JobInput",
     "JobResult",
     "JobSender",
+    "JobStore",
     "run_to_report",
 ]

@@ -9,6 +9,7 @@ import re
 import anyio
 
 from ..errors import NanoBananaError
+from .digests import DigestSet
 from .sender import JobSender
 
 __all__ = [
@@ -73,7 +74,7 @@ class FileNames:
     """
 
     def __init__(self) -> None:
-        self._taken: set[str] = set()
+        self._taken = DigestSet()  # 8 bytes a name: a million jobs stay small
 
     def claim(self, job_id: str, count: int) -> str:
         salt = 0
@@ -81,7 +82,8 @@ class FileNames:
         while any(s in self._taken for s in _image_stems(stem, count)):
             salt += 1
             stem = file_stem(job_id, salt)
-        self._taken.update(_image_stems(stem, count))
+        for taken in _image_stems(stem, count):
+            self._taken.add(taken)
         return stem
 
 

@@ -18,6 +18,7 @@ import attrs
 
 from ..errors import InvalidRequestError
 from ..models import Job
+from .digests import DigestSet
 
 __all__ = ["JobIds", "Journal", "JournalRecord", "journal_line"]
 
@@ -34,27 +35,30 @@ class JobIds:
     """Assigns each job of a batch its id: ``Job.id``, else a content hash plus occurrence.
 
     The occurrence number makes two equal prompts two jobs (``j…`` then ``j…-2``), and keeps
-    the ids stable when the same input is run again. It costs one dict entry per distinct job,
-    which is why the batch runner only keeps it when a journal or a download directory needs ids.
+    the ids stable when the same input is run again. Ids seen are kept as 8-byte digests
+    (:class:`DigestSet`), counts only for repeated jobs, so a million jobs cost about 16 MiB;
+    the batch runner only keeps it when a journal or a download directory needs ids.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
+        self._seen = DigestSet()
+        self._repeats: dict[str, int] = {}
 
     def assign(self, job: Job) -> str:
         if job.id is not None:
-            if job.id in self._seen:
+            if not self._seen.add(job.id):
                 raise InvalidRequestError(
                     f"duplicate job id {job.id!r}: ids name results in journals and files, "
                     "so they must be unique within a batch",
                     param="id",
                 )
-            self._seen[job.id] = 1
             return job.id
         base = content_id(job)
-        count = self._seen.get(base, 0) + 1
-        self._seen[base] = count
-        return base if count == 1 else f"{base}-{count}"
+        if self._seen.add(base):
+            return base
+        count = self._repeats.get(base, 1) + 1
+        self._repeats[base] = count
+        return f"{base}-{count}"
 
 
 @attrs.frozen

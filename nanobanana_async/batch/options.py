@@ -11,6 +11,7 @@ import attrs
 
 from ..errors import InvalidRequestError
 from ..models import Job
+from .stores import JobStore
 
 __all__ = ["BatchOptions", "JobInput"]
 
@@ -49,18 +50,23 @@ class BatchOptions:
       holds more than ``floor(max_per_second)`` starts (one start per ``1/max_per_second``
       seconds below 1). Starts are spaced evenly, never in bursts, 50 ms per window apart
       beyond the limit so network jitter does not push the server's windows over it.
-    - ``journal``: JSONL file of finished jobs; a rerun skips jobs already generated.
+    - ``journal``: where jobs are recorded, so a rerun skips jobs already generated: a JSONL
+      file (a path), ``sqlite:///path``, ``postgresql://...`` or a job store object.
     - ``download_dir``: save each succeeded job's images there.
     - ``ordered``: yield results in input order. Jobs dispatched and not yet taken by the
       consumer are never more than ``concurrency``, so a slow job holds later ones back.
     - ``max_retries`` / ``retry_ambiguous``: override the client's retry policy.
+    - ``follow`` (workers): keep polling the store for new jobs every ``poll_interval``
+      seconds instead of ending once none is pending.
     """
 
     concurrency: int = attrs.field(default=8, validator=_positive_int)
     max_credits: int | None = attrs.field(default=None, validator=_credits_or_none)
     max_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
-    journal: str | os.PathLike[str] | None = None
+    journal: str | os.PathLike[str] | JobStore | None = None
     download_dir: str | os.PathLike[str] | None = None
     ordered: bool = False
     max_retries: int | None = None
     retry_ambiguous: bool | None = None
+    follow: bool = False
+    poll_interval: float = attrs.field(default=1.0, validator=_positive_or_none)

@@ -6,6 +6,7 @@ import logging
 import pathlib
 import time
 
+import anyio
 import attrs
 
 from ..errors import (
@@ -17,11 +18,12 @@ from ..errors import (
 from ..models import Generation, Job
 from ..retry import CallStats, RetryPolicy
 from .files import download_images, in_directory
-from .journal import Journal, JournalRecord
+from .journal import JournalRecord
 from .money import CreditBudget, JobMoney, NoRoomForAttempt
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
+from .stores import StoreSession
 
 __all__ = ["Item", "JobProcessor"]
 
@@ -38,9 +40,16 @@ class Item:
     cost: int = 0
     error: InvalidRequestError | None = None
     stem: str | None = None
+    # A worker's job comes claimed from its store, with the store's Idempotency-Key.
+    claimed: bool = False
+    idempotency_key: str | None = None
 
 
 _STOP_ERRORS = (AuthenticationError, InsufficientCreditsError)
+
+
+class _LeaseLost(Exception):
+    """Raised before the first attempt when the store no longer gives this run the job."""
 
 
 class _Stopped(Exception):
@@ -51,14 +60,20 @@ class _Stopped(Exception):
 
 
 class _Attempts:
-    """The batch's side of each attempt of one job: stop check, reservation, rate limit."""
+    """The batch's side of each attempt of one job: stop check, reservation, rate limit, and
+    (first attempt) the store's ``sending`` record."""
 
-    __slots__ = ("_money", "_processor", "last_error")
+    __slots__ = ("_item", "_key", "_money", "_processor", "last_error", "recorded")
 
-    def __init__(self, processor: JobProcessor, money: JobMoney) -> None:
+    def __init__(
+        self, processor: JobProcessor, money: JobMoney, item: Item, key: str | None
+    ) -> None:
         self._processor = processor
         self._money = money
+        self._item = item
+        self._key = key
         self.last_error: BaseException | None = None
+        self.recorded = False  # the store holds this job as "sending"
 
     async def before_attempt(self) -> None:
         processor = self._processor
@@ -70,6 +85,16 @@ class _Attempts:
             raise NoRoomForAttempt
         if processor.limiter is not None:
             await processor.limiter.acquire()
+        store, item = processor.store, self._item
+        if store is not None and item.id is not None and not self.recorded:
+            # Recorded (and committed) before the request leaves: a kill from here on leaves
+            # the job visible as ambiguous, never silently sent again.
+            with anyio.CancelScope(shield=True):
+                sending = await store.sending(item.id, self._key, self._money.cost)
+            if not sending:
+                self._money.unused()
+                raise _LeaseLost
+            self.recorded = True
         # Checked after the waits (budget, rate limit, 429 cool-down, retry backoff): a job
         # that was waiting when a 401 or "insufficient credits" came back must not send.
         if processor.stats.stopped_reason is not None:
@@ -105,7 +130,8 @@ class JobProcessor:
         self.limiter = limiter
         self.budget = budget
         self.download_dir = download_dir
-        self.journal: Journal | None = None
+        self.store: StoreSession | None = None
+        self.over_budget = False  # a job did not fit max_credits (a worker stops claiming)
 
     def stop(self, error: NanoBananaError) -> None:
         if self.stats.stopped_reason is None:
@@ -117,23 +143,33 @@ class JobProcessor:
             self.stats.stopped_reason = f"{what}: {error}"
             logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
 
-    def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
-        if self.journal is not None:
-            self.journal.write(result.to_record(status=status))
+    async def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
+        if self.store is not None:
+            # Shielded: a result the server may have charged for must reach the store even
+            # when the batch is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await self.store.record(result, status=status)
         return result
 
     async def process(self, item: Item) -> JobResult:
         """The result of one job (resumed, skipped, failed or succeeded), journaled."""
         job = item.job
         if item.error is not None or job is None:
-            return self._journal(JobResult(item.index, job, "failed", item.id, error=item.error))
-        if self.journal is not None and item.id is not None:
-            record = self.journal.resumable(item.id)
-            if record is not None:
-                return await self._resume(item, job, record)
+            return await self._journal(
+                JobResult(item.index, job, "failed", item.id, error=item.error)
+            )
+        key = item.idempotency_key
+        if self.store is not None and item.id is not None and not item.claimed:
+            with anyio.CancelScope(shield=True):
+                begin = await self.store.begin(item.id, item.index, job)
+            if begin.record is not None:
+                return await self._resume(item, job, begin.record)
+            if begin.skip is not None:
+                return JobResult(item.index, job, "skipped", item.id, reason=begin.skip)
+            key = begin.idempotency_key
         self.stats.credits_estimated += item.cost
         if self.stats.stopped_reason is not None:
-            return self._journal(self._skipped_stopped(item, job))
+            return await self._journal(self._skipped_stopped(item, job))
         money = JobMoney(self.budget, item.cost)
         if not await money.reserve():
             assert self.budget is not None
@@ -141,28 +177,36 @@ class JobProcessor:
                 f"over budget: needs {item.cost} credits, {self.budget.left} of "
                 f"max_credits={self.budget.limit} left"
             )
-            return self._journal(JobResult(item.index, job, "skipped", item.id, reason=reason))
+            self.over_budget = True
+            return await self._journal(
+                JobResult(item.index, job, "skipped", item.id, reason=reason)
+            )
         if self.stats.stopped_reason is not None:  # stopped while waiting for the budget
             money.unused()
-            return self._journal(self._skipped_stopped(item, job))
-        return await self._send(item, job, money)
+            return await self._journal(self._skipped_stopped(item, job))
+        return await self._send(item, job, money, key)
 
-    async def _send(self, item: Item, job: Job, money: JobMoney) -> JobResult:
-        attempts = _Attempts(self, money)
+    async def _send(self, item: Item, job: Job, money: JobMoney, key: str | None) -> JobResult:
+        attempts = _Attempts(self, money, item, key)
         call = CallStats()
         started = time.perf_counter()
         self.stats.started += 1
         self.stats.in_flight += 1
         try:
-            generation = await self.sender.send_job(job, self.policy, call, attempts)
+            generation = await self.sender.send_job(
+                job, self.policy, call, attempts, idempotency_key=key
+            )
         except NanoBananaError as exc:
             if isinstance(exc, _STOP_ERRORS):
                 self.stop(exc)
             error: NanoBananaError | None = exc
+        except _LeaseLost:
+            reason = "another worker took this job (this run's lease on it expired): not sent"
+            return JobResult(item.index, job, "skipped", item.id, reason=reason)
         except _Stopped:
             money.unused()
             if call.attempts == 0:
-                return self._journal(self._skipped_stopped(item, job))
+                return await self._journal(self._skipped_stopped(item, job))
             error = NanoBananaError(
                 f"not retried after {call.attempts} failed attempt(s): "
                 f"batch stopped: {self.stats.stopped_reason}"
@@ -179,6 +223,12 @@ class JobProcessor:
             # Cancelled: an attempt in progress was settled by attempt_failed (kept, since the
             # server may have charged it); a reservation no attempt used goes back.
             money.unused()
+            if attempts.recorded and self.store is not None and item.id is not None:
+                with anyio.CancelScope(shield=True):
+                    if money.uncertain:
+                        await self.store.unsettled(item.id, money.uncertain)
+                    else:  # every attempt sent got a clear answer: nothing was charged
+                        await self.store.release(item.id)
             raise
         else:
             money.succeeded(generation.credits)
@@ -187,7 +237,7 @@ class JobProcessor:
             self.stats.in_flight -= 1
         if error is None:
             return await self._generated(item, job, generation, money, call, started)
-        return self._journal(
+        return await self._journal(
             JobResult(
                 item.index,
                 job,
@@ -221,10 +271,10 @@ class JobProcessor:
             credits_may_have_been_spent=money.uncertain,
         )
         if self.download_dir is None or item.stem is None:
-            return self._journal(result)
+            return await self._journal(result)
         # Journaled before the downloads: a run stopped while they go on must not pay again;
         # the next run downloads what is missing.
-        self._journal(result, status="generated")
+        await self._journal(result, status="generated")
         paths, error = await download_images(
             self.sender, self.download_dir, item.stem, generation.urls, job.num
         )
@@ -235,7 +285,7 @@ class JobProcessor:
             paths=paths,
             elapsed=time.perf_counter() - started,
         )
-        return self._journal(result)
+        return await self._journal(result)
 
     def _skipped_stopped(self, item: Item, job: Job) -> JobResult:
         reason = f"batch stopped: {self.stats.stopped_reason}"
@@ -285,7 +335,7 @@ class JobProcessor:
             resumed=True,
         )
         # The files changed: record them so the next run need not download again.
-        return self._journal(result)
+        return await self._journal(result)
 
 
 def _saved(paths: tuple[pathlib.Path, ...], urls: tuple[str, ...], directory: pathlib.Path) -> bool:

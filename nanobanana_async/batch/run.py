@@ -122,7 +122,7 @@ class BatchRun:
     def __init__(
         self,
         sender: JobSender,
-        jobs: JobInput,
+        jobs: JobInput | None,
         options: BatchOptions,
         registry: BatchRegistry,
         *,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import pathlib
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -16,13 +18,14 @@ from ..errors import InvalidRequestError
 from ..models import Job
 from ..pricing import PricingTable, as_job
 from .files import FileNames
-from .journal import JobIds, Journal
+from .journal import JobIds
 from .money import CreditBudget
 from .options import BatchOptions, JobInput
 from .process import Item, JobProcessor
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
+from .stores import StoredJob, StoreSession, open_store
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
@@ -42,16 +45,22 @@ class Runner:
     that stops asking (``break`` with the iterator still referenced) costs at most the jobs
     already in flight. Workers are started as jobs arrive, up to ``concurrency``: a batch of
     one job at ``concurrency=100_000`` starts one worker.
+
+    With ``jobs=None`` the runner is a store's worker: jobs are claimed from the store
+    (``options.journal``) in chunks, as permits allow, instead of pulled from an input.
     """
 
     def __init__(
         self,
         sender: JobSender,
-        jobs: JobInput,
+        jobs: JobInput | None,
         options: BatchOptions,
         telemetry: Telemetry | None = None,
     ) -> None:
-        if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
+        if jobs is None:
+            if options.journal is None:
+                raise InvalidRequestError("a worker needs a job store", param="store")
+        elif not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs must be an iterable or async iterable of Job or prompt strings "
                 f"(a single string is not: wrap it in a list), got {type(jobs).__name__}",
@@ -77,20 +86,20 @@ class Runner:
             download_dir=self.download_dir,
         )
         self.permits = anyio.Semaphore(options.concurrency)
+        self.store = open_store(options.journal) if options.journal is not None else None
 
     async def run(self, out: MemoryObjectSendStream[JobResult]) -> None:
         async with out:
             if self.download_dir is not None:
                 await _make_directory(self.download_dir)
-            if self.options.journal is not None:
-                self.processor.journal = await anyio.to_thread.run_sync(
-                    Journal, self.options.journal
-                )
+            if self.store is not None:
+                self.processor.store = await self.store.connect(worker=self.jobs is None)
             try:
                 await self._run(out)
             finally:
-                if self.processor.journal is not None:
-                    self.processor.journal.close()
+                if self.processor.store is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self.processor.store.close()
         logger.info(
             "batch finished: %d succeeded, %d failed, %d skipped, %d credits",
             self.stats.succeeded,
@@ -100,9 +109,20 @@ class Runner:
         )
 
     async def _run(self, out: MemoryObjectSendStream[JobResult]) -> None:
+        store = self.processor.store
+        if store is None or math.isinf(store.lease):
+            await self._run_jobs(out)
+            return
+        # Leases are renewed while the run goes on, and other runs' expired ones handed back.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_maintain, store)
+            await self._run_jobs(out)
+            tg.cancel_scope.cancel()
+
+    async def _run_jobs(self, out: MemoryObjectSendStream[JobResult]) -> None:
         try:
             async with anyio.create_task_group() as tg:
-                if self.options.ordered:
+                if self.options.ordered and self.jobs is not None:
                     send_done, receive_done = anyio.create_memory_object_stream[JobResult](
                         self.options.concurrency
                     )
@@ -129,13 +149,29 @@ class Runner:
         and drop results that had finished: instead pulling stops, the jobs handed out finish
         and are reported, and the batch then ends with the input's error.
         """
-        journal = self.processor.journal
-        ids = JobIds() if journal is not None or self.download_dir is not None else None
+        ids = JobIds() if self.store is not None or self.download_dir is not None else None
         names = FileNames() if self.download_dir is not None else None
         pricing = self.sender.pricing
         send, receive = anyio.create_memory_object_stream[Item](0)
         workers = 0
+
+        async def dispatch(item: Item) -> None:
+            nonlocal workers
+            try:
+                send.send_nowait(item)  # an idle worker took it
+            except anyio.WouldBlock:
+                if workers < self.options.concurrency:
+                    # A new worker starts with this job in hand: no wait for it to be
+                    # scheduled before the next job is pulled.
+                    workers += 1
+                    tg.start_soon(self._worker, receive.clone(), sink.clone(), item)
+                else:
+                    await send.send(item)
+
         async with send, receive:
+            if self.jobs is None:
+                await self._claim_jobs(dispatch, pricing, names)
+                return None
             index = 0
             try:
                 async with contextlib.aclosing(_aiter(self.jobs)) as inputs:
@@ -147,22 +183,71 @@ class Runner:
                             raw = await anext(inputs)
                         except StopAsyncIteration:
                             break
-                        item = self._item(index, raw, pricing, ids, names)
-                        try:
-                            send.send_nowait(item)  # an idle worker took it
-                        except anyio.WouldBlock:
-                            if workers < self.options.concurrency:
-                                # A new worker starts with this job in hand: no wait for it
-                                # to be scheduled before the next job is pulled.
-                                workers += 1
-                                tg.start_soon(self._worker, receive.clone(), sink.clone(), item)
-                            else:
-                                await send.send(item)
+                        await dispatch(self._item(index, raw, pricing, ids, names))
                         index += 1
             except Exception as exc:
                 logger.warning("batch input failed; finishing the jobs already started: %r", exc)
                 return exc
         return None
+
+    async def _claim_jobs(
+        self,
+        dispatch: Callable[[Item], Awaitable[None]],
+        pricing: PricingTable,
+        names: FileNames | None,
+    ) -> None:
+        """A worker's input: pending jobs claimed from the store, a chunk at a time.
+
+        Claimed jobs not yet dispatched when the run ends go back to pending when the
+        session closes; a chunk is never larger than the concurrency.
+        """
+        store = self.processor.store
+        assert store is not None
+        chunk = min(_CLAIM_CHUNK, self.options.concurrency)
+        claimed: deque[StoredJob] = deque()
+        while True:
+            await self.permits.acquire()
+            if self.stats.stopped_reason is not None or self.processor.over_budget:
+                # What is left stays pending for other workers (or this one, rerun).
+                return
+            while not claimed:
+                claimed.extend(await store.claim(chunk))
+                if claimed:
+                    break
+                # Nothing pending: hand back what dead or expired runs hold, then look again.
+                await store.maintain()
+                claimed.extend(await store.claim(chunk))
+                if claimed:
+                    break
+                if not self.options.follow:
+                    return
+                await anyio.sleep(self.options.poll_interval)
+            await dispatch(self._stored_item(claimed.popleft(), pricing, names))
+
+    @staticmethod
+    def _stored_item(stored: StoredJob, pricing: PricingTable, names: FileNames | None) -> Item:
+        try:
+            job = Job(
+                stored.prompt,
+                stored.model,
+                stored.image_size,
+                stored.num,
+                stored.id,
+                pricing=pricing,
+            )
+            cost = pricing.credits(job)
+        except InvalidRequestError as exc:
+            return Item(stored.index, None, stored.id, error=exc, claimed=True)
+        stem = names.claim(stored.id, job.num) if names is not None else None
+        return Item(
+            stored.index,
+            job,
+            stored.id,
+            cost,
+            stem=stem,
+            claimed=True,
+            idempotency_key=stored.idempotency_key,
+        )
 
     @staticmethod
     def _item(
@@ -216,6 +301,15 @@ class Runner:
                     item = await items.receive()
                 except anyio.EndOfStream:
                     item = None
+
+
+_CLAIM_CHUNK = 64
+
+
+async def _maintain(store: StoreSession) -> None:
+    while True:
+        await anyio.sleep(store.lease / 3)
+        await store.maintain()
 
 
 def _not_a_directory(directory: pathlib.Path) -> InvalidRequestError:

@@ -35,9 +35,12 @@ class JobSender(Protocol):
         policy: RetryPolicy,
         stats: CallStats,
         hooks: AttemptHooks | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Generation:
         """Generate ``job`` under ``policy``, counting attempts in ``stats`` and calling
-        ``hooks`` around each attempt."""
+        ``hooks`` around each attempt. ``idempotency_key`` (a job store's, kept across runs)
+        is sent on every attempt; None makes a fresh one for this call."""
         ...
 
     async def download(self, url: str, path: str | os.PathLike[str]) -> pathlib.Path:

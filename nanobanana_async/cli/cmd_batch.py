@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..batch import BatchReport, BatchRun, JobResult
-from ..batch.journal import JobIds, Journal
+from ..batch.journal import JobIds
+from ..batch.stores import JobStore, JsonlStore, open_store
 from ..errors import InvalidRequestError
 from .common import (
     EXIT_FAILED,
@@ -73,8 +74,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     bat.add_argument(
         "--journal",
-        metavar="FILE",
-        help="JSONL journal to resume from (default: DIR/journal.jsonl)",
+        metavar="FILE|URL",
+        help="where finished jobs are recorded and resumed from: a JSONL file (default: "
+        "DIR/journal.jsonl) or a job store, sqlite:///run.db (flat memory at millions of jobs; "
+        "a kill leaves the jobs in flight as ambiguous instead of paying for them again)",
     )
     bat.add_argument("-y", "--yes", action="store_true", help="do not ask before spending")
     bat.add_argument(
@@ -94,20 +97,18 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     bat.set_defaults(run=cmd_batch)
 
 
-def _already_done(journal: pathlib.Path | None, jobs: Sequence[SourcedJob]) -> set[int]:
+def _already_done(journal: JobStore | None, jobs: Sequence[SourcedJob]) -> set[int]:
     """Indexes of the jobs an earlier run with this journal generated (the batch will not pay
     for them again). Ids are assigned exactly as the batch runner does."""
-    if journal is None or not journal.exists():
+    if journal is None:
         return set()
+    ids = JobIds()
+    assigned = [ids.assign(s.job) for s in jobs]
     try:
-        opened = Journal(journal)
+        done = asyncio.run(journal.generated(assigned))
     except InvalidRequestError as exc:
         raise CLIError(exc.message) from None
-    try:
-        ids = JobIds()
-        return {i for i, s in enumerate(jobs) if opened.resumable(ids.assign(s.job)) is not None}
-    finally:
-        opened.close()
+    return {i for i, job_id in enumerate(assigned) if job_id in done}
 
 
 def _confirm(
@@ -142,7 +143,7 @@ async def _run_batch(
     config: ClientConfig,
     jobs: Sequence[SourcedJob],
     out_dir: pathlib.Path | None,
-    journal: pathlib.Path | None,
+    journal: JobStore | None,
     ui: BatchUI,
     state: _BatchState,
 ) -> None:
@@ -176,9 +177,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     config = ClientConfig.from_args(args, pricing)
     label = label_of(args.file)
     out_dir = pathlib.Path(args.output) if args.output else None
-    journal = pathlib.Path(args.journal) if args.journal else None
+    journal: JobStore | None = open_store(args.journal) if args.journal else None
     if journal is None and out_dir is not None:
-        journal = out_dir / "journal.jsonl"
+        journal = JsonlStore(out_dir / "journal.jsonl")
     err = console(stderr=True)
     setup_logging(args.verbose, err)
 
@@ -187,7 +188,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     estimate = pricing.estimate(s.job for s in todo)
     if done:
         err.print(
-            Text(f"{len(done)} of {len(jobs)} jobs already done in {journal}: not sent again.")
+            Text(
+                f"{len(done)} of {len(jobs)} jobs already done in "
+                f"{journal.url if journal else ''}: not sent again."
+            )
         )
     if todo:
         emulated = " (emulator: no real credits)" if config.emulator else ""
@@ -203,8 +207,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if out_dir is not None:
         make_dir(str(out_dir))
-    if journal is not None and journal.parent != pathlib.Path():
-        make_dir(str(journal.parent))
+    if isinstance(journal, JsonlStore) and pathlib.Path(journal.path).parent != pathlib.Path():
+        make_dir(str(pathlib.Path(journal.path).parent))
 
     state = _BatchState()
     ui = BatchUI(err, jobs, len(done), label)
@@ -232,7 +236,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
             ),
         )
         gallery = write_gallery(report.results, out_dir, summary)
-    print_summary(err, report, len(jobs), state.interrupted, gallery, journal, state.recorder)
+    print_summary(
+        err,
+        report,
+        len(jobs),
+        state.interrupted,
+        gallery,
+        journal.url if journal else None,
+        state.recorder,
+    )
     if args.metrics_json and report is not None:
         document = metrics_document(
             report,

@@ -20,6 +20,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from ..batch.stores import SqlStore, open_store
 from ..client import DEFAULT_TIMEOUT, AsyncNanoBanana
 from ..models import DEFAULT_MODEL
 from ..pricing import CreditEstimate, PricingTable, resolve_pricing
@@ -38,6 +39,7 @@ __all__ = [
     "add_common",
     "add_input",
     "add_job_defaults",
+    "add_store",
     "console",
     "credits",
     "estimate_json",
@@ -45,6 +47,7 @@ __all__ = [
     "label_of",
     "load_jobs",
     "make_dir",
+    "open_sql_store",
     "out",
     "positive_float",
     "positive_int",
@@ -145,6 +148,18 @@ def add_input(parser: argparse.ArgumentParser) -> None:
         choices=FORMATS,
         help="format of FILE when its extension does not say (default: from the name, else "
         "jsonl if the first line is a JSON object, else txt)",
+    )
+
+
+def add_store(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get("NANOBANANA_STORE")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=default,
+        required=default is None,
+        help="job store: sqlite:///jobs.db (one machine) or postgresql://user@host/db "
+        "(workers on many machines); default $NANOBANANA_STORE",
     )
 
 
@@ -251,6 +266,17 @@ def out(text: str) -> None:
 
 def label_of(path: str) -> str:
     return "<stdin>" if path == "-" else path
+
+
+def open_sql_store(url: str) -> SqlStore:
+    """The SQLite or Postgres store ``--store`` names (a JSONL journal has no job rows)."""
+    store = open_store(url)
+    if not isinstance(store, SqlStore):
+        raise CLIError(
+            f"--store {url}: a store is sqlite:///path or postgresql://... "
+            "(a JSONL journal is only for nanobanana batch --journal)"
+        )
+    return store
 
 
 def make_dir(path: str) -> pathlib.Path:

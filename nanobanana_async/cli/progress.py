@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,7 +38,17 @@ class _RateColumn(ProgressColumn):
 class BatchUI:
     """The progress bar and the lines printed above it while a batch runs."""
 
-    def __init__(self, console: Console, jobs: Sequence[SourcedJob], done: int, label: str) -> None:
+    def __init__(
+        self,
+        console: Console,
+        jobs: Sequence[SourcedJob] | None,
+        done: int,
+        label: str,
+        *,
+        total: int | None = None,
+    ) -> None:
+        """``jobs`` of a file (failures name their line), or None and a ``total`` (a worker:
+        failures name the job id; no total while it follows the store)."""
         self.console = console
         self.jobs = jobs
         self.label = label
@@ -64,7 +74,13 @@ class BatchUI:
             redirect_stderr=False,
         )
         self.task = self.progress.add_task(
-            "batch", total=len(jobs), completed=done, ok=done, failed=0, skipped=0, credits=0
+            label if jobs is None else "batch",
+            total=len(jobs) if jobs is not None else total,
+            completed=done,
+            ok=done,
+            failed=0,
+            skipped=0,
+            credits=0,
         )
 
     def update(self, result: JobResult, stats: BatchStats) -> None:
@@ -90,8 +106,12 @@ class BatchUI:
         if self.failures_shown > MAX_FAILURES_SHOWN:
             self.console.print("[dim]… more failures: see the summary and the journal[/]")
             return
-        line = self.jobs[result.index].line
-        text = Text(f"✗ {self.label}:{line}: ", style="red")
+        where = (
+            f"{self.label}:{self.jobs[result.index].line}"
+            if self.jobs is not None
+            else f"job {result.id}"
+        )
+        text = Text(f"✗ {where}: ", style="red")
         text.append(str(result.error or result.reason or "failed"), style="default")
         self.console.print(text)
 
@@ -101,8 +121,8 @@ def print_summary(
     report: BatchReport | None,
     total: int,
     interrupted: bool,
-    gallery: pathlib.Path | None,
-    journal: pathlib.Path | None,
+    gallery: os.PathLike[str] | None,
+    journal: os.PathLike[str] | str | None,
     recorder: RunRecorder | None = None,
 ) -> None:
     table = Table(title="Summary", title_justify="left", show_header=False, box=None)

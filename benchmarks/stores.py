@@ -1,0 +1,217 @@
+"""Job stores: one worker's jobs/s on SQLite and Postgres against the JSONL journal, and the
+peak RSS of a million-job batch recorded in SQLite and of its resume.
+
+``python -m benchmarks --stores`` runs only these and rewrites the "Job stores" section of
+docs/benchmarks.md; a full ``python -m benchmarks`` includes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import anyio
+import attrs
+
+from nanobanana_async import AsyncNanoBanana, open_store
+from nanobanana_async.batch.stores import SqlStore
+
+from .clients import jobs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SECTION = "## Job stores"
+
+
+@attrs.frozen
+class StoreRow:
+    case: str
+    backend: str
+    jobs: int
+    ok: int
+    wall: float
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.wall
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[Callable[[], str] | None]:
+    """A throwaway Postgres server (Debian's binaries; fsync off), or None without them."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.postgres import PgCluster, pg_bin
+
+    binaries = pg_bin()
+    if binaries is None:
+        yield None
+        return
+    cluster = PgCluster.start(binaries)
+    try:
+        yield lambda: cluster.create_database(f"bench_{uuid.uuid4().hex[:10]}")
+    finally:
+        cluster.stop()
+
+
+async def _batch(base_url: str, key: str, n: int, concurrency: int, journal: str) -> StoreRow:
+    async with AsyncNanoBanana(key, base_url=base_url, max_retries=0) as client:
+        started = time.perf_counter()
+        report = await client.run_batch(jobs(n), concurrency=concurrency, journal=journal)
+        wall = time.perf_counter() - started
+    return StoreRow("", "", n, report.succeeded, wall)
+
+
+async def _worker(base_url: str, key: str, n: int, concurrency: int, url: str) -> StoreRow:
+    store = open_store(url)
+    assert isinstance(store, SqlStore)
+    await store.add(jobs(n))
+    async with AsyncNanoBanana(key, base_url=base_url, max_retries=0) as client:
+        started = time.perf_counter()
+        report = await client.run_worker(store, concurrency=concurrency)
+        wall = time.perf_counter() - started
+    return StoreRow("", "", n, report.succeeded, wall)
+
+
+def throughput(base_url: str, quick: bool, repeat: int) -> list[StoreRow]:
+    """jobs/s at concurrency 128 against the emulator (100 ms latency) at ``base_url``."""
+    n, concurrency = (2000 if quick else 4000), 128
+    runs: dict[tuple[str, str], list[StoreRow]] = {}
+    key_no = 0
+    with postgres() as new_database, tempfile.TemporaryDirectory() as tmp:
+        cases: list[tuple[str, str, Callable[[], str], bool]] = [
+            ("JSONL journal, batch", "asyncio", lambda: f"{tmp}/{uuid.uuid4().hex}.jsonl", False),
+            ("JSONL journal, batch", "trio", lambda: f"{tmp}/{uuid.uuid4().hex}.jsonl", False),
+            ("SQLite, batch", "asyncio", lambda: f"sqlite:///{tmp}/{uuid.uuid4().hex}.db", False),
+            ("SQLite, worker", "asyncio", lambda: f"sqlite:///{tmp}/{uuid.uuid4().hex}.db", True),
+            ("SQLite, worker", "trio", lambda: f"sqlite:///{tmp}/{uuid.uuid4().hex}.db", True),
+        ]
+        if new_database is not None:
+            cases += [
+                ("Postgres, batch", "asyncio", new_database, False),
+                ("Postgres, worker", "asyncio", new_database, True),
+                ("Postgres, worker", "trio", new_database, True),
+            ]
+        for _ in range(repeat):
+            for case, backend, target, worker in cases:  # interleaved: noise hits all alike
+                key_no += 1
+                key = f"nb-bench-store-{key_no:08d}-xxxxxxxx"
+                run = _worker if worker else _batch
+                row = anyio.run(run, base_url, key, n, concurrency, target(), backend=backend)
+                runs.setdefault((case, backend), []).append(
+                    attrs.evolve(row, case=case, backend=backend)
+                )
+    rows = []
+    for outcomes in runs.values():
+        median = sorted(outcomes, key=lambda r: r.wall)[len(outcomes) // 2]
+        rows.append(attrs.evolve(median, ok=min(r.ok for r in outcomes)))
+        print(f"  {median.case:22} {median.backend:7} {median.rate:7.0f} jobs/s", flush=True)
+    return rows
+
+
+def memory(quick: bool) -> dict[str, dict[str, float]]:
+    """Peak RSS of an N-job batch recorded in SQLite, then of its resume (own processes)."""
+    n = 100_000 if quick else 1_000_000
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for phase in ("run", "resume"):
+            started = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.store_memory", str(n), f"{tmp}/jobs.db", "64"],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
+            result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+            result["seconds"] = time.perf_counter() - started
+            out[phase] = result
+            print(
+                f"  {phase}: {n} jobs, peak RSS {result['rss_peak']:.1f} MiB, "
+                f"{int(result['sent'])} sent, {result['seconds']:.0f}s",
+                flush=True,
+            )
+    return out
+
+
+def render(rows: list[StoreRow], mem: dict[str, dict[str, float]] | None) -> str:
+    lines = [
+        SECTION,
+        "",
+        "Produced by `python -m benchmarks --stores` (part of a full run). One worker process "
+        "against the emulator in its own process (100 ms latency, loopback), concurrency 128, "
+        "median of the runs. `batch` is `run_batch(jobs, journal=...)`; `worker` is "
+        "`run_worker(store)` over jobs added beforehand (timed: the worker only). Postgres is "
+        "Debian's server started for the run (fsync off), on the same machine. "
+        f"{os.cpu_count()} CPUs; load average when written: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min): with other work "
+        "running, absolute rates fall with the CPU left, and the ratios are what to read.",
+        "",
+        "| store | mode | event loop | jobs | ok | wall s | jobs/s | vs JSONL |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    refs = {r.backend: r for r in rows if r.case.startswith("JSONL")}
+    for r in rows:
+        store, mode = r.case.split(", ")
+        ref = refs.get(r.backend)
+        ratio = f"{r.rate / ref.rate:.2f}" if ref else "n/a"
+        lines.append(
+            f"| {store} | {mode} | {r.backend} | {r.jobs} | {r.ok} | {r.wall:.2f} | "
+            f"{r.rate:.0f} | {ratio} |"
+        )
+    lines += ["", "Targets (against the JSONL journal on the same event loop):", ""]
+    for r in rows:
+        ref = refs.get(r.backend)
+        if ref is not None and r is not ref:
+            verdict = "met" if r.rate >= 0.9 * ref.rate else "NOT met"
+            lines.append(
+                f"- {r.case} ({r.backend}): {r.rate / ref.rate:.2f} of the JSONL journal's "
+                f"jobs/s (target >= 0.90) - {verdict}"
+            )
+    if mem:
+        run, resume = mem["run"], mem["resume"]
+        lines += [
+            "",
+            f"Memory: a lazy generator of {int(run['jobs']):,} jobs through `client.batch(..., "
+            'journal="sqlite:///...")` (concurrency 64, an in-process transport answering at '
+            "once, results dropped), in its own process, then the same command again (the "
+            "resume):",
+            "",
+            "| run | succeeded | resumed | requests sent | peak RSS MiB | after imports MiB | s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, m in (("first", run), ("resume", resume)):
+            lines.append(
+                f"| {name} | {int(m['succeeded']):,} | {int(m['resumed']):,} | {int(m['sent']):,} "
+                f"| {m['rss_peak']:.1f} | {m['rss_start']:.1f} | {m['seconds']:.0f} |"
+            )
+        lines.append("")
+        for name, m in (("run", run), ("resume", resume)):
+            verdict = "met" if m["rss_peak"] < 150 else "NOT met"
+            lines.append(f"- peak RSS of the {name}: {m['rss_peak']:.1f} MiB (< 150) - {verdict}")
+        lines.append(
+            f"- the resume sent {int(resume['sent'])} requests (target 0) - "
+            + ("met" if resume["sent"] == 0 else "NOT met")
+        )
+        lines.append(
+            "\nWith an upstream answering at once the run is bound by CPU: each job's three "
+            "store writes (taken, sending, done) go through group commit in a worker thread, "
+            "and the wall time also depends on the CPU other work leaves (see the load above)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with its "Job stores" section replaced by ``section`` (appended if absent)."""
+    start = text.find(SECTION)
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.find("\n## ", start + len(SECTION))
+    rest = text[end + 1 :] if end >= 0 else ""
+    return text[:start] + section + ("\n" + rest if rest else "")

@@ -1,0 +1,89 @@
+"""The JSONL journal as a job store: ``journal="run.jsonl"`` (or any path), as it always was.
+
+It records and resumes; it has no pending jobs for workers, no leases, and no ``sending``
+state (a kill may re-send the jobs that were in flight: use SQLite or Postgres to have them
+kept as ambiguous instead).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+
+import anyio
+import anyio.to_thread
+
+from ...models import Job
+from ..journal import Journal
+from ..results import JobResult
+from .base import Begin, StoredJob, StoreError
+
+__all__ = ["JsonlSession", "JsonlStore"]
+
+
+class JsonlStore:
+    """The JSONL journal at ``path``: one line per finished job, held by one run at a time."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    @property
+    def url(self) -> str:
+        """The journal's path."""
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"JsonlStore({self.path!r})"
+
+    async def connect(self, *, worker: bool = False) -> JsonlSession:
+        """Open (and lock) the journal for one run."""
+        if worker:
+            raise StoreError(
+                f"a JSONL journal ({self.path}) holds no pending jobs for a worker: use a "
+                "SQLite (sqlite:///jobs.db) or Postgres (postgresql://...) store"
+            )
+        return JsonlSession(await anyio.to_thread.run_sync(Journal, self.path))
+
+    async def generated(self, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` the journal has a generation for."""
+        if not await anyio.Path(self.path).exists():
+            return set()
+        journal = await anyio.to_thread.run_sync(Journal, self.path)
+        try:
+            return {i for i in ids if journal.resumable(i) is not None}
+        finally:
+            journal.close()
+
+
+class JsonlSession:
+    """A run's hold on a JSONL journal (the file lock)."""
+
+    lease = math.inf
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def begin(self, job_id: str, index: int, job: Job) -> Begin:
+        return Begin(record=self.journal.resumable(job_id))
+
+    async def sending(self, job_id: str, idempotency_key: str | None, credits: int) -> bool:
+        return True
+
+    async def record(self, result: JobResult, *, status: str | None = None) -> None:
+        self.journal.write(result.to_record(status=status))
+
+    async def release(self, job_id: str) -> None:
+        return None
+
+    async def unsettled(self, job_id: str, credits: int) -> None:
+        return None
+
+    async def claim(self, limit: int) -> list[StoredJob]:
+        return []
+
+    async def maintain(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.journal.close()

@@ -1,0 +1,221 @@
+"""Batches and workers on the SQLite and Postgres stores: resume, ambiguity, many workers."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import anyio
+import pytest
+
+from nanobanana_async import AsyncNanoBanana, Job
+from nanobanana_async.batch.stores import (
+    JsonlStore,
+    SqliteStore,
+    SqlStore,
+    StoreError,
+    open_store,
+)
+from nanobanana_async.batch.stores.postgres import redact
+from nanobanana_async.emulator import Emulator, Faults
+
+pytestmark = pytest.mark.anyio
+
+
+def _sql(url: str) -> SqlStore:
+    store = open_store(url)
+    assert isinstance(store, SqlStore)
+    return store
+
+
+async def test_a_rerun_resumes_without_paying_again(store_url: str) -> None:
+    emulator = Emulator()
+    prompts = [f"a bonsai, take {i}" for i in range(8)]
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        first = await client.run_batch(prompts[:5], journal=store_url, concurrency=3)
+        again = await client.run_batch(prompts, journal=store_url, concurrency=3)
+    assert first.succeeded == 5
+    assert again.succeeded == 8
+    assert again.resumed == 5
+    assert again.credits_spent == 6  # only the three new ones
+    assert emulator.stats.generations == 8
+    status = await _sql(store_url).status()
+    assert status.counts == {"done": 8}
+    assert status.credits_spent == 16
+
+
+async def test_the_key_sent_is_the_stored_one(store_url: str) -> None:
+    emulator = Emulator()
+    store = _sql(store_url)
+    await store.add(f"a lamp, take {i}" for i in range(6))
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        report = await client.run_worker(store, concurrency=3)
+    assert report.succeeded == 6
+    keys = {row["idempotency_key"] async for row in store.rows()}
+    assert set(emulator.stats.charged_idempotency_keys) == keys
+
+
+async def test_a_job_cancelled_in_flight_is_ambiguous_and_not_sent_again(store_url: str) -> None:
+    # The emulator remembers replies: a job retried with its stored key is not charged twice.
+    emulator = Emulator(faults=Faults(latency=30.0), honour_idempotency=True)
+    jobs = [Job(f"a kite, take {i}", id=f"kite-{i}") for i in range(3)]
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        async with client.batch(jobs, journal=store_url, concurrency=3) as run:
+
+            async def consume() -> None:
+                async for _ in run:
+                    pass
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                with anyio.fail_after(30):
+                    while emulator.stats.in_flight < 3:  # noqa: ASYNC110 - a counter
+                        await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        store = _sql(store_url)
+        status = await store.status()
+        assert status.counts == {"ambiguous": 3}
+        assert status.credits_may_have_been_spent == 6
+        emulator.faults = Faults()
+        rerun = await client.run_batch(jobs, journal=store_url)
+        assert rerun.skipped == 3
+        assert emulator.stats.generate_requests == 3
+        assert all("ambiguous" in (r.reason or "") for r in rerun.results)
+        # Opting in sends them again, with the key each was first sent with.
+        assert await store.retry("ambiguous") == 3
+        sent = await client.run_batch(jobs, journal=store_url)
+    assert sent.succeeded == 3
+    assert emulator.stats.generations == 3
+    assert set(emulator.stats.charged_idempotency_keys) == {
+        row["idempotency_key"] async for row in store.rows()
+    }
+
+
+async def test_downloads_are_recorded_and_refetched(store_url: str, tmp_path: pathlib.Path) -> None:
+    emulator = Emulator()
+    jobs = [Job("a red fox", id="fox"), Job("two owls", id="owls", num=2)]
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        await client.run_batch(jobs, journal=store_url, download_dir=tmp_path / "a")
+        again = await client.run_batch(jobs, journal=store_url, download_dir=tmp_path / "b")
+    assert again.resumed == 2
+    assert emulator.stats.generations == 2
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "fox.png",
+        "owls-1.png",
+        "owls-2.png",
+    ]
+    row = await _sql(store_url).get("owls")
+    assert row is not None
+    assert [pathlib.Path(f).parent.name for f in row["files"]] == ["b", "b"]
+
+
+async def test_workers_share_a_store_and_send_each_job_once(store_url: str) -> None:
+    emulator = Emulator(faults=Faults(latency=(0.0, 0.02)))
+    store = _sql(store_url)
+    assert await store.add(f"a lighthouse, take {i}" for i in range(60)) == 60
+    reports = []
+
+    async def work() -> None:
+        async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+            reports.append(await client.run_worker(store_url, concurrency=4))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(work)
+    assert sum(r.succeeded for r in reports) == 60
+    assert emulator.stats.generations == 60
+    assert emulator.stats.duplicate_charges == 0
+    status = await store.status()
+    assert status.counts == {"done": 60}
+    assert status.credits_spent == 120
+
+
+async def test_a_worker_gives_back_what_its_budget_cannot_take(store_url: str) -> None:
+    emulator = Emulator()
+    store = _sql(store_url)
+    await store.add(f"a cup, take {i}" for i in range(5))
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        report = await client.run_worker(store, concurrency=1, max_credits=4)
+        # The job that did not fit is given back, and the worker stops taking more.
+        assert report.succeeded == 2
+        assert report.skipped == 1
+        assert (await store.status()).counts == {"done": 2, "pending": 3}
+        rest = await client.run_worker(store, concurrency=2)
+    assert rest.succeeded == 3
+    assert emulator.stats.generations == 5
+
+
+async def test_a_worker_follows_new_jobs(tmp_path: pathlib.Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.db")
+    emulator = Emulator()
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        seen = []
+        with anyio.fail_after(30):
+            async with client.worker(store, follow=True, poll_interval=0.05) as run:
+                await store.add(["first"])
+                async for result in run:
+                    seen.append(result.job.prompt if result.job else None)
+                    if len(seen) == 1:
+                        await store.add(["second"])
+                    if len(seen) == 2:
+                        break
+    assert seen == ["first", "second"]
+
+
+async def test_a_worker_needs_a_store_with_pending_jobs(tmp_path: pathlib.Path) -> None:
+    async with AsyncNanoBanana("sk-test", transport=Emulator().transport()) as client:
+        with pytest.raises(StoreError, match="JSONL journal"):
+            await client.run_worker(tmp_path / "run.jsonl")
+
+
+async def test_an_unreachable_store_is_a_clear_error() -> None:
+    url = "postgresql://bob:hunter2@127.0.0.1:9/jobs"
+    async with AsyncNanoBanana("sk-test", transport=Emulator().transport()) as client:
+        with pytest.raises(StoreError) as info:
+            await client.run_batch(["a"], journal=url)
+    assert "hunter2" not in str(info.value)
+    assert "127.0.0.1" in str(info.value)
+
+
+def test_open_store_reads_urls_and_paths(tmp_path: pathlib.Path) -> None:
+    assert isinstance(open_store("run.jsonl"), JsonlStore)
+    assert isinstance(open_store(tmp_path / "run.jsonl"), JsonlStore)
+    relative = open_store("sqlite:///data/run.db")
+    assert isinstance(relative, SqliteStore)
+    assert relative.path == "data/run.db"
+    absolute = open_store("sqlite:////var/run.db")
+    assert isinstance(absolute, SqliteStore)
+    assert absolute.path == "/var/run.db"
+    store = SqliteStore(tmp_path / "x.db")
+    assert open_store(store) is store
+    for bad in ("sqlite://run.db", "sqlite:///", "redis://localhost/0"):
+        with pytest.raises(ValueError, match="store"):
+            open_store(bad)
+    with pytest.raises(ValueError, match="journal must be"):
+        open_store(42)  # type: ignore[arg-type]
+
+
+def test_urls_are_shown_without_passwords() -> None:
+    assert redact("postgresql://bob:s3cret@db:5432/jobs") == "postgresql://bob:***@db:5432/jobs"
+    assert redact("postgresql://db/jobs") == "postgresql://db/jobs"
+    assert redact("host=db password=s3cret dbname=x") == "host=db password=*** dbname=x"
+    assert "s3cret" not in repr(open_store("postgresql://bob:s3cret@db/jobs"))
+
+
+def test_psycopg_is_imported_only_for_postgres(tmp_path: pathlib.Path) -> None:
+    script = f"""
+import sys, anyio
+import nanobanana_async
+from nanobanana_async import AsyncNanoBanana
+from nanobanana_async.emulator import Emulator
+async def main():
+    async with AsyncNanoBanana("sk-test", transport=Emulator().transport()) as client:
+        report = await client.run_batch(["a"], journal="sqlite:///{tmp_path}/x.db")
+    assert report.ok
+anyio.run(main)
+assert "psycopg" not in sys.modules, "psycopg was imported"
+from nanobanana_async.batch.stores import PostgresStore
+assert "psycopg" in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
