@@ -19,6 +19,7 @@ from nanobanana_async.emulator import Faults
 __all__ = ["Interruption", "Run", "Schedule", "draw"]
 
 Interruption = Literal["none", "break", "break_named", "cancel", "aclose"]
+Store = Literal["jsonl", "sqlite"]
 
 MODELS = ("gemini-2.5-flash-image", "gemini-2.5-flash-image-hd", "gemini-3-pro-image-preview")
 
@@ -43,6 +44,7 @@ class Schedule:
     jobs: tuple[Job, ...]
     faults: Faults
     journal: bool
+    store: Store  # the journal: a JSONL file or a SQLite job store
     downloads: bool
     runs: tuple[Run, ...]
 
@@ -52,7 +54,7 @@ class Schedule:
 
     def describe(self) -> str:
         return (
-            f"seed={self.seed} jobs={len(self.jobs)} journal={self.journal} "
+            f"seed={self.seed} jobs={len(self.jobs)} journal={self.journal} store={self.store} "
             f"downloads={self.downloads} faults={self.faults} runs={list(self.runs)}"
         )
 
@@ -124,6 +126,7 @@ def draw(seed: int) -> Schedule:
         jobs=jobs,
         faults=_faults(rng),
         journal=journal,
+        store=rng.choice(("jsonl", "sqlite")),
         downloads=journal and rng.random() < 0.4,
         runs=tuple(_run(rng, count, cost, last=i == runs - 1) for i in range(runs)),
     )
