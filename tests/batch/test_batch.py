@@ -155,7 +155,10 @@ async def test_every_job_is_reported_once_under_faults_and_credits_match_the_led
     jobs = mixed_jobs(n)
     before = emulator.balance(KEY)
     async with client_for(emulator) as client:
-        report = await collect(client, jobs, concurrency=16, ordered=ordered)
+        # One retry: at 25% 5xx about 9 of 150 jobs run out of retries (with two, about 2, and
+        # none at all in one run out of ten: which job meets which seeded fault depends on
+        # the order requests arrive in).
+        report = await collect(client, jobs, concurrency=16, ordered=ordered, max_retries=1)
     spent = before - emulator.balance(KEY)
     results = report.results  # sorted by index
     assert_each_index_once(results, n)
