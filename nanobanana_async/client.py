@@ -39,12 +39,12 @@ from .errors import (
     error_for_status,
     parse_generate_response,
 )
+from .limits import Limits, LocalLimits
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import (
     AttemptHooks,
     CallStats,
-    Cooldown,
     RetryBudget,
     RetryPolicy,
     call_with_retries,
@@ -81,7 +81,10 @@ class AsyncNanoBanana:
     :meth:`aclose`; a caller's ``http_client`` is used as is and never closed. ``transport``
     plugs an httpx transport (for example ``Emulator().transport()``) into the client's own
     connection pool. Plain ``http`` is refused for a non-loopback ``base_url`` unless
-    ``allow_insecure_http`` is set: the key would travel in clear text.
+    ``allow_insecure_http`` is set: the key would travel in clear text. ``limits`` are
+    consulted on every attempt of every call (cool-down, request starts, credits):
+    :class:`LocalLimits` of this client by default, or :class:`RedisLimits` shared by every
+    process on one namespace (opened and closed with the client).
     """
 
     def __init__(
@@ -97,7 +100,14 @@ class AsyncNanoBanana:
         retry_policy: RetryPolicy | None = None,
         retry_ambiguous: bool | None = None,
         allow_insecure_http: bool = False,
+        limits: Limits | None = None,
     ) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidRequestError(
+                "limits must be a LocalLimits, a RedisLimits or another Limits, "
+                f"got {type(limits).__name__}",
+                param="limits",
+            )
         endpoint = Endpoint.resolve(api_key, base_url, allow_insecure_http=allow_insecure_http)
         self._endpoint = endpoint
         self._api_key = endpoint.api_key
@@ -113,7 +123,7 @@ class AsyncNanoBanana:
         self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
         self._budget = RetryBudget()
-        self._cooldown = Cooldown()
+        self._limits: Limits = limits if limits is not None else LocalLimits()
         self._user_client = http_client
         self._transport = transport
         self._own_client: httpx.AsyncClient | None = None
@@ -153,6 +163,7 @@ class AsyncNanoBanana:
         return f"AsyncNanoBanana(base_url={self.base_url!r}, api_key={self._endpoint.masked_key!r})"
 
     async def __aenter__(self) -> Self:
+        await self._limits.open()
         return self
 
     async def __aexit__(
@@ -173,8 +184,11 @@ class AsyncNanoBanana:
         self._closed = True
         await self._batches.close()
         client, self._own_client = self._own_client, None
-        if client is not None:
-            await client.aclose()
+        try:
+            if client is not None:
+                await client.aclose()
+        finally:
+            await self._limits.aclose()
 
     @property
     def base_url(self) -> str:
@@ -190,6 +204,11 @@ class AsyncNanoBanana:
     def retry_policy(self) -> RetryPolicy:
         """The client's default retry policy."""
         return self._policy
+
+    @property
+    def limits(self) -> Limits:
+        """The limits every attempt of this client is admitted and settled by."""
+        return self._limits
 
     @property
     def retry_budget(self) -> RetryBudget:
@@ -281,17 +300,25 @@ class AsyncNanoBanana:
         }
         body = _json_bytes(job.to_body())  # once per call, the same bytes on every attempt
 
+        price = self._pricing[job.model]
+
         async def attempt() -> tuple[str, ...]:
             return await self._post_generate(body, headers)
+
+        def charged(urls: tuple[str, ...]) -> int:
+            # Credits are charged per image generated: a partial answer costs what it returned.
+            return price * min(len(urls), job.num)
 
         urls = await call_with_retries(
             attempt,
             policy=policy,
             budget=self._budget,
-            cooldown=self._cooldown,
+            limits=self._limits,
             stats=stats,
             hooks=hooks,
             what=f"generate ({job.model}, {job.num} image(s))",
+            cost=price * job.num,
+            credits=charged,
         )
         elapsed = time.perf_counter() - started
         logger.debug("generated %d image(s) with %s in %.3fs", len(urls), job.model, elapsed)
@@ -300,8 +327,7 @@ class AsyncNanoBanana:
             model=job.model,
             image_size=job.image_size,
             num=job.num,
-            # Credits are charged per image generated: a partial answer costs what it returned.
-            credits=self._pricing[job.model] * min(len(urls), job.num),
+            credits=charged(urls),
             elapsed=elapsed,
         )
 

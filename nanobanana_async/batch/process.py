@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import pathlib
 import time
+from collections.abc import Awaitable, Callable
 
 import attrs
 
 from ..errors import (
     AuthenticationError,
+    BudgetExceededError,
     InsufficientCreditsError,
     InvalidRequestError,
     NanoBananaError,
@@ -60,7 +62,7 @@ class _Attempts:
         self._money = money
         self.last_error: BaseException | None = None
 
-    async def before_attempt(self) -> None:
+    async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
         processor = self._processor
         if processor.stats.stopped_reason is not None:
             raise _Stopped
@@ -68,9 +70,17 @@ class _Attempts:
         # answer included), taken before the rate limit so a slot is never spent waiting.
         if not await self._money.reserve():
             raise NoRoomForAttempt
-        if processor.limiter is not None:
-            await processor.limiter.acquire()
-        # Checked after the waits (budget, rate limit, 429 cool-down, retry backoff): a job
+        try:
+            # The client's limits (cool-down, shared credits and start slot) admit the
+            # attempt inside the batch's own rate slot: the batch's cap holds inside theirs.
+            if processor.limiter is not None:
+                await processor.limiter.acquire(admit)
+            else:
+                await admit()
+        except BaseException:
+            self._money.unused()
+            raise
+        # Checked after the waits (budget, rate limits, 429 cool-down, retry backoff): a job
         # that was waiting when a 401 or "insufficient credits" came back must not send.
         if processor.stats.stopped_reason is not None:
             self._money.unused()
@@ -156,6 +166,12 @@ class JobProcessor:
         try:
             generation = await self.sender.send_job(job, self.policy, call, attempts)
         except NanoBananaError as exc:
+            if isinstance(exc, BudgetExceededError) and call.attempts == 0:
+                # The client's limits (max_credits of LocalLimits or RedisLimits) can never
+                # hold this job: like the batch's own budget, it is skipped unsent.
+                return self._journal(
+                    JobResult(item.index, job, "skipped", item.id, reason=str(exc))
+                )
             if isinstance(exc, _STOP_ERRORS):
                 self.stop(exc)
             error: NanoBananaError | None = exc
