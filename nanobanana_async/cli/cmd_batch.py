@@ -26,6 +26,7 @@ from .common import (
     CLIError,
     add_input,
     add_job_defaults,
+    add_limits,
     console,
     credits,
     estimate_table,
@@ -83,6 +84,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--emulator", action="store_true", help="use the built-in emulator (no key needed)"
     )
     bat.add_argument("--timeout", type=positive_float, help="read timeout in seconds")
+    add_limits(bat)
 
     bat.set_defaults(run=cmd_batch)
 

@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The ``nanobanana`` argument parser."""
     # The commands need rich, which main() checks for first.
-    from . import cmd_batch, cmd_emulator, cmd_generate, cmd_info
+    from . import cmd_batch, cmd_emulator, cmd_generate, cmd_info, cmd_limits
     from .common import add_common
 
     common = argparse.ArgumentParser(add_help=False)
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_batch.add_parser(sub, common)
     cmd_info.add_parsers(sub, common)
     cmd_emulator.add_parser(sub, common)
+    cmd_limits.add_parser(sub, common)
     return parser
 
 
