@@ -140,23 +140,28 @@ class RedisConnection:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._done.wait()
 
-    def unavailable(self, why: str) -> LimitsUnavailableError:
+    def unavailable(self, why: str, consequence: str) -> LimitsUnavailableError:
         message = redact(
             f"shared limits unavailable at {self.url} (namespace {self._config.namespace!r}): "
-            f"{why}; nothing was sent",
+            f"{why}; {consequence}",
             self._config.password,
         )
         return LimitsUnavailableError(message, url=self.url)
 
-    async def call(self, script: Script[str], keys: list[str], args: list[Any]) -> Any:
-        """Run ``script``: its reply, or :class:`LimitsUnavailableError` within ``timeout``."""
+    async def call(
+        self, script: Script[str], keys: list[str], args: list[Any], consequence: str
+    ) -> Any:
+        """Run ``script``: its reply, or :class:`LimitsUnavailableError` (saying
+        ``consequence``) within ``timeout``."""
         try:
             with anyio.fail_after(self._config.timeout):
                 await self._ready.wait()
                 client = self._client
                 if client is None:
-                    raise self.unavailable(f"the connection pool ended ({self._failure!r})")
+                    raise self.unavailable(
+                        f"the connection pool ended ({self._failure!r})", consequence
+                    )
                 return await script(keys, args, client=client)
         except _UNAVAILABLE as exc:
             what = "no answer within the timeout" if isinstance(exc, TimeoutError) else repr(exc)
-            raise self.unavailable(what) from None
+            raise self.unavailable(what, consequence) from None

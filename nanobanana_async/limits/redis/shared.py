@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["RedisLimits"]
 
 _US = 1_000_000
+_CONSEQUENCES = {
+    "acquire": "nothing was sent",
+    "settle": "the attempt's reservation stays held until its lease expires, then counts as "
+    "may have been spent",
+}
 _scripts: Scripts | None = None
 
 
@@ -142,7 +147,8 @@ class RedisLimits:
 
     async def _call(self, script_name: str, args: list[Any]) -> Any:
         script = getattr(_loaded(), script_name)
-        return await self._open_connection().call(script, self._keys, args)
+        consequence = _CONSEQUENCES.get(script_name, "nothing was changed")
+        return await self._open_connection().call(script, self._keys, args, consequence)
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -192,8 +198,8 @@ class RedisLimits:
             else:
                 raise self._open_connection().unavailable(
                     "the namespace's credit ledger is gone (Redis restarted without "
-                    "persistence, or its keys were deleted), so what was spent is unknown; "
-                    "start a new ledger with `nanobanana limits reset --limits URL`"
+                    "persistence, or its keys were deleted), so what was spent is unknown",
+                    "nothing was sent; start a new ledger with `nanobanana limits reset`",
                 )
 
     async def settle(
@@ -249,5 +255,6 @@ class RedisLimits:
         stay). Returns how many reservations were outstanding (their attempts, if still
         running, are no longer counted)."""
         self._reserved_before = False
+        self._cooldown = Cooldown()
         outstanding: int = await self._call("reset", [])
         return outstanding
