@@ -154,6 +154,7 @@ class AsyncNanoBanana:
         self._generate_target = str(self._generate_url)
         self._timeout_spec: dict[str, float | None] = self._timeout.as_dict()
         self._closed = False
+        self._transport_ready = self._fast_transport is None
         self._batches = BatchRegistry()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
 
@@ -301,6 +302,10 @@ class AsyncNanoBanana:
         body = _json_bytes(job.to_body())  # once per call, the same bytes on every attempt
 
         price = self._pricing[job.model]
+        if not self._transport_ready and self._fast_transport is not None:
+            # Before the first admission: a start slot must not be spent on one-time setup.
+            await self._fast_transport.prepare()
+            self._transport_ready = True
 
         async def attempt() -> tuple[str, ...]:
             return await self._post_generate(body, headers)

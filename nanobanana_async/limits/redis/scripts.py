@@ -26,7 +26,8 @@ __all__ = ["ACQUIRE", "RESET", "SETTLE", "STATUS", "Admission"]
 class Admission:
     """The first element of ACQUIRE's reply."""
 
-    ADMITTED = 1  # {1, wait_us, id}: start in wait_us; id "" when no credits were reserved
+    ADMITTED = 1  # {1, wait_us, id}: start in wait_us (-1: no rate cap, start now); id ""
+    # when no credits were reserved
     COOLING = 2  # {2, wait_us, ""}: a cool-down runs for wait_us more; nothing reserved
     NEVER = 3  # {3, left, ""}: the budget can never hold this cost
     WAIT = 4  # {4, left, ""}: it may, once reservations in flight settle
@@ -86,7 +87,7 @@ if reserve then
   if committed + cost > cap then return {3, cap - committed - reserved, ''} end
   if committed + reserved + cost > cap then return {4, cap - committed - reserved, ''} end
 end
-local wait = 0
+local wait = -1
 if interval > 0 then
   local slot = get('next_us')
   if slot < now then slot = now end

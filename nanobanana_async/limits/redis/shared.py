@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisLimits"]
 
 _US = 1_000_000
+# How late a start slot may be used: well within the spacing's margin (limits.spacing.MARGIN).
+_LATE = 0.02
 _CONSEQUENCES = {
     "acquire": "nothing was sent",
     "settle": "the attempt's reservation stays held until its lease expires, then counts as "
@@ -157,34 +159,18 @@ class RedisLimits:
         poll = 0.02
         while True:
             await self._cooldown.wait()
-            # Shielded: a reservation made by a script whose answer we stopped waiting for
-            # would be held until its lease expired.
-            with anyio.CancelScope(shield=True):
-                status, value, token = await self._call(
-                    "acquire",
-                    [
-                        cost,
-                        self._cap,
-                        self._interval_us,
-                        self._lease_us,
-                        1 if self._reserved_before else 0,
-                        format(self._config.max_per_second or 0, "g")
-                        if self._config.max_per_second
-                        else "",
-                    ],
-                )
+            asked = anyio.current_time()
+            status, value, token = await self._admit(cost, reserve_check=True)
             permit = Permit(cost if token else 0, token or None)
-            try:
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                if status == Admission.ADMITTED:
-                    if token:
-                        self._reserved_before = True
-                    if value > 0:
-                        await anyio.sleep(value / _US)
-                    return permit
-            except BaseException:
-                await self._settle(permit, "release", 0, 0)
-                raise
+            if status == Admission.ADMITTED:
+                if token:
+                    self._reserved_before = True
+                try:
+                    await self._start_at(asked, value)
+                except BaseException:
+                    await self._settle(permit, "release", 0, 0)
+                    raise
+                return permit
             if status == Admission.COOLING:
                 self._cooldown.pause(value / _US)
             elif status == Admission.WAIT:
@@ -201,6 +187,49 @@ class RedisLimits:
                     "persistence, or its keys were deleted), so what was spent is unknown",
                     "nothing was sent; start a new ledger with `nanobanana limits reset`",
                 )
+
+    async def _admit(self, cost: int, *, reserve_check: bool) -> tuple[int, int, str]:
+        # Shielded: a reservation made by a script whose answer we stopped waiting for would
+        # be held until its lease expired. Cancellation is seen right after the answer.
+        with anyio.CancelScope(shield=True):
+            status, value, token = await self._call(
+                "acquire",
+                [
+                    cost,
+                    self._cap,
+                    self._interval_us,
+                    self._lease_us,
+                    1 if reserve_check and self._reserved_before else 0,
+                    self._per_second_text,
+                ],
+            )
+        if token:
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                await self._settle(Permit(cost, token), "release", 0, 0)
+                raise
+        else:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        return status, value, token
+
+    async def _start_at(self, asked: float, wait_us: int) -> None:
+        """Sleep until the start slot ``wait_us`` after Redis's clock read it (between
+        ``asked`` and the answer). A slot that cannot be used within a little of it (the
+        answer was slow, or this process was starved of CPU) is left unused and a new one
+        taken: starting late would crowd the slots after it, in other processes too."""
+        while wait_us >= 0:  # -1: the namespace has no rate cap
+            if wait_us:
+                await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
+            if anyio.current_time() - (asked + wait_us / _US) <= _LATE:
+                return
+            while True:  # a new slot; the reservation already held stays
+                asked = anyio.current_time()
+                status, wait_us, _ = await self._admit(0, reserve_check=False)
+                if status != Admission.COOLING:
+                    break
+                self._cooldown.pause(wait_us / _US)
+                await self._cooldown.wait()
 
     async def settle(
         self,
