@@ -1,11 +1,12 @@
-"""``python -m benchmarks [--quick] [--repeat N] [--output docs/benchmarks.md]``.
+"""``python -m benchmarks [--quick] [--repeat N] [--output docs/benchmarks.md] [--limits]``.
 
 Starts the emulator in its own process (uvicorn, fixed latency) and measures, side by side in
 one run, ``AsyncNanoBanana.run_batch`` (asyncio and Trio), hand-written httpx + semaphore and
 hand-written aiohttp + semaphore; then the SDK's per-job CPU with in-process transports and the
 peak RSS of a lazy 1,000,000-job batch in a subprocess. Each networked case runs ``--repeat``
 times (clients interleaved) and the median is reported. Prints the tables and writes them to
-``--output``.
+``--output``. ``--limits`` measures only what shared limits cost (``benchmarks/limits.py``)
+and rewrites that section of ``--output``; a full run keeps the section it finds there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
 
 from . import clients
+from . import limits as shared_limits
 from .memory import trivial_transport
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -327,8 +329,24 @@ def main(argv: list[str] | None = None) -> None:
         "--output", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to write"
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1M-job RSS case")
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="only RedisLimits against local limits (starts redis-server); rewrites that section",
+    )
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
+    output = pathlib.Path(args.output)
+    existing = output.read_text() if args.output != "-" and output.exists() else ""
+    if args.limits:
+        print("shared limits:", flush=True)
+        section = shared_limits.render(shared_limits.run(args.quick, repeat), args.quick, repeat)
+        print()
+        print(section)
+        if args.output != "-":
+            output.write_text(shared_limits.splice(existing, section))
+            print(f"written to {args.output}")
+        return
     print("throughput over loopback:", flush=True)
     rows = network_cases(args.quick, repeat)
     print("per-job CPU in-process:", flush=True)
@@ -340,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
         else memory_case(args.quick)
     )
     text = render(rows, cpu, memory, args.quick, repeat)
+    kept = shared_limits.section_of(existing)
+    if kept is not None:
+        text = shared_limits.splice(text, kept)
     print()
     print(text)
     if args.output != "-":

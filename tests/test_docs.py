@@ -3,7 +3,9 @@
 Each block is self-contained (it builds its own emulator and client), so each one runs alone in
 a fresh namespace, from an empty temporary working directory that must stay empty. A block
 fenced as ```python notest is shown but not run (the pytest-markdown-docs convention); the
-blocks also pass under ``pytest --markdown-docs README.md docs/``.
+blocks also pass under ``pytest --markdown-docs README.md docs/``. A block fenced as
+```python redis uses a Redis: it reads ``REDIS_URL``, which the test points at the real
+redis-server the limits tests start (skipped, saying so, where none is installed).
 
 The README's first code block is the project's contract (the offline main job, then the test
 command), so its two lines are pinned here, and every ``nanobanana`` command shown in a shell
@@ -23,6 +25,7 @@ from markdown_it import MarkdownIt
 
 import nanobanana_async
 from nanobanana_async.cli import build_parser
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -38,6 +41,7 @@ DOC_PAGES = (
     "reliability",
     "benchmarks",
     "architecture",
+    "scaling",
 )
 MAIN_JOB = (
     'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && '
@@ -87,12 +91,18 @@ def python_blocks() -> list[Block]:
 
 @pytest.mark.parametrize("block", python_blocks(), ids=lambda b: b.name)
 def test_python_block_runs(
-    block: Block, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    block: Block,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     # No ambient key or URL: a block must say everything it needs (and may set these itself;
     # monkeypatch puts them back afterwards).
     monkeypatch.delenv("NANOBANANA_API_KEY", raising=False)
     monkeypatch.delenv("NANOBANANA_BASE_URL", raising=False)
+    monkeypatch.delenv("NANOBANANA_LIMITS", raising=False)
+    if "redis" in block.options:
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)

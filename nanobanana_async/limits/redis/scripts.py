@@ -57,7 +57,8 @@ sweep()
 """
 
 # ARGV: cost, max_credits (-1: the namespace's), interval_us (0: the namespace's), lease_us,
-# seen (1: this process has reserved here before), max_per_second (for the status view).
+# seen (1: this process has reserved here before), max_per_second (for the status view),
+# lead_us (the slot is at least that far from now: time for the answer to arrive).
 ACQUIRE = (
     _PRELUDE
     + r"""
@@ -90,7 +91,8 @@ end
 local wait = -1
 if interval > 0 then
   local slot = get('next_us')
-  if slot < now then slot = now end
+  local earliest = now + tonumber(ARGV[7])
+  if slot < earliest then slot = earliest end
   wait = slot - now
   redis.call('HSET', S, 'next_us', fmt(slot + interval))
 end

@@ -26,6 +26,8 @@ __all__ = ["RedisLimits"]
 _US = 1_000_000
 # How late a start slot may be used: well within the spacing's margin (limits.spacing.MARGIN).
 _LATE = 0.02
+# The most a new slot is taken ahead, for an answer that was slow to arrive.
+_MAX_LEAD = 1.0
 _CONSEQUENCES = {
     "acquire": "nothing was sent",
     "settle": "the attempt's reservation stays held until its lease expires, then counts as "
@@ -161,12 +163,13 @@ class RedisLimits:
             await self._cooldown.wait()
             asked = anyio.current_time()
             status, value, token = await self._admit(cost, reserve_check=True)
+            answered = anyio.current_time()
             permit = Permit(cost if token else 0, token or None)
             if status == Admission.ADMITTED:
                 if token:
                     self._reserved_before = True
                 try:
-                    await self._start_at(asked, value)
+                    await self._start_at(asked, answered, value)
                 except BaseException:
                     await self._settle(permit, "release", 0, 0)
                     raise
@@ -188,7 +191,9 @@ class RedisLimits:
                     "nothing was sent; start a new ledger with `nanobanana limits reset`",
                 )
 
-    async def _admit(self, cost: int, *, reserve_check: bool) -> tuple[int, int, str]:
+    async def _admit(
+        self, cost: int, *, reserve_check: bool, lead: float = 0.0
+    ) -> tuple[int, int, str]:
         # Shielded: a reservation made by a script whose answer we stopped waiting for would
         # be held until its lease expired. Cancellation is seen right after the answer.
         with anyio.CancelScope(shield=True):
@@ -201,6 +206,7 @@ class RedisLimits:
                     self._lease_us,
                     1 if reserve_check and self._reserved_before else 0,
                     self._per_second_text,
+                    math.ceil(lead * _US),
                 ],
             )
         if token:
@@ -213,19 +219,22 @@ class RedisLimits:
             await anyio.lowlevel.checkpoint_if_cancelled()
         return status, value, token
 
-    async def _start_at(self, asked: float, wait_us: int) -> None:
+    async def _start_at(self, asked: float, answered: float, wait_us: int) -> None:
         """Sleep until the start slot ``wait_us`` after Redis's clock read it (between
-        ``asked`` and the answer). A slot that cannot be used within a little of it (the
+        ``asked`` and ``answered``). A slot that cannot be used within a little of it (the
         answer was slow, or this process was starved of CPU) is left unused and a new one
-        taken: starting late would crowd the slots after it, in other processes too."""
+        taken, far enough ahead for its answer to arrive first: starting late would crowd the
+        slots after it, in other processes too."""
         while wait_us >= 0:  # -1: the namespace has no rate cap
             if wait_us:
                 await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
             if anyio.current_time() - (asked + wait_us / _US) <= _LATE:
                 return
+            lead = min(_MAX_LEAD, 2 * (answered - asked) + _LATE)
             while True:  # a new slot; the reservation already held stays
                 asked = anyio.current_time()
-                status, wait_us, _ = await self._admit(0, reserve_check=False)
+                status, wait_us, _ = await self._admit(0, reserve_check=False, lead=lead)
+                answered = anyio.current_time()
                 if status != Admission.COOLING:
                     break
                 self._cooldown.pause(wait_us / _US)
