@@ -194,40 +194,42 @@ class RedisLimits:
     async def _admit(
         self, cost: int, *, reserve_check: bool, lead: float = 0.0
     ) -> tuple[int, int, str]:
+        args = [
+            cost,
+            self._cap,
+            self._interval_us,
+            self._lease_us,
+            1 if reserve_check and self._reserved_before else 0,
+            self._per_second_text,
+            math.ceil(lead * _US),
+        ]
+        if cost <= 0:  # nothing can be reserved
+            status, value, token = await self._call("acquire", args)
+            return status, value, token
         # Shielded: a reservation made by a script whose answer we stopped waiting for would
         # be held until its lease expired. Cancellation is seen right after the answer.
         with anyio.CancelScope(shield=True):
-            status, value, token = await self._call(
-                "acquire",
-                [
-                    cost,
-                    self._cap,
-                    self._interval_us,
-                    self._lease_us,
-                    1 if reserve_check and self._reserved_before else 0,
-                    self._per_second_text,
-                    math.ceil(lead * _US),
-                ],
-            )
-        if token:
-            try:
-                await anyio.lowlevel.checkpoint_if_cancelled()
-            except BaseException:
-                await self._settle(Permit(cost, token), "release", 0, 0)
-                raise
-        else:
+            status, value, token = await self._call("acquire", args)
+        try:
             await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            if token:
+                await self._settle(Permit(cost, token), "release", 0, 0)
+            raise
         return status, value, token
 
     async def _start_at(self, asked: float, answered: float, wait_us: int) -> None:
-        """Sleep until the start slot ``wait_us`` after Redis's clock read it (between
-        ``asked`` and ``answered``). A slot that cannot be used within a little of it (the
-        answer was slow, or this process was starved of CPU) is left unused and a new one
-        taken, far enough ahead for its answer to arrive first: starting late would crowd the
-        slots after it, in other processes too."""
-        while wait_us >= 0:  # -1: the namespace has no rate cap
-            if wait_us:
-                await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
+        """Start at the slot ``wait_us`` after Redis's clock read it (between ``asked`` and
+        ``answered``).
+
+        A slot waited for (the cap binds: the slots are taken back to back) must be used
+        within a little of it, or it is left unused and a new one taken, far enough ahead for
+        its answer to arrive first: a start later than that (a slow answer, a process starved
+        of CPU) would crowd the slots after it, in other processes too. A slot that was free
+        at once (``wait_us`` 0: the cap does not bind) starts on the answer.
+        """
+        while wait_us > 0:  # -1: the namespace has no rate cap
+            await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
             if anyio.current_time() - (asked + wait_us / _US) <= _LATE:
                 return
             lead = min(_MAX_LEAD, 2 * (answered - asked) + _LATE)
@@ -239,6 +241,8 @@ class RedisLimits:
                     break
                 self._cooldown.pause(wait_us / _US)
                 await self._cooldown.wait()
+            if wait_us == 0:  # ahead of now by the lead: always waited for, unless no cap
+                return
 
     async def settle(
         self,
