@@ -7,6 +7,7 @@ import itertools
 import math
 
 import anyio
+import coredis
 import pytest
 
 from nanobanana_async import BudgetExceededError, LimitsUnavailableError, RateLimitError
@@ -180,3 +181,30 @@ async def test_every_key_shares_one_hash_tag(redis_server: RedisServer, redis_ur
     assert sorted(state["keys"]) == [
         f"nanobanana:{{{ns}}}:{name}" for name in ("costs", "leases", "state")
     ]
+
+
+async def test_concurrent_calls_of_one_process_share_round_trips(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    async def evalsha_calls() -> int:
+        async with coredis.Redis.from_url(redis_url, decode_responses=True) as redis:
+            stats = await redis.info("commandstats")
+        evalsha = stats.get("cmdstat_evalsha")
+        return int(evalsha["calls"]) if isinstance(evalsha, dict) else 0
+
+    async with RedisLimits(
+        redis_url, namespace=redis_server.namespace(), max_credits=10**6
+    ) as limits:
+        await limits.settle(await limits.acquire(1), spent=1)  # scripts loaded, pool open
+        before = await evalsha_calls()
+
+        async def one() -> None:
+            await limits.settle(await limits.acquire(1), spent=1)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                tg.start_soon(one)
+        sent = await evalsha_calls() - before
+        assert (await limits.status()).spent == 201
+    # 400 operations (200 admissions, 200 settlements) in far fewer script calls.
+    assert 0 < sent < 100

@@ -25,6 +25,7 @@ from coredis.connection import TCPConnection
 from coredis.retry import NoRetryPolicy
 
 from ...errors import LimitsUnavailableError, redact
+from .coalescing import Coalescer
 from .config import RedisConfig
 
 __all__ = ["RedisConnection", "Scripts"]
@@ -59,9 +60,8 @@ class _ClosingTCPConnection(TCPConnection):
 class Scripts:
     """The Lua scripts as coredis ``Script`` objects (EVALSHA, loaded again after NOSCRIPT)."""
 
-    def __init__(self, acquire: str, settle: str, status: str, reset: str) -> None:
-        self.acquire: Script[str] = Script(script=acquire)
-        self.settle: Script[str] = Script(script=settle)
+    def __init__(self, batch: str, status: str, reset: str) -> None:
+        self.batch: Script[str] = Script(script=batch)
         self.status: Script[str] = Script(script=status)
         self.reset: Script[str] = Script(script=reset)
 
@@ -85,8 +85,11 @@ def _client(config: RedisConfig) -> coredis.Redis[str]:
 class RedisConnection:
     """The coredis client of one RedisLimits while it is open, owned by its own task."""
 
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, scripts: Scripts, keys: list[str]) -> None:
         self._config = config
+        self._scripts = scripts
+        self._keys = keys
+        self._coalescer = Coalescer()
         self._client: coredis.Redis[str] | None = None
         self._failure: BaseException | None = None
         self._ready = anyio.Event()
@@ -116,10 +119,12 @@ class RedisConnection:
     async def _own(self) -> None:
         try:
             client = _client(self._config)
-            async with client:
+            async with client, anyio.create_task_group() as tg:
                 self._client = client
+                tg.start_soon(self._coalescer.run, self._send_batch, self._failure_of)
                 self._ready.set()
                 await self._stop.wait()
+                tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:  # never escapes a system task: callers are told instead
@@ -147,6 +152,32 @@ class RedisConnection:
             self._config.password,
         )
         return LimitsUnavailableError(message, url=self.url)
+
+    def _failure_of(self, exc: BaseException, consequence: str) -> LimitsUnavailableError:
+        what = "no answer within the timeout" if isinstance(exc, TimeoutError) else repr(exc)
+        return self.unavailable(what, consequence)
+
+    async def _send_batch(self, args: list[Any], count: int) -> list[Any]:
+        client = self._client
+        if client is None:
+            raise RuntimeError(f"the connection pool ended ({self._failure!r})")
+        with anyio.fail_after(self._config.timeout):
+            replies: list[Any] = await self._scripts.batch(
+                self._keys, [count, *args], client=client
+            )
+        return replies
+
+    async def submit(self, args: list[Any], consequence: str) -> Any:
+        """One admission (``"a", ...``) or settlement (``"s", ...``), sent with whatever else
+        this process asks for meanwhile: its reply, or :class:`LimitsUnavailableError`."""
+        if self.done:
+            raise self.unavailable(f"the connection pool ended ({self._failure!r})", consequence)
+        try:
+            # Queued behind at most one batch in flight: two calls' time at most.
+            with anyio.fail_after(2 * self._config.timeout):
+                return await self._coalescer.submit(args, consequence)
+        except TimeoutError:
+            raise self.unavailable("no answer within the timeout", consequence) from None
 
     async def call(
         self, script: Script[str], keys: list[str], args: list[Any], consequence: str

@@ -20,11 +20,11 @@ the server may have charged them, so they never go back to what is left.
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "RESET", "SETTLE", "STATUS", "Admission"]
+__all__ = ["BATCH", "RESET", "STATUS", "Admission"]
 
 
 class Admission:
-    """The first element of ACQUIRE's reply."""
+    """The first element of an admission's reply (``acquire`` in BATCH)."""
 
     ADMITTED = 1  # {1, wait_us, id}: start in wait_us (-1: no rate cap, start now); id ""
     # when no credits were reserved
@@ -56,17 +56,18 @@ end
 sweep()
 """
 
-# ARGV: cost, max_credits (-1: the namespace's), interval_us (0: the namespace's), lease_us,
-# seen (1: this process has reserved here before), max_per_second (for the status view),
-# lead_us (the slot is at least that far from now: time for the answer to arrive).
-ACQUIRE = (
-    _PRELUDE
+# acquire(A), A: cost, max_credits (-1: the namespace's), interval_us (0: the namespace's),
+# lease_us, seen (1: this process has reserved here before), max_per_second (for the status
+# view), lead_us (the slot is at least that far from now: time for the answer to arrive).
+# Returns {Admission, wait_us or credits left, reservation id or ""}.
+_ACQUIRE = (
+    "local function acquire(A)"
     + r"""
-local cost = tonumber(ARGV[1])
-local cap = tonumber(ARGV[2])
-local interval = tonumber(ARGV[3])
+local cost = tonumber(A[1])
+local cap = tonumber(A[2])
+local interval = tonumber(A[3])
 if redis.call('HEXISTS', S, 'created') == 0 then
-  if ARGV[5] == '1' then return {5, 0, ''} end
+  if A[5] == '1' then return {5, 0, ''} end
   redis.call('HSET', S, 'created', fmt(now))
 end
 if cap >= 0 then
@@ -75,7 +76,7 @@ else
   cap = tonumber(redis.call('HGET', S, 'max_credits') or '-1')
 end
 if interval > 0 then
-  redis.call('HSET', S, 'interval_us', fmt(interval), 'max_per_second', ARGV[6])
+  redis.call('HSET', S, 'interval_us', fmt(interval), 'max_per_second', A[6])
 else
   interval = get('interval_us')
 end
@@ -91,7 +92,7 @@ end
 local wait = -1
 if interval > 0 then
   local slot = get('next_us')
-  local earliest = now + tonumber(ARGV[7])
+  local earliest = now + tonumber(A[7])
   if slot < earliest then slot = earliest end
   wait = slot - now
   redis.call('HSET', S, 'next_us', fmt(slot + interval))
@@ -99,22 +100,23 @@ end
 local id = ''
 if reserve then
   id = tostring(redis.call('HINCRBY', S, 'seq', 1))
-  redis.call('ZADD', L, fmt(now + wait + tonumber(ARGV[4])), id)
+  redis.call('ZADD', L, fmt(now + wait + tonumber(A[4])), id)
   redis.call('HSET', C, id, fmt(cost))
   redis.call('HINCRBY', S, 'reserved', fmt(cost))
 end
 return {1, wait, id}
 """
+    + "end\n"
 )
 
-# ARGV: id ("" for none), kind ("spent" | "keep" | "release"), credits spent, pause_us (0: none).
-# Returns {settled (1; 2 when the lease had expired: already kept as may-have-been-spent;
-# 0 nothing to settle), cool-down left in microseconds}.
-SETTLE = (
-    _PRELUDE
+# settle(A), A: id ("" for none), kind ("spent" | "keep" | "release"), credits spent,
+# pause_us (0: none). Returns {settled (1; 2 when the lease had expired: already kept as
+# may-have-been-spent; 0 nothing to settle), cool-down left in microseconds}.
+_SETTLE = (
+    "local function settle(A)"
     + r"""
 local result = 0
-local id = ARGV[1]
+local id = A[1]
 if id ~= '' then
   local cost = redis.call('HGET', C, id)
   if cost then
@@ -122,9 +124,9 @@ if id ~= '' then
     redis.call('ZREM', L, id)
     redis.call('HDEL', C, id)
     redis.call('HINCRBY', S, 'reserved', fmt(-cost))
-    if ARGV[2] == 'spent' then
-      redis.call('HINCRBY', S, 'spent', fmt(math.min(tonumber(ARGV[3]), cost)))
-    elseif ARGV[2] == 'keep' then
+    if A[2] == 'spent' then
+      redis.call('HINCRBY', S, 'spent', fmt(math.min(tonumber(A[3]), cost)))
+    elseif A[2] == 'keep' then
       redis.call('HINCRBY', S, 'uncertain', fmt(cost))
     end
     result = 1
@@ -133,7 +135,7 @@ if id ~= '' then
   end
 end
 local cool = get('cool_us')
-local pause = tonumber(ARGV[4])
+local pause = tonumber(A[4])
 if pause > 0 and now + pause > cool then
   cool = now + pause
   redis.call('HSET', S, 'cool_us', fmt(cool))
@@ -141,6 +143,30 @@ end
 local left = cool - now
 if left < 0 then left = 0 end
 return {result, left}
+"""
+    + "end\n"
+)
+
+# Several admissions and settlements in one call, in order, on one reading of the clock:
+# ARGV = n, then per operation "a" and acquire's 7 arguments, or "s" and settle's 4.
+# Returns the n replies. Concurrent calls of one process share a round trip this way.
+BATCH = (
+    _PRELUDE
+    + _ACQUIRE
+    + _SETTLE
+    + r"""
+local replies = {}
+local at = 2
+for k = 1, tonumber(ARGV[1]) do
+  if ARGV[at] == 'a' then
+    replies[k] = acquire({unpack(ARGV, at + 1, at + 7)})
+    at = at + 8
+  else
+    replies[k] = settle({unpack(ARGV, at + 1, at + 4)})
+    at = at + 5
+  end
+end
+return replies
 """
 )
 

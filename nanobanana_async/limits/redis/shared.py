@@ -28,6 +28,8 @@ _US = 1_000_000
 _LATE = 0.02
 # The most a new slot is taken ahead, for an answer that was slow to arrive.
 _MAX_LEAD = 1.0
+# Admissions and settlements go through the coalescer (one round trip for many).
+_BATCHED = {"acquire": "a", "settle": "s"}
 _CONSEQUENCES = {
     "acquire": "nothing was sent",
     "settle": "the attempt's reservation stays held until its lease expires, then counts as "
@@ -41,7 +43,7 @@ def _loaded() -> Scripts:
     if _scripts is None:
         from .connection import Scripts
 
-        _scripts = Scripts(scripts.ACQUIRE, scripts.SETTLE, scripts.STATUS, scripts.RESET)
+        _scripts = Scripts(scripts.BATCH, scripts.STATUS, scripts.RESET)
     return _scripts
 
 
@@ -128,8 +130,7 @@ class RedisLimits:
         if connection is None or connection.done:
             from .connection import RedisConnection
 
-            _loaded()
-            connection = self._connection = RedisConnection(self._config)
+            connection = self._connection = RedisConnection(self._config, _loaded(), self._keys)
         return connection
 
     async def open(self) -> None:
@@ -150,8 +151,11 @@ class RedisLimits:
         await self.aclose()
 
     async def _call(self, script_name: str, args: list[Any]) -> Any:
-        script = getattr(_loaded(), script_name)
         consequence = _CONSEQUENCES.get(script_name, "nothing was changed")
+        if script_name in _BATCHED:
+            operation = [_BATCHED[script_name], *args]
+            return await self._open_connection().submit(operation, consequence)
+        script = getattr(_loaded(), script_name)
         return await self._open_connection().call(script, self._keys, args, consequence)
 
     # -- the protocol -----------------------------------------------------------------------
