@@ -8,6 +8,7 @@ Trio, caps set so high that none binds. Starts its own redis-server (Debian's pa
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import statistics
 import tempfile
@@ -106,11 +107,15 @@ async def _throughput(make: LimitsMaker, base_url: str, n: int) -> float:
     return n / wall
 
 
+LOAD: list[float] = []  # load averages (1 min) at the start and the end of the run
+
+
 def run(quick: bool, repeat: int) -> list[Measure]:
     from .__main__ import emulator_process
 
     sequential_n, cpu_n, net_n = (300, 2000, 1000) if quick else (1000, 10000, 2000)
     out: list[Measure] = []
+    LOAD.append(os.getloadavg()[0])
     with redis_server() as url, emulator_process(0.1) as base_url:
         makers = _makers(url)
         for backend in ("asyncio", "trio"):
@@ -130,6 +135,7 @@ def run(quick: bool, repeat: int) -> list[Measure]:
                     f" us/job  c128/100ms {row.rate:6.0f} jobs/s",
                     flush=True,
                 )
+    LOAD.append(os.getloadavg()[0])
     return out
 
 
@@ -140,7 +146,10 @@ def render(rows: list[Measure], quick: bool, repeat: int) -> str:
         "Produced by `python -m benchmarks --limits"
         + (" --quick" if quick else "")
         + f"` (throughput: median of {repeat} interleaved runs). Redis 7 from Debian on this "
-        "machine over loopback, with an append-only file; caps so high that none binds.",
+        "machine over loopback, with an append-only file; caps so high that none binds. "
+        "Load average (1 min) at the start and the end: "
+        + " and ".join(f"{load:.1f}" for load in LOAD)
+        + " (on 2 CPUs: other work on the machine moves these figures).",
         "",
         "- call: median wall time of one `generate` in sequence (in-process transport): what a "
         "call waits for its limits;",

@@ -44,6 +44,9 @@ class Coalescer:
     def __init__(self) -> None:
         self._pending: list[_Op] = []
         self._wake = anyio.Event()
+        self._sending = False
+        self._send: Send | None = None
+        self._failure: Failure | None = None
 
     async def submit(self, args: list[Any], consequence: str) -> Any:
         """Queue one operation (``"a"`` or ``"s"`` and its arguments) and wait for its reply.
@@ -52,6 +55,20 @@ class Coalescer:
         not been yet.
         """
         op = _Op(args, consequence)
+        send, failure = self._send, self._failure
+        if not self._sending and not self._pending and send is not None and failure is not None:
+            # Nothing in flight: send at once from this task (no hop through the sender
+            # task); what others queue meanwhile goes with the next batch.
+            self._sending = True
+            try:
+                await self._send_batch([op], send, failure)
+            finally:
+                self._sending = False
+                if self._pending:
+                    self._wake.set()
+            if op.error is not None:
+                raise op.error
+            return op.reply
         self._pending.append(op)
         self._wake.set()
         try:
@@ -65,16 +82,22 @@ class Coalescer:
 
     async def run(self, send: Send, failure: Failure) -> None:
         """Send what is queued, batch after batch, until cancelled; then fail what is left."""
+        self._send, self._failure = send, failure
         try:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
-                while self._pending:
+                while self._pending and not self._sending:
                     batch = [op for op in self._pending[:MAX_OPS] if not op.abandoned]
                     del self._pending[:MAX_OPS]
                     if batch:
-                        await self._send(batch, send, failure)
+                        self._sending = True
+                        try:
+                            await self._send_batch(batch, send, failure)
+                        finally:
+                            self._sending = False
         finally:
+            self._send = self._failure = None
             closed = RuntimeError("the limits were closed")
             for op in self._pending:
                 op.error = failure(closed, op.consequence)
@@ -82,7 +105,7 @@ class Coalescer:
             self._pending.clear()
 
     @staticmethod
-    async def _send(batch: list[_Op], send: Send, failure: Failure) -> None:
+    async def _send_batch(batch: list[_Op], send: Send, failure: Failure) -> None:
         try:
             replies = await send([arg for op in batch for arg in op.args], len(batch))
         except anyio.get_cancelled_exc_class():

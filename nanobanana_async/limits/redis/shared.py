@@ -152,11 +152,12 @@ class RedisLimits:
 
     async def _call(self, script_name: str, args: list[Any]) -> Any:
         consequence = _CONSEQUENCES.get(script_name, "nothing was changed")
+        connection = self._open_connection()
         if script_name in _BATCHED:
             operation = [_BATCHED[script_name], *args]
-            return await self._open_connection().submit(operation, consequence)
+            return await connection.submit(operation, consequence)
         script = getattr(_loaded(), script_name)
-        return await self._open_connection().call(script, self._keys, args, consequence)
+        return await connection.call(script, self._keys, args, consequence)
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -226,13 +227,13 @@ class RedisLimits:
         """Start at the slot ``wait_us`` after Redis's clock read it (between ``asked`` and
         ``answered``).
 
-        A slot waited for (the cap binds: the slots are taken back to back) must be used
-        within a little of it, or it is left unused and a new one taken, far enough ahead for
-        its answer to arrive first: a start later than that (a slow answer, a process starved
-        of CPU) would crowd the slots after it, in other processes too. A slot that was free
-        at once (``wait_us`` 0: the cap does not bind) starts on the answer.
+        A slot queued for (more than 20 ms ahead: the cap binds, slots are taken back to
+        back) must be used within 20 ms of it, or it is left unused and a new one taken, far
+        enough ahead for its answer to arrive first: a later start (a slow answer, a process
+        starved of CPU) would crowd the slots after it, in other processes too. A slot free
+        within 20 ms (the cap does not bind) starts when it comes.
         """
-        while wait_us > 0:  # -1: the namespace has no rate cap
+        while wait_us > _LATE * _US:  # -1: the namespace has no rate cap
             await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
             if anyio.current_time() - (asked + wait_us / _US) <= _LATE:
                 return
@@ -245,8 +246,8 @@ class RedisLimits:
                     break
                 self._cooldown.pause(wait_us / _US)
                 await self._cooldown.wait()
-            if wait_us == 0:  # ahead of now by the lead: always waited for, unless no cap
-                return
+        if wait_us > 0:
+            await anyio.sleep(wait_us / _US)
 
     async def settle(
         self,
