@@ -54,8 +54,8 @@ def _makers(url: str) -> dict[str, LimitsMaker]:
 
     return {
         "local (default)": LocalLimits,
-        "redis, no caps (1 round trip)": redis(),
-        "redis, rate + budget (2 round trips)": redis(**NO_CAP),
+        "redis, no caps (admit)": redis(),
+        "redis, rate + budget (admit + settle)": redis(**NO_CAP),
     }
 
 

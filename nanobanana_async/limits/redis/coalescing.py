@@ -10,6 +10,7 @@ crowd shares a round trip. Operations keep their order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from ...errors import LimitsUnavailableError
 
 __all__ = ["Coalescer"]
 
+logger = logging.getLogger("nanobanana_async")
+
 # Operations per script call at most (ARGV stays small; Lua's unpack has limits).
 MAX_OPS = 256
 
@@ -27,15 +30,27 @@ Failure = Callable[[BaseException, str], LimitsUnavailableError]
 
 
 class _Op:
-    __slots__ = ("abandoned", "args", "consequence", "done", "error", "reply")
+    __slots__ = ("abandoned", "args", "consequence", "done", "error", "on_reply", "reply")
 
-    def __init__(self, args: list[Any], consequence: str) -> None:
+    def __init__(
+        self, args: list[Any], consequence: str, on_reply: Callable[[Any], None] | None = None
+    ) -> None:
         self.args = args
         self.consequence = consequence
         self.done = anyio.Event()
         self.reply: Any = None
         self.error: LimitsUnavailableError | None = None
         self.abandoned = False
+        self.on_reply = on_reply
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.on_reply is None:  # awaited: the caller sees the outcome
+            return
+        if self.error is not None:
+            logger.warning("%s", self.error)
+        else:
+            self.on_reply(self.reply)
 
 
 class Coalescer:
@@ -47,6 +62,24 @@ class Coalescer:
         self._sending = False
         self._send: Send | None = None
         self._failure: Failure | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def post(self, args: list[Any], consequence: str, on_reply: Callable[[Any], None]) -> None:
+        """Queue one operation without waiting for it: ``on_reply`` gets its reply, a failure
+        is logged. Sent with the next batch; :meth:`drain` waits for it."""
+        self._queue(_Op(args, consequence, on_reply))
+
+    def _queue(self, op: _Op) -> None:
+        self._pending.append(op)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Return once everything queued so far has been sent and answered."""
+        while not self._idle.is_set():
+            await self._idle.wait()
 
     async def submit(self, args: list[Any], consequence: str) -> Any:
         """Queue one operation (``"a"`` or ``"s"`` and its arguments) and wait for its reply.
@@ -69,8 +102,7 @@ class Coalescer:
             if op.error is not None:
                 raise op.error
             return op.reply
-        self._pending.append(op)
-        self._wake.set()
+        self._queue(op)
         try:
             await op.done.wait()
         except BaseException:
@@ -96,12 +128,15 @@ class Coalescer:
                             await self._send_batch(batch, send, failure)
                         finally:
                             self._sending = False
+                if not self._pending and not self._sending:
+                    self._idle.set()
         finally:
+            self._idle.set()
             self._send = self._failure = None
             closed = RuntimeError("the limits were closed")
             for op in self._pending:
                 op.error = failure(closed, op.consequence)
-                op.done.set()
+                op.finish()
             self._pending.clear()
 
     @staticmethod
@@ -120,4 +155,4 @@ class Coalescer:
                 op.reply = reply
         finally:
             for op in batch:
-                op.done.set()
+                op.finish()

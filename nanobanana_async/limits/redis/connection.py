@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -124,6 +125,9 @@ class RedisConnection:
                 tg.start_soon(self._coalescer.run, self._send_batch, self._failure_of)
                 self._ready.set()
                 await self._stop.wait()
+                # Settlements posted without waiting go out before the pool closes.
+                with anyio.move_on_after(2 * self._config.timeout):
+                    await self._coalescer.drain()
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             raise
@@ -178,6 +182,16 @@ class RedisConnection:
                 return await self._coalescer.submit(args, consequence)
         except TimeoutError:
             raise self.unavailable("no answer within the timeout", consequence) from None
+
+    def post(self, args: list[Any], consequence: str, on_reply: Callable[[Any], None]) -> None:
+        """Queue one operation without waiting for its answer (a settlement): sent with the
+        next batch, and before the pool closes; a failure is logged."""
+        self._coalescer.post(args, consequence, on_reply)
+
+    async def flush(self) -> None:
+        """Wait until what was posted so far has been answered (two timeouts at most)."""
+        with anyio.move_on_after(2 * self._config.timeout):
+            await self._coalescer.drain()
 
     async def call(
         self, script: Script[str], keys: list[str], args: list[Any], consequence: str

@@ -95,6 +95,9 @@ class RedisLimits:
         # Redis forgets it.
         self._cooldown = Cooldown()
         self._connection: RedisConnection | None = None
+        # Opened explicitly (the client's async with): settlements are posted, and the close
+        # sends them. Opened on first use (never closed, maybe): they are awaited.
+        self._opened = False
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> Self:
@@ -136,10 +139,12 @@ class RedisLimits:
     async def open(self) -> None:
         """Start the connection pool's owner task (connecting lazily: Redis may be down)."""
         self._open_connection()
+        self._opened = True
 
     async def aclose(self) -> None:
         """Close the connection pool; the limits open again when next used."""
         connection, self._connection = self._connection, None
+        self._opened = False
         if connection is not None:
             await connection.close()
 
@@ -156,6 +161,7 @@ class RedisLimits:
         if script_name in _BATCHED:
             operation = [_BATCHED[script_name], *args]
             return await connection.submit(operation, consequence)
+        await connection.flush()  # a view or a reset sees every settlement posted before it
         script = getattr(_loaded(), script_name)
         return await connection.call(script, self._keys, args, consequence)
 
@@ -275,8 +281,18 @@ class RedisLimits:
         permit.settled = True
         if token is None and not pause_us:
             return
+        args = [token or "", kind, spent, pause_us]
+        if self._opened:
+            # Posted: the call's outcome does not wait for the ledger's round trip. It goes
+            # out with the next batch and before the pool closes; one that never reaches Redis
+            # (a crash) keeps its reservation until the lease expires (may have been spent).
+            self._open_connection().post(["s", *args], _CONSEQUENCES["settle"], self._learn)
+            return
         with anyio.CancelScope(shield=True):
-            _, cooldown_us = await self._call("settle", [token or "", kind, spent, pause_us])
+            self._learn(await self._call("settle", args))
+
+    def _learn(self, reply: Any) -> None:
+        cooldown_us = reply[1]
         if cooldown_us > 0:
             self._cooldown.pause(cooldown_us / _US)
 
