@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--repeat N] [--output docs/benchmarks.md] [--telemetry]``.
+"""``python -m benchmarks [--quick] [--repeat N] [--output FILE] [--telemetry|--stores|--limits]``.
 
 Starts the emulator in its own process (uvicorn, fixed latency) and measures, side by side in
 one run, ``AsyncNanoBanana.run_batch`` (asyncio and Trio), hand-written httpx + semaphore and
@@ -9,7 +9,8 @@ times (clients interleaved) and the median is reported. Prints the tables and wr
 hooks) against none, and rewrites only that section of ``--output``. ``--stores`` measures the
 job stores (jobs/s of one worker on SQLite and Postgres against the JSONL journal, and the
 memory of a million-job SQLite run and its resume; ``benchmarks/stores.py``) and rewrites only
-their section.
+their section. ``--limits`` measures only what shared limits cost (``benchmarks/limits.py``)
+and rewrites that section; a full run keeps the telemetry and limits sections it finds.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
 
 from . import clients, stores
+from . import limits as shared_limits
 from .memory import trivial_transport
 from .telemetry import existing_section, render_telemetry, splice, telemetry_cases
 
@@ -353,6 +355,11 @@ def main(argv: list[str] | None = None) -> None:
         "--stores", action="store_true", help="only the job store cases (their section)"
     )
     parser.add_argument("--skip-stores", action="store_true", help="skip the job store cases")
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="only RedisLimits against local limits (starts redis-server); rewrites that section",
+    )
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     output = pathlib.Path(args.output) if args.output != "-" else None
@@ -376,6 +383,16 @@ def main(argv: list[str] | None = None) -> None:
             output.write_text(stores.replace_section(existing, section))
             print(f"written to {args.output}")
         return
+    if args.limits:
+        print("shared limits:", flush=True)
+        section = shared_limits.render(shared_limits.run(args.quick, repeat), args.quick, repeat)
+        print()
+        print(section)
+        if output is not None:
+            existing = output.read_text() if output.exists() else ""
+            output.write_text(shared_limits.splice(existing, section))
+            print(f"written to {args.output}")
+        return
     print("throughput over loopback:", flush=True)
     rows = network_cases(args.quick, repeat)
     print("per-job CPU in-process:", flush=True)
@@ -389,10 +406,14 @@ def main(argv: list[str] | None = None) -> None:
     text = render(rows, cpu, memory, args.quick, repeat)
     if not args.skip_stores:
         text += "\n" + store_cases(args.quick, repeat, args.skip_memory)
-    # The telemetry section is measured on its own (--telemetry): carried over as it was.
-    kept = existing_section(output.read_text()) if output is not None and output.exists() else None
+    # The telemetry and limits sections are measured on their own: carried over as they were.
+    existing = output.read_text() if output is not None and output.exists() else ""
+    kept = existing_section(existing)
     if kept is not None:
         text = splice(text, kept)
+    kept_limits = shared_limits.section_of(existing)
+    if kept_limits is not None:
+        text = shared_limits.splice(text, kept_limits)
     print()
     print(text)
     if output is not None:

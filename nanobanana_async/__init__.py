@@ -16,13 +16,16 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     InsufficientCreditsError,
     InvalidRequestError,
+    LimitsUnavailableError,
     MalformedResponseError,
     NanoBananaError,
     RateLimitError,
     ServerError,
 )
+from .limits import Limits, LimitsStatus, LocalLimits
 from .models import BASE_SIZES, DEFAULT_MODEL, EXTENDED_SIZES, MODELS, Generation, Job, sizes_for
 from .pricing import DEFAULT_PRICING, CreditEstimate, PricingTable
 from .retry import RetryBudget, RetryPolicy
@@ -30,6 +33,9 @@ from .telemetry import AttemptEvent, Hooks, ResponseEvent, RetryEvent
 
 if TYPE_CHECKING:
     from .batch.stores import PostgresStore
+
+if TYPE_CHECKING:
+    from .limits.redis import RedisLimits
 
 __all__ = [
     "BASE_SIZES",
@@ -49,6 +55,7 @@ __all__ = [
     "BatchReport",
     "BatchRun",
     "BatchStats",
+    "BudgetExceededError",
     "CreditEstimate",
     "Generation",
     "Hooks",
@@ -58,11 +65,16 @@ __all__ = [
     "JobResult",
     "JobStore",
     "JsonlStore",
+    "Limits",
+    "LimitsStatus",
+    "LimitsUnavailableError",
+    "LocalLimits",
     "MalformedResponseError",
     "NanoBananaError",
     "PostgresStore",
     "PricingTable",
     "RateLimitError",
+    "RedisLimits",
     "ResponseEvent",
     "RetryBudget",
     "RetryEvent",
@@ -83,4 +95,9 @@ def __getattr__(name: str) -> Any:
         from .batch.stores import PostgresStore
 
         return PostgresStore
+    # RedisLimits lives beside coredis, which is imported only when Redis limits are used.
+    if name == "RedisLimits":
+        from .limits.redis import RedisLimits
+
+        return RedisLimits
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,9 @@
 Each block is self-contained (it builds its own emulator and client), so each one runs alone in
 a fresh namespace, from an empty temporary working directory that must stay empty. A block
 fenced as ```python notest is shown but not run (the pytest-markdown-docs convention); the
-blocks also pass under ``pytest --markdown-docs README.md docs/``.
+blocks also pass under ``pytest --markdown-docs README.md docs/``. A block fenced as
+```python redis uses a Redis: it reads ``REDIS_URL``, which the test points at the real
+redis-server the limits tests start (skipped, saying so, where none is installed).
 
 The README's first code block is the project's contract (the offline main job, then the test
 command), so its two lines are pinned here, and every ``nanobanana`` command shown in a shell
@@ -23,6 +25,7 @@ from markdown_it import MarkdownIt
 
 import nanobanana_async
 from nanobanana_async.cli import build_parser
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -106,6 +109,9 @@ def test_python_block_runs(
     monkeypatch.delenv(STORE_VARIABLE, raising=False)
     if STORE_VARIABLE in block.source:
         monkeypatch.setenv(STORE_VARIABLE, str(request.getfixturevalue("pg_url")))
+    monkeypatch.delenv("NANOBANANA_LIMITS", raising=False)
+    if "redis" in block.options:
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)

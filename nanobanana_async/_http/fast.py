@@ -114,6 +114,15 @@ class FastTransport(httpx.AsyncBaseTransport):
             self._h11 = H11Transport(verify=ctx, keepalive_expiry=IDLE_EXPIRY)
         return self._h11
 
+    async def prepare(self) -> None:
+        """Do the one-time work of the first request now (TLS context, importing aiohttp), so
+        that a request admitted at a given moment (a rate limit's start slot) is sent then,
+        not a few hundred milliseconds later together with the ones admitted after it."""
+        if self._h11 is None:
+            await self._setup()
+        if self.can_post_directly():
+            self._aiohttp_pool()
+
     def _aiohttp_pool(self) -> AiohttpPool:
         # Built (and aiohttp imported) on the first request made on asyncio, after _setup.
         pool = self._aiohttp
