@@ -149,7 +149,9 @@ def shell_commands() -> list[tuple[str, str]]:
         for block in blocks(path):
             if block.lang not in SHELL:
                 continue
-            for offset, raw in enumerate(block.source.splitlines()):
+            # A line ending in a backslash goes on on the next one, as in the shell.
+            logical = re.sub(r"\\\n", " ", block.source)
+            for offset, raw in enumerate(logical.splitlines()):
                 line = raw.removeprefix("$ ").split("#", 1)[0].strip()
                 for part in re.split(r"&&|\|\|?|;|>", line):
                     words = shlex.split(part.strip())
