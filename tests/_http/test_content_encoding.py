@@ -9,13 +9,11 @@ without its decoded size ever sitting in memory.
 
 from __future__ import annotations
 
-import gc
 import gzip
 import json
 import tracemalloc
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -24,14 +22,13 @@ from nanobanana_async import APIConnectionError, AsyncNanoBanana, MalformedRespo
 from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.client import MAX_RESPONSE_BYTES
 from tests.support.http_server import loopback_server
+from tests.support.unfinished import unfinished_generators
 
 pytestmark = pytest.mark.anyio
 
 KEY = "nb-encoding-0123456789abcdef"
 URL = "https://cdn.test/a.png"
 SUCCESS = json.dumps({"code": 0, "message": "ok", "data": {"url": URL}}).encode()
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
     "httpx": httpx.AsyncHTTPTransport,
@@ -80,22 +77,6 @@ async def outcome(base_url: str, transport: httpx.AsyncBaseTransport) -> tuple[s
         except MalformedResponseError as exc:
             return (type(exc).__name__, exc.status_code)
         return ("ok", generation.urls)
-
-
-# A read stopped by an error leaves httpx's and httpcore's async generators unfinished; Trio warns
-# when the garbage collector finalises them (encode/httpx#3686, with httpx's own transport too).
-# The fixture collects them before the test ends, while the warning is still ignored: left to
-# the collector's own timing they were finalised, and warned about, in whichever test ran next.
-@pytest.fixture
-def collect_unfinished_generators() -> Iterator[None]:
-    yield
-    gc.collect()
-
-
-def unfinished_generators(test: F) -> F:
-    marked = pytest.mark.usefixtures("collect_unfinished_generators")(test)
-    ignoring = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-    return cast(F, ignoring(marked))
 
 
 @pytest.mark.parametrize("encoding", list(ENCODED))

@@ -33,6 +33,7 @@ from nanobanana_async import (
 from nanobanana_async._http.fast import FastTransport, aiohttp_available
 from nanobanana_async.emulator import Emulator, Faults, serve
 from tests.support.sockets import connections_to
+from tests.support.unfinished import unfinished_generators
 
 pytestmark = pytest.mark.anyio
 
@@ -162,9 +163,7 @@ EXPECTED: dict[Behaviour, Outcome] = {
 }
 
 
-# A read stopped at the cap leaves httpx's and httpcore's async generators unfinished; Trio warns
-# when the garbage collector finalises them (encode/httpx#3686, with httpx's own transport too).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@unfinished_generators
 @pytest.mark.parametrize("behaviour", list(EXPECTED))
 async def test_every_transport_gives_the_same_result(
     anyio_backend: str, behaviour: Behaviour
