@@ -15,6 +15,10 @@ respx) and picks, per request:
   the same error mapping. httpcore costs about a millisecond of CPU per request under Trio,
   even in small pools; this path costs about half as much.
 
+Generate requests skip httpx's request and response objects altogether
+(:meth:`FastTransport.post_directly`): through the aiohttp pool on asyncio, through
+:meth:`H11Transport.post <nanobanana_async._http.h11_pool.H11Transport.post>` otherwise.
+
 When a mock has patched httpx's or httpcore's transport (respx with either mocker,
 pytest-httpx), both paths step aside and the request goes through httpx's own transport, where
 the mock sees it: a test suite never sends a real request because of this module.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
+import sys
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -78,12 +83,14 @@ def _is_mocked() -> bool:
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop, or None under Trio (or outside any loop)."""
-    import asyncio
-
+    module = sys.modules.get("asyncio")
+    if module is None:  # never imported: no asyncio loop runs (Trio need not import it)
+        return None
     try:
-        return asyncio.get_running_loop()
+        loop: asyncio.AbstractEventLoop = module.get_running_loop()
     except RuntimeError:
         return None
+    return loop
 
 
 class FastTransport(httpx.AsyncBaseTransport):
@@ -129,8 +136,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         return self._use_aiohttp
 
     def can_post_directly(self) -> bool:
-        """Whether :meth:`post_directly` may be used now: aiohttp, on asyncio, no mock."""
-        return self._use_aiohttp and _running_asyncio_loop() is not None and not _is_mocked()
+        """Whether :meth:`post_directly` may be used now: no mock has patched httpx."""
+        return not _is_mocked()
 
     async def post_directly(
         self,
@@ -140,15 +147,18 @@ class FastTransport(httpx.AsyncBaseTransport):
         timeout: dict[str, float | None],
         limit: int,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """POST through the aiohttp pool without building httpx objects (see ``AiohttpPool.post``).
-
-        Only when :meth:`can_post_directly` is true.
+        """POST without building httpx objects: through the aiohttp pool on asyncio (see
+        ``AiohttpPool.post``), else ``H11Transport.post``. Only when :meth:`can_post_directly`
+        is true. Failures raise the httpx exceptions of :meth:`handle_async_request`.
         """
-        if self._h11 is None:
-            await self._setup()
-        loop = _running_asyncio_loop()
-        assert loop is not None
-        return await self._aiohttp_pool().post(loop, url, body, headers, timeout, limit)
+        lean = self._h11
+        if lean is None:
+            lean = await self._setup()
+        if self._use_aiohttp:
+            loop = _running_asyncio_loop()
+            if loop is not None:
+                return await self._aiohttp_pool().post(loop, url, body, headers, timeout, limit)
+        return await lean.post(url, body, headers, timeout, limit)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         lean = self._h11
