@@ -111,6 +111,10 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._httpx: httpx.AsyncHTTPTransport | None = None
         self._aiohttp: AiohttpPool | None = None
         self._ctx: ssl.SSLContext | bool = verify
+        if self._use_aiohttp and _running_asyncio_loop() is not None:
+            # Built on asyncio: aiohttp is imported now, not under the first requests of a
+            # batch. Built outside a loop: on first use. Never under Trio.
+            from . import aiohttp_pool  # noqa: F401
 
     async def _setup(self) -> H11Transport:
         verify = self._verify
