@@ -30,10 +30,9 @@ import importlib.util
 import ssl
 import sys
 from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING
+from types import FunctionType, TracebackType
+from typing import TYPE_CHECKING, Any
 
-import httpcore
 import httpx
 
 from .h11_pool import KEEPALIVE_EXPIRY, H11Transport
@@ -55,7 +54,6 @@ IDLE_EXPIRY = KEEPALIVE_EXPIRY
 UNBOUNDED_LIMITS = httpx.Limits(
     max_connections=None, max_keepalive_connections=None, keepalive_expiry=IDLE_EXPIRY
 )
-_POOL_HANDLE = httpcore.AsyncConnectionPool.handle_async_request
 _HTTPX_HANDLE = httpx.AsyncHTTPTransport.handle_async_request
 _CLIENT_ROUTING = httpx.AsyncClient._transport_for_url
 # aiohttp is imported on the first request made through it, not with the SDK.
@@ -75,10 +73,43 @@ def _is_mocked() -> bool:
     go through the client's transport routing and httpx's own transport.
     """
     return (
-        httpcore.AsyncConnectionPool.handle_async_request is not _POOL_HANDLE
-        or httpx.AsyncHTTPTransport.handle_async_request is not _HTTPX_HANDLE
+        httpx.AsyncHTTPTransport.handle_async_request is not _HTTPX_HANDLE
         or httpx.AsyncClient._transport_for_url is not _CLIENT_ROUTING
+        or _httpcore_patched()
     )
+
+
+# httpcore is not imported by the SDK (it imports trio whenever trio is installed, tens of
+# milliseconds): httpx imports it when its own transport is built, as does a mock that patches
+# it. Its pool's method as httpcore defines it, once seen.
+_pool_handle: Any = None
+
+
+def _httpcore_patched() -> bool:
+    """Whether httpcore's pool runs anything but httpcore's own ``handle_async_request``."""
+    global _pool_handle
+    core = sys.modules.get("httpcore")
+    if core is None:
+        return False  # never imported: nothing has patched it
+    pool = core.AsyncConnectionPool
+    handle = pool.handle_async_request
+    if handle is _pool_handle:
+        return False
+    # httpcore's own: a plain function compiled from the file that defines the class (a mock,
+    # a wrapper or a replacement defined anywhere else is not), not wrapping another.
+    code = getattr(handle, "__code__", None)
+    reference = getattr(pool.__init__, "__code__", None)
+    own = (
+        type(handle) is FunctionType
+        and code is not None
+        and reference is not None
+        and code.co_name == "handle_async_request"
+        and code.co_filename == reference.co_filename
+        and not hasattr(handle, "__wrapped__")
+    )
+    if own:
+        _pool_handle = handle
+    return not own
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -121,9 +152,15 @@ class FastTransport(httpx.AsyncBaseTransport):
         ctx = await default_ssl_context() if verify is True else verify
         if self._h11 is None:  # another task may have set up while this one waited
             self._ctx = ctx
-            self._httpx = httpx.AsyncHTTPTransport(verify=ctx, limits=UNBOUNDED_LIMITS)
             self._h11 = H11Transport(verify=ctx, keepalive_expiry=IDLE_EXPIRY)
         return self._h11
+
+    def _reference(self) -> httpx.AsyncHTTPTransport:
+        # httpx's own transport, for requests a mock must see (built, and httpcore imported,
+        # only then).
+        if self._httpx is None:
+            self._httpx = httpx.AsyncHTTPTransport(verify=self._ctx, limits=UNBOUNDED_LIMITS)
+        return self._httpx
 
     def _aiohttp_pool(self) -> AiohttpPool:
         # Built (and aiohttp imported) on the first request made on asyncio, after _setup.
@@ -169,8 +206,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         if lean is None:
             lean = await self._setup()
         if _is_mocked():
-            assert self._httpx is not None
-            return await self._httpx.handle_async_request(request)
+            return await self._reference().handle_async_request(request)
         if self._use_aiohttp:
             loop = _running_asyncio_loop()
             if loop is not None:
