@@ -10,11 +10,11 @@ in-process transports against raw httpx, start-up times in fresh interpreters, a
 where a job's CPU goes, and the peak RSS of a lazy 1,000,000-job batch. Prints the tables and
 writes them to ``--output``.
 
-``--telemetry`` (``benchmarks/telemetry.py``) and ``--stores`` (``benchmarks/stores.py``)
-measure only their part and rewrite only their section of ``--output``; a full run measures
-the job stores too (unless ``--skip-stores``) and carries over every section it did not
-measure. ``--only network,cpu,startup,profile,memory`` runs some parts and prints them
-without writing.
+``--telemetry`` (``benchmarks/telemetry.py``), ``--stores`` (``benchmarks/stores.py``) and
+``--limits`` (``benchmarks/limits.py``) measure only their part and rewrite only their section
+of ``--output``; a full run measures the job stores too (unless ``--skip-stores``) and carries
+over every section it did not measure. ``--only network,cpu,startup,profile,memory`` runs
+some parts and prints them without writing.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
 
 from . import clients, profile, startup, stores
+from . import limits as shared_limits
 from .memory import trivial_transport
 from .profile import ProfileRow
 from .sections import replace_section, section_of
@@ -622,6 +623,11 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(SERVERS),
         help="servers of the network cases (emulator,cheap)",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="only RedisLimits against local limits (starts redis-server); rewrites that section",
+    )
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     output = pathlib.Path(args.output) if args.output != "-" else None
@@ -637,6 +643,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.stores:
         section = store_cases(args.quick, repeat, args.skip_memory)
+        print()
+        print(section)
+        _write(output, replace_section(existing or "# Benchmarks\n", section))
+        return
+    if args.limits:
+        print("shared limits:", flush=True)
+        section = shared_limits.render(shared_limits.run(args.quick, repeat), args.quick, repeat)
         print()
         print(section)
         _write(output, replace_section(existing or "# Benchmarks\n", section))
@@ -675,7 +688,7 @@ def main(argv: list[str] | None = None) -> None:
     if "stores" in parts:
         text = replace_section(text, store_cases(args.quick, repeat, "memory" not in parts))
     # Sections measured by their own options (and the job stores when skipped): carried over.
-    kept = [TELEMETRY, *([] if "stores" in parts else [stores.SECTION])]
+    kept = [TELEMETRY, shared_limits.SECTION, *([] if "stores" in parts else [stores.SECTION])]
     for heading in kept:
         found = section_of(existing, heading)
         if found is not None:

@@ -23,6 +23,10 @@ The pattern:
   (a call, its attempts, a batch) nest under it and its ``traceparent`` continues the
   caller's trace. :class:`RequestSpans` is a few lines of the OpenTelemetry API; the
   ``opentelemetry-instrumentation-fastapi`` package does the same with more detail.
+- under several workers (``uvicorn --workers 4``, several pods), ``NANOBANANA_LIMITS`` (a
+  ``redis://...?namespace=...&max_per_second=...&max_credits=...`` URL) gives every worker's
+  client the same :class:`RedisLimits`: one rate, one budget and one 429 cool-down for the
+  account instead of one per process (docs/scaling.md).
 
 ``create_app(client_factory=...)`` builds the app around another client (tests point it at
 the emulator); the default client reads ``NANOBANANA_API_KEY`` (and ``NANOBANANA_BASE_URL``)
@@ -34,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -49,12 +54,15 @@ from nanobanana_async import (
     APITimeoutError,
     AsyncNanoBanana,
     AuthenticationError,
+    BudgetExceededError,
     InsufficientCreditsError,
     InvalidRequestError,
     Job,
     JobResult,
+    LimitsUnavailableError,
     NanoBananaError,
     RateLimitError,
+    RedisLimits,
 )
 
 __all__ = [
@@ -111,8 +119,10 @@ class BatchRequest(BaseModel):
 
 
 def default_client() -> AsyncNanoBanana:
-    """The production client: key and base URL from the environment."""
-    return AsyncNanoBanana()
+    """The production client: key, base URL and shared limits (``NANOBANANA_LIMITS``, if
+    set) from the environment."""
+    shared = os.environ.get("NANOBANANA_LIMITS")
+    return AsyncNanoBanana(limits=RedisLimits.from_url(shared) if shared else None)
 
 
 async def get_client(request: Request) -> AsyncNanoBanana:
@@ -139,6 +149,10 @@ def error_status(exc: NanoBananaError) -> tuple[int, str]:
         return 422, exc.message
     if isinstance(exc, InsufficientCreditsError):
         return 402, "the image service account is out of credits"
+    if isinstance(exc, BudgetExceededError):
+        return 402, "this service's image budget is spent"
+    if isinstance(exc, LimitsUnavailableError):
+        return 503, "the image service's shared limits are unavailable; retry later"
     if isinstance(exc, AuthenticationError):
         return 502, "the image service rejected this server's credentials"
     if isinstance(exc, RateLimitError):

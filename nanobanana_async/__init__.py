@@ -5,7 +5,7 @@ API emulator.
 
 The names load from their modules on first use (PEP 562): ``import nanobanana_async`` (and
 the ``nanobanana`` command's ``--help``) imports neither httpx nor anyio nor the batch runner,
-and each optional back end (aiohttp, psycopg, OpenTelemetry) only once it is used.
+and each optional back end (aiohttp, psycopg, coredis, OpenTelemetry) only once it is used.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -30,13 +30,17 @@ if TYPE_CHECKING:
         APITimeoutError,
         AuthenticationError,
         BadRequestError,
+        BudgetExceededError,
         InsufficientCreditsError,
         InvalidRequestError,
+        LimitsUnavailableError,
         MalformedResponseError,
         NanoBananaError,
         RateLimitError,
         ServerError,
     )
+    from .limits import Limits, LimitsStatus, LocalLimits
+    from .limits.redis import RedisLimits
     from .models import (
         BASE_SIZES,
         DEFAULT_MODEL,
@@ -73,8 +77,10 @@ _LAZY: dict[str, str] = {
             "APITimeoutError",
             "AuthenticationError",
             "BadRequestError",
+            "BudgetExceededError",
             "InsufficientCreditsError",
             "InvalidRequestError",
+            "LimitsUnavailableError",
             "MalformedResponseError",
             "NanoBananaError",
             "RateLimitError",
@@ -82,6 +88,8 @@ _LAZY: dict[str, str] = {
         ),
         "errors",
     ),
+    **dict.fromkeys(("Limits", "LimitsStatus", "LocalLimits"), "limits"),
+    "RedisLimits": "limits.redis",  # coredis (extra ``redis``) loads when Redis limits are used
     **dict.fromkeys(
         ("BASE_SIZES", "DEFAULT_MODEL", "EXTENDED_SIZES", "MODELS", "Generation", "Job"),
         "models",
@@ -110,6 +118,7 @@ __all__ = [
     "BatchReport",
     "BatchRun",
     "BatchStats",
+    "BudgetExceededError",
     "CreditEstimate",
     "Generation",
     "Hooks",
@@ -119,11 +128,16 @@ __all__ = [
     "JobResult",
     "JobStore",
     "JsonlStore",
+    "Limits",
+    "LimitsStatus",
+    "LimitsUnavailableError",
+    "LocalLimits",
     "MalformedResponseError",
     "NanoBananaError",
     "PostgresStore",
     "PricingTable",
     "RateLimitError",
+    "RedisLimits",
     "ResponseEvent",
     "RetryBudget",
     "RetryEvent",

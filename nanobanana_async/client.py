@@ -42,12 +42,12 @@ from .errors import (
     error_for_status,
     parse_generate_response,
 )
+from .limits import Limits, LocalLimits
 from .models import DEFAULT_MODEL, Generation, Job
 from .pricing import CreditEstimate, PricingTable, as_job, resolve_pricing
 from .retry import (
     AttemptHooks,
     CallStats,
-    Cooldown,
     RetryBudget,
     RetryPolicy,
     call_with_retries,
@@ -86,7 +86,10 @@ class AsyncNanoBanana:
     :meth:`aclose`; a caller's ``http_client`` is used as is and never closed. ``transport``
     plugs an httpx transport (for example ``Emulator().transport()``) into the client's own
     connection pool. Plain ``http`` is refused for a non-loopback ``base_url`` unless
-    ``allow_insecure_http`` is set: the key would travel in clear text.
+    ``allow_insecure_http`` is set: the key would travel in clear text. ``limits`` are
+    consulted on every attempt of every call (cool-down, request starts, credits):
+    :class:`LocalLimits` of this client by default, or :class:`RedisLimits` shared by every
+    process on one namespace (opened and closed with the client).
 
     ``hooks`` (:class:`Hooks`) are called before each attempt, after each response, on each
     retry and on each job result of a batch. With OpenTelemetry (extra ``otel``), every call
@@ -108,10 +111,17 @@ class AsyncNanoBanana:
         retry_policy: RetryPolicy | None = None,
         retry_ambiguous: bool | None = None,
         allow_insecure_http: bool = False,
+        limits: Limits | None = None,
         hooks: Hooks | None = None,
         tracer_provider: object | None = None,
         meter_provider: object | None = None,
     ) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidRequestError(
+                "limits must be a LocalLimits, a RedisLimits or another Limits, "
+                f"got {type(limits).__name__}",
+                param="limits",
+            )
         endpoint = Endpoint.resolve(api_key, base_url, allow_insecure_http=allow_insecure_http)
         self._endpoint = endpoint
         self._api_key = endpoint.api_key
@@ -127,7 +137,7 @@ class AsyncNanoBanana:
         self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
         self._budget = RetryBudget()
-        self._cooldown = Cooldown()
+        self._limits: Limits = limits if limits is not None else LocalLimits()
         self._user_client = http_client
         self._transport = transport
         self._own_client: httpx.AsyncClient | None = None
@@ -158,6 +168,7 @@ class AsyncNanoBanana:
         self._generate_target = str(self._generate_url)
         self._timeout_spec: dict[str, float | None] = self._timeout.as_dict()
         self._closed = False
+        self._transport_ready = self._fast_transport is None
         self._batches = BatchRegistry()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
         if hooks is not None and not isinstance(hooks, Hooks):
@@ -178,6 +189,7 @@ class AsyncNanoBanana:
         return f"AsyncNanoBanana(base_url={self.base_url!r}, api_key={self._endpoint.masked_key!r})"
 
     async def __aenter__(self) -> Self:
+        await self._limits.open()
         return self
 
     async def __aexit__(
@@ -198,11 +210,15 @@ class AsyncNanoBanana:
         self._closed = True
         await self._batches.close()
         client, self._own_client = self._own_client, None
-        if client is not None:
-            # Finished even when the caller is cancelled meanwhile (a task group failing
-            # around it): the pool is no longer reachable, so what it held would leak.
-            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _CLOSE_TIMEOUT):
-                await client.aclose()
+        try:
+            if client is not None:
+                # Finished even when the caller is cancelled meanwhile (a task group failing
+                # around it): the pool is no longer reachable, so what it held would leak.
+                deadline = anyio.current_time() + _CLOSE_TIMEOUT
+                with anyio.CancelScope(shield=True, deadline=deadline):
+                    await client.aclose()
+        finally:
+            await self._limits.aclose()
 
     @property
     def base_url(self) -> str:
@@ -218,6 +234,11 @@ class AsyncNanoBanana:
     def retry_policy(self) -> RetryPolicy:
         """The client's default retry policy."""
         return self._policy
+
+    @property
+    def limits(self) -> Limits:
+        """The limits every attempt of this client is admitted and settled by."""
+        return self._limits
 
     @property
     def retry_budget(self) -> RetryBudget:
@@ -315,18 +336,30 @@ class AsyncNanoBanana:
         # Spans, metrics and hooks (None when nothing listens: then nothing else runs for them).
         call = self._telemetry.start_call(job, self._pricing, idempotency_key)
 
+        price = self._pricing[job.model]
+        if not self._transport_ready and self._fast_transport is not None:
+            # Before the first admission: a start slot must not be spent on one-time setup.
+            await self._fast_transport.prepare()
+            self._transport_ready = True
+
         async def post() -> tuple[str, ...]:
             return await self._post_generate(body, headers, call)
+
+        def charged(urls: tuple[str, ...]) -> int:
+            # Credits are charged per image generated: a partial answer costs what it returned.
+            return price * min(len(urls), job.num)
 
         try:
             urls = await call_with_retries(
                 post if call is None else functools.partial(call.attempt, post, headers),
                 policy=policy,
                 budget=self._budget,
-                cooldown=self._cooldown,
+                limits=self._limits,
                 stats=stats,
                 hooks=hooks,
                 what=f"generate ({job.model}, {job.num} image(s))",
+                cost=price * job.num,
+                credits=charged,
                 on_cooldown=None if call is None else call.cooled_down,
             )
         except BaseException as exc:
@@ -340,8 +373,7 @@ class AsyncNanoBanana:
             model=job.model,
             image_size=job.image_size,
             num=job.num,
-            # Credits are charged per image generated: a partial answer costs what it returned.
-            credits=self._pricing[job.model] * min(len(urls), job.num),
+            credits=charged(urls),
             elapsed=elapsed,
         )
         if call is not None:

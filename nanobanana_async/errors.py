@@ -14,8 +14,10 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "InsufficientCreditsError",
     "InvalidRequestError",
+    "LimitsUnavailableError",
     "MalformedResponseError",
     "NanoBananaError",
     "RateLimitError",
@@ -114,6 +116,25 @@ class APIConnectionError(NanoBananaError):
 
 class APITimeoutError(APIConnectionError):
     """The request timed out."""
+
+
+class LimitsUnavailableError(NanoBananaError):
+    """The shared limits (``RedisLimits``) could not be consulted: nothing was sent.
+
+    Redis was unreachable, too slow, or lost the namespace's state. The SDK fails closed: it
+    never falls back to limits of its own process. ``url`` is where the limits live, without
+    credentials.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+
+
+class BudgetExceededError(NanoBananaError):
+    """The client's ``max_credits`` (``LocalLimits`` or ``RedisLimits``) has no room for this
+    request, and never will: nothing was sent. A batch reports such jobs as ``skipped``."""
 
 
 _MAX_SNIPPET = 200

@@ -6,7 +6,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import attrs
@@ -16,9 +16,11 @@ from .errors import (
     APIConnectionError,
     APIError,
     InvalidRequestError,
+    NanoBananaError,
     RateLimitError,
     ServerError,
 )
+from .limits import Cooldown, Limits, Permit
 
 __all__ = [
     "AttemptHooks",
@@ -136,34 +138,14 @@ class RetryBudget:
         return False
 
 
-@attrs.define
-class Cooldown:
-    """A pause shared by every request of a client, set by a 429's ``Retry-After``."""
-
-    until: float = 0.0
-
-    def pause(self, seconds: float) -> None:
-        self.until = max(self.until, anyio.current_time() + seconds)
-
-    async def wait(self) -> float:
-        """Sleep until the cool-down is over; the seconds slept (0.0 when there was none)."""
-        started = anyio.current_time()
-        delay = self.until - started
-        if delay <= 0:
-            return 0.0
-        # Another 429 may push ``until`` further while we sleep, so re-check after each nap.
-        while delay > 0:
-            await anyio.sleep(delay)
-            delay = self.until - anyio.current_time()
-        return anyio.current_time() - started
-
-
 class AttemptHooks(Protocol):
     """What a caller (the batch runner) does around each attempt of one call."""
 
-    async def before_attempt(self) -> None:
-        """Awaited before each attempt (after any cool-down); raising skips the attempt and
-        ends the call with that exception."""
+    async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
+        """Awaited before each attempt; raising skips the attempt and ends the call with that
+        exception. Must await ``admit`` once (the client's limits: cool-down, credits, start
+        slot), as the last wait before the request goes out: a start slot used late would
+        crowd the next one. Checks made after ``admit`` see every wait done."""
         ...
 
     def attempt_failed(self, outcome: BaseException) -> None:
@@ -183,18 +165,23 @@ async def call_with_retries(
     *,
     policy: RetryPolicy,
     budget: RetryBudget,
-    cooldown: Cooldown,
+    limits: Limits,
     stats: CallStats,
     hooks: AttemptHooks | None = None,
     what: str = "request",
+    cost: int = 0,
+    credits: Callable[[T], int] | None = None,
     on_cooldown: Callable[[float], None] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds or a failure is not worth retrying.
 
-    A fresh tenacity object per call: tenacity keeps per-run state on the object, so sharing
-    one between concurrent tasks would mix their attempts. Sleeping goes through anyio, so
-    Trio works; cancellation is never retried because only SDK errors are.
-    ``on_cooldown(seconds)`` is told each time an attempt waited for the 429 cool-down.
+    Each attempt is admitted by ``limits`` (reserving ``cost`` credits) and then settled:
+    spent (``credits`` of the result, else ``cost``), kept or released per the failure, and a
+    429's ``Retry-After`` pauses every request consulting ``limits``. A fresh tenacity object
+    per call: tenacity keeps per-run state on the object, so sharing one between concurrent
+    tasks would mix their attempts. Sleeping goes through anyio, so Trio works; cancellation
+    is never retried because only SDK errors are. ``on_cooldown(seconds)`` is told each time
+    an attempt waited out a 429 cool-down before it was admitted.
     """
 
     def should_retry(state: tenacity.RetryCallState) -> bool:
@@ -209,9 +196,6 @@ async def call_with_retries(
             budget.record_failure()
         elif isinstance(exc, APIError):
             budget.record_success()
-        retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-        if retry_after is not None and retry_after <= policy.max_retry_after:
-            cooldown.pause(retry_after)
         if state.attempt_number > policy.max_retries or not is_retryable(exc, policy):
             return False
         return budget.allows_retry()
@@ -234,19 +218,34 @@ async def call_with_retries(
         )
 
     async def one_attempt() -> T:
-        waited = await cooldown.wait()
-        if waited and on_cooldown is not None:
-            on_cooldown(waited)
-        if hooks is None:
-            stats.attempts += 1
-            return await attempt()
-        await hooks.before_attempt()
+        permit: Permit | None = None
+
+        async def admit() -> None:
+            nonlocal permit
+            if permit is None:
+                permit = await limits.acquire(cost)
+
+        try:
+            if hooks is not None:
+                await hooks.before_attempt(admit)
+            await admit()  # a no-op when the hooks admitted the attempt
+        except BaseException:
+            if permit is not None:  # admitted, then not sent
+                await _settle(limits, permit, what)
+            raise
+        assert permit is not None
+        if permit.cooldown and on_cooldown is not None:
+            on_cooldown(permit.cooldown)
         stats.attempts += 1
         try:
-            return await attempt()
+            result = await attempt()
         except BaseException as exc:
-            hooks.attempt_failed(exc)
+            if hooks is not None:
+                hooks.attempt_failed(exc)
+            await _settle(limits, permit, what, outcome=exc, pause=_pause(exc, policy))
             raise
+        await _settle(limits, permit, what, spent=cost if credits is None else credits(result))
+        return result
 
     # Most calls succeed at once: the first attempt runs outside tenacity, whose per-attempt
     # bookkeeping was a seventh of a batch's CPU per job. A failure enters tenacity as its
@@ -274,3 +273,22 @@ async def call_with_retries(
                 raise failure
             result = await one_attempt()
     return result
+
+
+def _pause(exc: BaseException, policy: RetryPolicy) -> float | None:
+    # A 429's Retry-After pauses every request (beyond the policy's cap the call fails instead).
+    retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+    if retry_after is not None and retry_after <= policy.max_retry_after:
+        return retry_after
+    return None
+
+
+async def _settle(limits: Limits, permit: Permit, what: str, **how: Any) -> None:
+    # Shielded: a cancelled call still settles what it reserved. A settle that fails (shared
+    # limits unreachable) never replaces the call's own outcome: the reservation then stays
+    # held until its lease expires, counted as may-have-been-spent.
+    with anyio.CancelScope(shield=True):
+        try:
+            await limits.settle(permit, **how)
+        except NanoBananaError as exc:
+            logger.warning("could not settle the limits of %s: %s", what, exc)

@@ -3,7 +3,9 @@
 Each block is self-contained (it builds its own emulator and client), so each one runs alone in
 a fresh namespace, from an empty temporary working directory that must stay empty. A block
 fenced as ```python notest is shown but not run (the pytest-markdown-docs convention); the
-blocks also pass under ``pytest --markdown-docs README.md docs/``.
+blocks also pass under ``pytest --markdown-docs README.md docs/``. A block fenced as
+```python redis uses a Redis: it reads ``REDIS_URL``, which the test points at the real
+redis-server the limits tests start (skipped, saying so, where none is installed).
 
 The README's first code block is the project's contract (the offline main job, then the test
 command), so its two lines are pinned here, and every ``nanobanana`` command shown in a shell
@@ -23,6 +25,7 @@ from markdown_it import MarkdownIt
 
 import nanobanana_async
 from nanobanana_async.cli import build_parser
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -106,6 +109,9 @@ def test_python_block_runs(
     monkeypatch.delenv(STORE_VARIABLE, raising=False)
     if STORE_VARIABLE in block.source:
         monkeypatch.setenv(STORE_VARIABLE, str(request.getfixturevalue("pg_url")))
+    monkeypatch.delenv("NANOBANANA_LIMITS", raising=False)
+    if "redis" in block.options:
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
@@ -137,13 +143,30 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert first.source.splitlines()[:2] == [MAIN_JOB, TEST_COMMAND]
 
 
+def _logical_lines(source: str) -> list[tuple[int, str]]:
+    """Lines of a shell block with backslash continuations joined, each with its first line."""
+    out: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for offset, raw in enumerate(source.splitlines()):
+        if pending is not None:
+            offset, raw = pending[0], pending[1] + " " + raw.strip()
+        if raw.endswith("\\"):
+            pending = (offset, raw[:-1].rstrip())
+            continue
+        pending = None
+        out.append((offset, raw))
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
 def shell_commands() -> list[tuple[str, str]]:
     commands = []
     for path in markdown_files():
         for block in blocks(path):
             if block.lang not in SHELL:
                 continue
-            for offset, raw in enumerate(block.source.splitlines()):
+            for offset, raw in _logical_lines(block.source):
                 line = raw.removeprefix("$ ").split("#", 1)[0].strip()
                 for part in re.split(r"&&|\|\|?|;|>", line):
                     words = shlex.split(part.strip())

@@ -162,6 +162,15 @@ class FastTransport(httpx.AsyncBaseTransport):
             self._httpx = httpx.AsyncHTTPTransport(verify=self._ctx, limits=UNBOUNDED_LIMITS)
         return self._httpx
 
+    async def prepare(self) -> None:
+        """Do the one-time work of the first request now (TLS context, importing aiohttp), so
+        that a request admitted at a given moment (a rate limit's start slot) is sent then,
+        not a few hundred milliseconds later together with the ones admitted after it."""
+        if self._h11 is None:
+            await self._setup()
+        if self._use_aiohttp and _running_asyncio_loop() is not None and not _is_mocked():
+            self._aiohttp_pool()  # never under Trio
+
     def _aiohttp_pool(self) -> AiohttpPool:
         # Built (and aiohttp imported) on the first request made on asyncio, after _setup.
         pool = self._aiohttp

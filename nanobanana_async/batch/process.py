@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import pathlib
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 import attrs
 
 from ..errors import (
     AuthenticationError,
+    BudgetExceededError,
     InsufficientCreditsError,
     InvalidRequestError,
     NanoBananaError,
@@ -75,7 +77,7 @@ class _Attempts:
         self.last_error: BaseException | None = None
         self.recorded = False  # the store holds this job as "sending"
 
-    async def before_attempt(self) -> None:
+    async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
         processor = self._processor
         if processor.stats.stopped_reason is not None:
             raise _Stopped
@@ -83,8 +85,16 @@ class _Attempts:
         # answer included), taken before the rate limit so a slot is never spent waiting.
         if not await self._money.reserve():
             raise NoRoomForAttempt
-        if processor.limiter is not None:
-            await processor.limiter.acquire()
+        try:
+            # The client's limits (cool-down, shared credits and start slot) admit the
+            # attempt inside the batch's own rate slot: the batch's cap holds inside theirs.
+            if processor.limiter is not None:
+                await processor.limiter.acquire(admit)
+            else:
+                await admit()
+        except BaseException:
+            self._money.unused()
+            raise
         store, item = processor.store, self._item
         if store is not None and item.id is not None and not self.recorded:
             # Recorded (and committed) before the request leaves: a kill from here on leaves
@@ -95,7 +105,7 @@ class _Attempts:
                 self._money.unused()
                 raise _LeaseLost
             self.recorded = True
-        # Checked after the waits (budget, rate limit, 429 cool-down, retry backoff): a job
+        # Checked after the waits (budget, rate limits, 429 cool-down, retry backoff): a job
         # that was waiting when a 401 or "insufficient credits" came back must not send.
         if processor.stats.stopped_reason is not None:
             self._money.unused()
@@ -197,6 +207,12 @@ class JobProcessor:
                 job, self.policy, call, attempts, idempotency_key=key
             )
         except NanoBananaError as exc:
+            if isinstance(exc, BudgetExceededError) and call.attempts == 0:
+                # The client's limits (max_credits of LocalLimits or RedisLimits) can never
+                # hold this job: like the batch's own budget, it is skipped unsent.
+                return await self._journal(
+                    JobResult(item.index, job, "skipped", item.id, reason=str(exc))
+                )
             if isinstance(exc, _STOP_ERRORS):
                 self.stop(exc)
             error: NanoBananaError | None = exc

@@ -20,6 +20,7 @@ from .common import (
     CLIError,
     add_input,
     add_job_defaults,
+    add_limits,
     console,
     credits,
     estimate_table,
@@ -94,6 +95,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="write the run's figures as JSON to FILE: the summary's, plus request outcomes, "
         "latency percentiles and retries by reason",
     )
+    add_limits(bat)
 
     bat.set_defaults(run=cmd_batch)
 

@@ -17,6 +17,7 @@ from .common import (
     ClientConfig,
     CLIError,
     add_job_defaults,
+    add_limits,
     console,
     make_dir,
     out,
@@ -47,6 +48,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--emulator", action="store_true", help="use the built-in emulator (no key needed)"
     )
     gen.add_argument("--timeout", type=positive_float, help="read timeout in seconds")
+    add_limits(gen)
     gen.set_defaults(run=cmd_generate)
 
 

@@ -16,6 +16,7 @@ from .common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     ClientConfig,
+    add_limits,
     add_store,
     console,
     credits,
@@ -68,8 +69,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--emulator", action="store_true", help="use the built-in emulator (no key needed)"
     )
     worker.add_argument("--timeout", type=positive_float, help="read timeout in seconds")
-    # Shared limits across workers (rate, budget, cool-down: --limits redis://...) plug in
-    # through ClientConfig, like every command that sends.
+    # Shared limits across workers (rate, budget, cool-down), through ClientConfig.
+    add_limits(worker)
     worker.set_defaults(run=cmd_worker)
 
 

@@ -42,12 +42,14 @@ __all__ = [
     "add_common",
     "add_input",
     "add_job_defaults",
+    "add_limits",
     "add_store",
     "console",
     "credits",
     "estimate_json",
     "estimate_table",
     "label_of",
+    "limits_from",
     "load_jobs",
     "make_dir",
     "open_sql_store",
@@ -134,6 +136,27 @@ def add_common(parser: argparse.ArgumentParser, *, default: Any) -> None:
     )
 
 
+def add_limits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limits",
+        metavar="URL",
+        help="share the rate, credit budget and 429 cool-down with every process using URL, "
+        "e.g. redis://host:6379/0?namespace=acct&max_per_second=20&max_credits=5000 "
+        "(default: $NANOBANANA_LIMITS; needs the redis extra)",
+    )
+
+
+def limits_from(args: argparse.Namespace) -> Any:
+    """The RedisLimits of ``--limits`` / ``$NANOBANANA_LIMITS``, or None (limits of this
+    process). Imported only when asked for: coredis stays out of other commands."""
+    url = getattr(args, "limits", None) or os.environ.get("NANOBANANA_LIMITS")
+    if not url:
+        return None
+    from ..limits.redis import RedisLimits
+
+    return RedisLimits.from_url(url)
+
+
 def add_job_defaults(parser: argparse.ArgumentParser, *, rows: bool) -> None:
     what = "for rows that name none" if rows else ""
     parser.add_argument("--model", "-m", help=f"model {what} (default: {DEFAULT_MODEL})")
@@ -199,20 +222,22 @@ class ClientConfig:
     emulator: bool
     pricing: PricingTable
     timeout: float | None
+    limits: Any = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, pricing: PricingTable) -> ClientConfig:
         key = args.api_key or os.environ.get("NANOBANANA_API_KEY") or ""
+        limits = limits_from(args)
         if args.emulator:
             if args.base_url:
                 raise CLIError("--emulator runs in-process: it cannot be combined with --base-url")
-            return cls(key or EMULATOR_KEY, EMULATOR_BASE_URL, True, pricing, args.timeout)
+            return cls(key or EMULATOR_KEY, EMULATOR_BASE_URL, True, pricing, args.timeout, limits)
         if not key.strip():
             raise CLIError(
                 "no API key: set NANOBANANA_API_KEY (or pass --api-key), "
                 "or add --emulator to try it offline"
             )
-        return cls(key, args.base_url, False, pricing, args.timeout)
+        return cls(key, args.base_url, False, pricing, args.timeout, limits)
 
     def open(self, *, hooks: Hooks | None = None) -> AsyncNanoBanana:
         import httpx
@@ -234,6 +259,7 @@ class ClientConfig:
             pricing=self.pricing,
             timeout=timeout,
             hooks=hooks,
+            limits=self.limits,
         )
 
 

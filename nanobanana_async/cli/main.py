@@ -20,7 +20,15 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The ``nanobanana`` argument parser."""
     # The commands need rich, which main() checks for first.
-    from . import cmd_batch, cmd_emulator, cmd_generate, cmd_info, cmd_jobs, cmd_worker
+    from . import (
+        cmd_batch,
+        cmd_emulator,
+        cmd_generate,
+        cmd_info,
+        cmd_jobs,
+        cmd_limits,
+        cmd_worker,
+    )
     from .common import add_common
 
     common = argparse.ArgumentParser(add_help=False)
@@ -39,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_jobs.add_parser(sub, common)
     cmd_worker.add_parser(sub, common)
     cmd_emulator.add_parser(sub, common)
+    cmd_limits.add_parser(sub, common)
     return parser
 
 

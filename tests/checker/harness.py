@@ -1,7 +1,8 @@
 """Runs a schedule against the emulator and checks the money invariants after every run.
 
 After each run:
-- the ledger grew by no more than the run's ``max_credits``;
+- the ledger grew by no more than the run's ``max_credits``, nor than the client's own
+  limits' ``max_credits`` (``LocalLimits``);
 - each job the run reported was charged at least what its result says it spent and at most
   that plus what it says may have been spent; a resumed or skipped job was charged nothing;
 - a job the run did not report (it was interrupted) was charged at most one attempt's price,
@@ -32,6 +33,7 @@ from nanobanana_async import (
     DEFAULT_PRICING,
     AsyncNanoBanana,
     JobResult,
+    LocalLimits,
     NanoBananaError,
     RetryPolicy,
 )
@@ -157,8 +159,14 @@ class Checker:
     def client(self, number: int, run: Run) -> AsyncNanoBanana:
         policy = RetryPolicy(max_retries=run.max_retries, initial_delay=0.001, max_delay=0.005)
         transport = self.emulator.transport() if self.in_process else None
+        limits = (
+            None
+            if run.client_max_credits is None
+            else LocalLimits(max_credits=run.client_max_credits)
+        )
         return AsyncNanoBanana(
             self.run_key(number),
+            limits=limits,
             base_url=self.base_url,
             transport=transport,
             retry_policy=policy,
@@ -280,8 +288,9 @@ class Checker:
         schedule = self.schedule
         key = self.run_key(number)
         spent = self.start_credits - self.emulator.balance(key)
-        if run.max_credits is not None and spent > run.max_credits:
-            self.fail(number, f"charged {spent} for max_credits={run.max_credits}")
+        for cap in (run.max_credits, run.client_max_credits):
+            if cap is not None and spent > cap:
+                self.fail(number, f"charged {spent} for a cap of {cap} ({run})")
         jobs = {job.prompt: job for job in schedule.jobs}
         charged: Counter[str] = Counter()
         for api_key, prompt, credits in self.emulator.charges:

@@ -30,6 +30,7 @@ class Run:
 
     concurrency: int
     max_credits: int | None
+    client_max_credits: int | None  # the client's own limits (LocalLimits), around the batch
     max_per_second: float | None
     ordered: bool
     max_retries: int
@@ -97,6 +98,7 @@ def _run(rng: random.Random, jobs: int, cost: int, *, last: bool) -> Run:
     return Run(
         concurrency=rng.choice((1, 2, 4, 8, 16)),
         max_credits=budget,
+        client_max_credits=rng.choice((None, None, None, rng.randint(0, cost))),
         max_per_second=rng.choice((None, None, None, 200.0)),
         ordered=rng.random() < 0.3,
         max_retries=rng.randint(0, 3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -21,6 +22,7 @@ from nanobanana_async import (
     RetryPolicy,
     ServerError,
 )
+from nanobanana_async.limits import LocalLimits
 from nanobanana_async.retry import CallStats, Cooldown, call_with_retries, is_retryable
 
 FAST = RetryPolicy(initial_delay=0.001, max_delay=0.01)
@@ -221,7 +223,7 @@ async def run(
     outcomes: list[BaseException | str],
     policy: RetryPolicy = FAST,
     budget: RetryBudget | None = None,
-    cooldown: Cooldown | None = None,
+    limits: LocalLimits | None = None,
 ) -> tuple[str | BaseException, int, CallStats]:
     calls: list[int] = []
 
@@ -239,7 +241,7 @@ async def run(
             attempt,
             policy=policy,
             budget=budget or RetryBudget(),
-            cooldown=cooldown or Cooldown(),
+            limits=limits or LocalLimits(),
             stats=stats,
         )
     except Exception as exc:
@@ -302,29 +304,29 @@ async def test_foreign_exceptions_are_not_retried() -> None:
 
 @pytest.mark.anyio
 async def test_retry_after_is_used_as_the_wait() -> None:
-    cooldown = Cooldown()
+    limits = LocalLimits()
     start = anyio.current_time()
     limited = RateLimitError("slow", status_code=429, retry_after=0.3)
-    result, calls, _ = await run([limited, "ok"], cooldown=cooldown)
+    result, calls, _ = await run([limited, "ok"], limits=limits)
     elapsed = anyio.current_time() - start
     assert result == "ok"
     assert calls == 2
     assert 0.29 <= elapsed < 2.0
     # The pause is shared with every other call of the client.
-    assert cooldown.until >= start + 0.3
+    assert limits.cooldown.until >= start + 0.3
 
 
 @pytest.mark.anyio
 async def test_retry_after_beyond_the_cap_fails_at_once() -> None:
-    cooldown = Cooldown()
+    limits = LocalLimits()
     policy = RetryPolicy(initial_delay=0.001, max_delay=0.01, max_retry_after=1.0)
     start = anyio.current_time()
     limited = RateLimitError("slow", status_code=429, retry_after=30.0)
-    result, calls, _ = await run([limited, "ok"], policy, cooldown=cooldown)
+    result, calls, _ = await run([limited, "ok"], policy, limits=limits)
     assert result is limited
     assert calls == 1
     assert anyio.current_time() - start < 0.5
-    assert cooldown.until == 0.0
+    assert limits.cooldown.until == 0.0
 
 
 @pytest.mark.anyio
@@ -370,7 +372,7 @@ async def test_cancellation_is_not_retried() -> None:
             attempt,
             policy=FAST,
             budget=RetryBudget(),
-            cooldown=Cooldown(),
+            limits=LocalLimits(),
             stats=CallStats(),
         )
     assert scope.cancelled_caught
@@ -383,8 +385,9 @@ async def test_hooks_run_around_every_attempt() -> None:
     events: list[str] = []
 
     class Hooks:
-        async def before_attempt(self) -> None:
+        async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
             events.append("before")
+            await admit()
 
         def attempt_failed(self, outcome: BaseException) -> None:
             events.append(f"failed: {type(outcome).__name__}")
@@ -400,7 +403,7 @@ async def test_hooks_run_around_every_attempt() -> None:
         attempt,
         policy=FAST,
         budget=RetryBudget(),
-        cooldown=Cooldown(),
+        limits=LocalLimits(),
         stats=stats,
         hooks=Hooks(),
     )
@@ -414,8 +417,8 @@ async def test_a_cancelled_attempt_is_reported_as_failed() -> None:
     outcomes: list[BaseException] = []
 
     class Hooks:
-        async def before_attempt(self) -> None:
-            pass
+        async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
+            await admit()
 
         def attempt_failed(self, outcome: BaseException) -> None:
             outcomes.append(outcome)
@@ -429,7 +432,7 @@ async def test_a_cancelled_attempt_is_reported_as_failed() -> None:
             attempt,
             policy=FAST,
             budget=RetryBudget(),
-            cooldown=Cooldown(),
+            limits=LocalLimits(),
             stats=CallStats(),
             hooks=Hooks(),
         )
@@ -445,7 +448,7 @@ async def test_a_hook_raising_before_an_attempt_ends_the_call_unsent() -> None:
         pass
 
     class Hooks:
-        async def before_attempt(self) -> None:
+        async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
             raise Refuse
 
         def attempt_failed(self, outcome: BaseException) -> None:
@@ -461,7 +464,7 @@ async def test_a_hook_raising_before_an_attempt_ends_the_call_unsent() -> None:
             attempt,
             policy=FAST,
             budget=RetryBudget(),
-            cooldown=Cooldown(),
+            limits=LocalLimits(),
             stats=stats,
             hooks=Hooks(),
         )

@@ -1,0 +1,106 @@
+"""Redis stopped in the middle of a batch, on asyncio and Trio, over a loopback socket: no
+request leaves while it is down, the jobs it refused say why, nothing is lost (a rerun with
+the journal does them), and the same batch goes on when Redis is back. This is also where a
+pool held across the client's life meets refused connections (the coredis cancel-scope
+pitfall): the batch must end normally."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+import pytest
+
+from nanobanana_async import AsyncNanoBanana, LimitsUnavailableError, RedisLimits
+from nanobanana_async.emulator import Emulator, Faults, serve
+from tests.support.redis_server import RedisServer
+
+from .helpers import KEY
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+JOBS = 60
+
+
+async def paced(n: int, every: float) -> AsyncIterator[str]:
+    for i in range(n):
+        yield f"outage prompt {i}"
+        await anyio.sleep(every)
+
+
+async def test_redis_stopped_mid_batch(
+    redis_server: RedisServer, redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    ns = redis_server.namespace()
+    journal = tmp_path / "run.jsonl"
+    with serve(Emulator(faults=Faults(latency=0.05))) as server:
+        limits = RedisLimits(redis_url, namespace=ns, max_per_second=40, max_credits=1000)
+        async with AsyncNanoBanana(KEY, base_url=server.base_url, limits=limits) as nb:
+            outage: list[float] = []
+
+            async def take_redis_down() -> None:
+                await anyio.sleep(1.0)
+                await anyio.to_thread.run_sync(redis_server.stop)
+                outage.append(time.monotonic())
+                await anyio.sleep(1.0)
+                outage.append(time.monotonic())
+                await anyio.to_thread.run_sync(redis_server.start)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(take_redis_down)
+                report = await nb.run_batch(paced(JOBS, 0.05), concurrency=4, journal=journal)
+            status = await limits.status()
+        async with httpx.AsyncClient() as http:
+            stats = (await http.get(f"{server.base_url}/_emulator/stats")).json()
+
+    failed = [r for r in report.results if r.status == "failed"]
+    # Every job is reported; those refused while Redis was down say so and were never sent.
+    assert report.total == JOBS
+    assert failed, "no job met the outage"
+    assert all(isinstance(r.error, LimitsUnavailableError) for r in failed)
+    assert all(r.attempts == 0 and r.credits_may_have_been_spent == 0 for r in failed)
+    assert report.succeeded == JOBS - len(failed)
+    # It went on once Redis was back: jobs after the outage succeeded in the same batch.
+    assert report.results[-1].ok or any(r.ok for r in report.results[-10:])
+    # No request left while Redis was down (a slot admitted just before the stop may start
+    # within its spacing: 4 workers x 25 ms).
+    down_from, down_to = outage[0] + 0.2, outage[1]
+    starts = stats["request_start_times"]
+    assert not [t for t in starts if down_from < t < down_to]
+    # The ledger covers the server: an attempt whose settle met the outage stays reserved
+    # (until its lease expires, then "may have been spent"), never freed.
+    assert stats["credits_charged"] == 2 * report.succeeded
+    assert status.spent <= stats["credits_charged"] <= status.spent + status.reserved
+
+    # Nothing is lost: a rerun with the journal sends exactly the jobs that failed.
+    with serve(Emulator()) as server:
+        async with AsyncNanoBanana(
+            KEY, base_url=server.base_url, limits=RedisLimits(redis_url, namespace=ns)
+        ) as nb:
+            rerun = await nb.run_batch(paced(JOBS, 0), concurrency=4, journal=journal)
+        assert server.emulator.stats.generations == len(failed)
+    assert rerun.succeeded == JOBS
+
+
+async def test_redis_refusing_connections_under_a_running_batch(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    # Refused while the pool had live connections and calls in flight, then back: the batch
+    # and the client close cleanly (no "cancel scope that isn't the current task's").
+    with serve(Emulator()) as server:
+        limits = RedisLimits(redis_url, namespace=redis_server.namespace(), max_credits=10_000)
+        async with AsyncNanoBanana(KEY, base_url=server.base_url, limits=limits) as nb:
+            async with nb.batch(paced(400, 0.005), concurrency=16) as run:
+                seen = 0
+                async for result in run:
+                    seen += 1
+                    if seen == 50:
+                        await anyio.to_thread.run_sync(redis_server.stop)
+                    if seen == 150:
+                        await anyio.to_thread.run_sync(redis_server.start)
+                    assert result.ok or isinstance(result.error, LimitsUnavailableError)
+            assert seen == 400
+            await nb.generate("after the outage")

@@ -1,0 +1,140 @@
+"""Several OS processes, on asyncio and Trio, sharing one namespace against the emulator on a
+loopback socket: what the server sees is what the shared limits promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from nanobanana_async.emulator import Emulator, Faults, serve
+from tests.support.redis_server import RedisServer
+
+from .helpers import most_in_a_window
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BACKENDS = ("asyncio", "trio", "asyncio", "trio")
+
+
+def start_worker(backend: str, base_url: str, limits: str, **options: Any) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-W", "error", "-m", "tests.limits.worker", backend]
+    argv += ["--base-url", base_url, "--limits", limits]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(worker: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    assert err == ""
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def server_stats(base_url: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{base_url}/_emulator/stats").json()
+    return stats
+
+
+def test_the_server_never_sees_more_starts_per_second_than_the_shared_cap(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    cap = 10
+    limits = f"{redis_url}?namespace={redis_server.namespace()}&max_per_second={cap}"
+    with serve(Emulator(faults=Faults(latency=(0.02, 0.3)))) as server:
+        # Started together: four interpreters booting on two cores is part of the test.
+        workers = [
+            start_worker(backend, server.base_url, limits, jobs=12, concurrency=6, tag=f"w{i}")
+            for i, backend in enumerate(BACKENDS)
+        ]
+        results = [finish(w) for w in workers]
+        starts = server_stats(server.base_url)["request_start_times"]
+    assert sum(r["succeeded"] for r in results) == 48 == len(starts)
+    seen = most_in_a_window(starts)
+    print(f"most starts in one second at the server: {seen} (cap {cap}, 4 processes)")
+    assert seen <= cap
+
+
+def test_the_ledger_stays_within_the_shared_budget_after_a_kill(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    budget = 60  # 30 generations at 2 credits
+    ns = redis_server.namespace()
+    limits = f"{redis_url}?namespace={ns}&max_credits={budget}&lease=3"
+    with serve(Emulator(faults=Faults(latency=1.0))) as server:
+        doomed = start_worker("trio", server.base_url, limits, jobs=40, concurrency=8, tag="k")
+        deadline = time.monotonic() + 30
+        while server_stats(server.base_url)["in_flight"] < 8:
+            assert time.monotonic() < deadline, "the worker never got its jobs in flight"
+            time.sleep(0.05)
+        os.kill(doomed.pid, signal.SIGKILL)  # 8 reservations in flight, never settled
+        doomed.communicate(timeout=10)
+        workers = [
+            start_worker(backend, server.base_url, limits, jobs=20, concurrency=8, tag=f"w{i}")
+            for i, backend in enumerate(BACKENDS[:3])
+        ]
+        results = [finish(w) for w in workers]
+        charged = server_stats(server.base_url)["credits_charged"]
+    state = _status(redis_url, ns)
+    print(
+        f"shared max_credits {budget}: server charged {charged}; ledger spent {state['spent']}, "
+        f"may have been spent {state['may_have_been_spent']} (the killed worker's leases)"
+    )
+    assert charged <= budget
+    assert state["spent"] + state["may_have_been_spent"] <= budget
+    assert state["reserved"] == 0
+    assert state["may_have_been_spent"] >= 16  # the 8 attempts in flight at the kill, kept
+    assert sum(r["credits_spent"] for r in results) == state["spent"]
+    assert charged <= state["spent"] + state["may_have_been_spent"]
+
+
+def test_one_process_429_pauses_the_others(redis_server: RedisServer, redis_url: str) -> None:
+    ns = redis_server.namespace()
+    limits = f"{redis_url}?namespace={ns}"
+    with (
+        serve(Emulator(faults=Faults(rate_limit_rate=1.0, retry_after=2.0))) as limited,
+        serve(Emulator(faults=Faults(latency=0.02))) as healthy,
+    ):
+        start_at = time.time() + 3
+        streaming = start_worker(
+            "trio", healthy.base_url, limits, jobs=600, concurrency=2, start_at=start_at
+        )
+        told = start_worker(
+            "asyncio", limited.base_url, limits, jobs=1, max_retries=0, start_at=start_at + 1
+        )
+        assert finish(told)["errors"] == ["RateLimitError"]
+        assert finish(streaming)["succeeded"] == 600
+        told_at = server_stats(limited.base_url)["request_start_times"][0]
+        starts = server_stats(healthy.base_url)["request_start_times"]
+    # Requests admitted before the 429 may still start a moment after it; then nothing until
+    # its Retry-After (2 s) has passed.
+    during = [t for t in starts if told_at + 0.2 < t < told_at + 1.8]
+    assert during == []
+    assert any(t >= told_at + 1.8 for t in starts)
+
+
+def _status(redis_url: str, namespace: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "nanobanana_async", "limits", "--json"],
+        env={**os.environ, "NANOBANANA_LIMITS": f"{redis_url}?namespace={namespace}"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status
