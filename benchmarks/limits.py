@@ -111,7 +111,7 @@ LOAD: list[float] = []  # load averages (1 min) at the start and the end of the 
 
 
 def run(quick: bool, repeat: int) -> list[Measure]:
-    from .__main__ import emulator_process
+    from .servers import emulator_process
 
     sequential_n, cpu_n, net_n = (300, 2000, 1000) if quick else (1000, 10000, 2000)
     out: list[Measure] = []
@@ -182,22 +182,3 @@ def render(rows: list[Measure], quick: bool, repeat: int) -> str:
             f"(target >= 0.90) - {'met' if ratio >= 0.9 else 'NOT met'}"
         )
     return "\n".join(lines) + "\n"
-
-
-def splice(document: str, section: str) -> str:
-    """``document`` with its limits section replaced by ``section`` (appended if missing)."""
-    start = document.find(SECTION)
-    if start < 0:
-        return document.rstrip("\n") + "\n\n" + section
-    end = document.find("\n## ", start + len(SECTION))
-    rest = "" if end < 0 else document[end + 1 :]
-    return document[:start] + section + ("\n" + rest if rest else "")
-
-
-def section_of(document: str) -> str | None:
-    """The limits section of an existing ``docs/benchmarks.md`` (kept by a full run)."""
-    start = document.find(SECTION)
-    if start < 0:
-        return None
-    end = document.find("\n## ", start + len(SECTION))
-    return document[start:] if end < 0 else document[start : end + 1]

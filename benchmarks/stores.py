@@ -205,13 +205,3 @@ def render(rows: list[StoreRow], mem: dict[str, dict[str, float]] | None) -> str
             "and the wall time also depends on the CPU other work leaves (see the load above)."
         )
     return "\n".join(lines) + "\n"
-
-
-def replace_section(text: str, section: str) -> str:
-    """``text`` with its "Job stores" section replaced by ``section`` (appended if absent)."""
-    start = text.find(SECTION)
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + section
-    end = text.find("\n## ", start + len(SECTION))
-    rest = text[end + 1 :] if end >= 0 else ""
-    return text[:start] + section + ("\n" + rest if rest else "")

@@ -38,11 +38,12 @@ from nanobanana_async import AsyncNanoBanana, Hooks
 from .clients import jobs
 from .memory import trivial_transport
 
-__all__ = ["TARGET", "TelemetryRow", "render_telemetry", "telemetry_cases"]
+__all__ = ["SECTION", "TARGET", "TelemetryRow", "render_telemetry", "telemetry_cases"]
 
 #: The overhead "tracing" must stay under (issue: per-job CPU with tracing on vs off).
 TARGET = 0.10
 CONCURRENCY = 64
+SECTION = "## Telemetry overhead"
 
 
 class _DropSpans(SpanExporter):
@@ -197,7 +198,7 @@ def render_telemetry(rows: list[TelemetryRow], quick: bool) -> str:
     """The "Telemetry overhead" section of docs/benchmarks.md."""
     load = os.getloadavg()
     lines = [
-        "## Telemetry overhead",
+        SECTION,
         "",
         "Produced by `python -m benchmarks --telemetry"
         + (" --quick" if quick else "")
@@ -238,32 +239,3 @@ def telemetry_targets(rows: list[TelemetryRow]) -> Iterator[str]:
                 f"- tracing on, {r.transport}: {r.overhead:+.1%} per job "
                 f"(target < {TARGET:.0%}) - {verdict}"
             )
-
-
-def splice(document: str, section: str) -> str:
-    """``document`` with its "## Telemetry overhead" section replaced by ``section`` (added
-    before "## Targets", or at the end, when it has none)."""
-    lines = document.splitlines()
-    heading = section.splitlines()[0]
-    if heading in lines:
-        start = lines.index(heading)
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        lines[start:end] = [*section.rstrip("\n").splitlines(), ""]
-    elif "## Targets" in lines:
-        at = lines.index("## Targets")
-        lines[at:at] = [*section.rstrip("\n").splitlines(), ""]
-    else:
-        lines += ["", *section.rstrip("\n").splitlines()]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def existing_section(document: str) -> str | None:
-    """The "## Telemetry overhead" section of ``document``, if it has one."""
-    lines = document.splitlines()
-    if "## Telemetry overhead" not in lines:
-        return None
-    start = lines.index("## Telemetry overhead")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return "\n".join(lines[start:end]).rstrip("\n") + "\n"

@@ -2,40 +2,103 @@
 
 Everything public is importable from here; see ``nanobanana_async.emulator`` for the embedded
 API emulator.
+
+The names load from their modules on first use (PEP 562): ``import nanobanana_async`` (and
+the ``nanobanana`` command's ``--help``) imports neither httpx nor anyio nor the batch runner,
+and each optional back end (aiohttp, psycopg, coredis, OpenTelemetry) only once it is used.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .batch import BatchReport, BatchRun, BatchStats, JobResult
-from .batch.stores import JobStore, JsonlStore, SqliteStore, StoreError, StoreStatus, open_store
-from .client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, AsyncNanoBanana
-from .errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    BudgetExceededError,
-    InsufficientCreditsError,
-    InvalidRequestError,
-    LimitsUnavailableError,
-    MalformedResponseError,
-    NanoBananaError,
-    RateLimitError,
-    ServerError,
-)
-from .limits import Limits, LimitsStatus, LocalLimits
-from .models import BASE_SIZES, DEFAULT_MODEL, EXTENDED_SIZES, MODELS, Generation, Job, sizes_for
-from .pricing import DEFAULT_PRICING, CreditEstimate, PricingTable
-from .retry import RetryBudget, RetryPolicy
-from .telemetry import AttemptEvent, Hooks, ResponseEvent, RetryEvent
 
 if TYPE_CHECKING:
-    from .batch.stores import PostgresStore
-
-if TYPE_CHECKING:
+    from .batch import BatchReport, BatchRun, BatchStats, JobResult
+    from .batch.stores import (
+        JobStore,
+        JsonlStore,
+        PostgresStore,
+        SqliteStore,
+        StoreError,
+        StoreStatus,
+        open_store,
+    )
+    from .client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, AsyncNanoBanana
+    from .errors import (
+        APIConnectionError,
+        APIError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        BudgetExceededError,
+        InsufficientCreditsError,
+        InvalidRequestError,
+        LimitsUnavailableError,
+        MalformedResponseError,
+        NanoBananaError,
+        RateLimitError,
+        ServerError,
+    )
+    from .limits import Limits, LimitsStatus, LocalLimits
     from .limits.redis import RedisLimits
+    from .models import (
+        BASE_SIZES,
+        DEFAULT_MODEL,
+        EXTENDED_SIZES,
+        MODELS,
+        Generation,
+        Job,
+        sizes_for,
+    )
+    from .pricing import DEFAULT_PRICING, CreditEstimate, PricingTable
+    from .retry import RetryBudget, RetryPolicy
+    from .telemetry import AttemptEvent, Hooks, ResponseEvent, RetryEvent
+
+# Public name -> the module (relative to this package) it is imported from on first use.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("BatchReport", "BatchRun", "BatchStats", "JobResult"), "batch"),
+    **dict.fromkeys(
+        (
+            "JobStore",
+            "JsonlStore",
+            "PostgresStore",  # psycopg (extra ``postgres``) loads when a store is opened
+            "SqliteStore",
+            "StoreError",
+            "StoreStatus",
+            "open_store",
+        ),
+        "batch.stores",
+    ),
+    **dict.fromkeys(("DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoBanana"), "client"),
+    **dict.fromkeys(
+        (
+            "APIConnectionError",
+            "APIError",
+            "APITimeoutError",
+            "AuthenticationError",
+            "BadRequestError",
+            "BudgetExceededError",
+            "InsufficientCreditsError",
+            "InvalidRequestError",
+            "LimitsUnavailableError",
+            "MalformedResponseError",
+            "NanoBananaError",
+            "RateLimitError",
+            "ServerError",
+        ),
+        "errors",
+    ),
+    **dict.fromkeys(("Limits", "LimitsStatus", "LocalLimits"), "limits"),
+    "RedisLimits": "limits.redis",  # coredis (extra ``redis``) loads when Redis limits are used
+    **dict.fromkeys(
+        ("BASE_SIZES", "DEFAULT_MODEL", "EXTENDED_SIZES", "MODELS", "Generation", "Job"),
+        "models",
+    ),
+    "sizes_for": "models",
+    **dict.fromkeys(("DEFAULT_PRICING", "CreditEstimate", "PricingTable"), "pricing"),
+    **dict.fromkeys(("RetryBudget", "RetryPolicy"), "retry"),
+    **dict.fromkeys(("AttemptEvent", "Hooks", "ResponseEvent", "RetryEvent"), "telemetry"),
+}
 
 __all__ = [
     "BASE_SIZES",
@@ -90,14 +153,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The Postgres store imports psycopg (extra ``postgres``): only when it is asked for.
-    if name == "PostgresStore":
-        from .batch.stores import PostgresStore
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return PostgresStore
-    # RedisLimits lives beside coredis, which is imported only when Redis limits are used.
-    if name == "RedisLimits":
-        from .limits.redis import RedisLimits
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once: later lookups find it without coming here
+    return value
 
-        return RedisLimits
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

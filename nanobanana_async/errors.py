@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import json
 import re
 import time
-import urllib.parse
 from collections.abc import Mapping
 
 __all__ = [
@@ -171,6 +169,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
         value = float(raw)
     except ValueError:
         try:
+            import email.utils  # HTTP dates are rare: not imported with the SDK
+
             when = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError, IndexError):
             return None
@@ -208,10 +208,12 @@ def _secret_pattern(secret: str) -> re.Pattern[str]:
     # A server may echo the key transformed: upper- or lower-cased, percent-encoded (as in a
     # query string), JSON-escaped (once more than its body needed). Any of these in a log line
     # is as good as the key itself.
+    from urllib.parse import quote, quote_plus
+
     forms = {
         secret,
-        urllib.parse.quote(secret, safe=""),
-        urllib.parse.quote_plus(secret, safe=""),
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
         json.dumps(secret)[1:-1],
         secret.replace("/", "\\/"),
     }

@@ -143,15 +143,30 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert first.source.splitlines()[:2] == [MAIN_JOB, TEST_COMMAND]
 
 
+def _logical_lines(source: str) -> list[tuple[int, str]]:
+    """Lines of a shell block with backslash continuations joined, each with its first line."""
+    out: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for offset, raw in enumerate(source.splitlines()):
+        if pending is not None:
+            offset, raw = pending[0], pending[1] + " " + raw.strip()
+        if raw.endswith("\\"):
+            pending = (offset, raw[:-1].rstrip())
+            continue
+        pending = None
+        out.append((offset, raw))
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
 def shell_commands() -> list[tuple[str, str]]:
     commands = []
     for path in markdown_files():
         for block in blocks(path):
             if block.lang not in SHELL:
                 continue
-            # A line ending in a backslash goes on on the next one, as in the shell.
-            logical = re.sub(r"\\\n", " ", block.source)
-            for offset, raw in enumerate(logical.splitlines()):
+            for offset, raw in _logical_lines(block.source):
                 line = raw.removeprefix("$ ").split("#", 1)[0].strip()
                 for part in re.split(r"&&|\|\|?|;|>", line):
                     words = shlex.split(part.strip())

@@ -15,6 +15,10 @@ respx) and picks, per request:
   the same error mapping. httpcore costs about a millisecond of CPU per request under Trio,
   even in small pools; this path costs about half as much.
 
+Generate requests skip httpx's request and response objects altogether
+(:meth:`FastTransport.post_directly`): through the aiohttp pool on asyncio, through
+:meth:`H11Transport.post <nanobanana_async._http.h11_pool.H11Transport.post>` otherwise.
+
 When a mock has patched httpx's or httpcore's transport (respx with either mocker,
 pytest-httpx), both paths step aside and the request goes through httpx's own transport, where
 the mock sees it: a test suite never sends a real request because of this module.
@@ -24,11 +28,11 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
+import sys
 from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING
+from types import FunctionType, TracebackType
+from typing import TYPE_CHECKING, Any
 
-import httpcore
 import httpx
 
 from .h11_pool import KEEPALIVE_EXPIRY, H11Transport
@@ -50,7 +54,6 @@ IDLE_EXPIRY = KEEPALIVE_EXPIRY
 UNBOUNDED_LIMITS = httpx.Limits(
     max_connections=None, max_keepalive_connections=None, keepalive_expiry=IDLE_EXPIRY
 )
-_POOL_HANDLE = httpcore.AsyncConnectionPool.handle_async_request
 _HTTPX_HANDLE = httpx.AsyncHTTPTransport.handle_async_request
 _CLIENT_ROUTING = httpx.AsyncClient._transport_for_url
 # aiohttp is imported on the first request made through it, not with the SDK.
@@ -70,20 +73,55 @@ def _is_mocked() -> bool:
     go through the client's transport routing and httpx's own transport.
     """
     return (
-        httpcore.AsyncConnectionPool.handle_async_request is not _POOL_HANDLE
-        or httpx.AsyncHTTPTransport.handle_async_request is not _HTTPX_HANDLE
+        httpx.AsyncHTTPTransport.handle_async_request is not _HTTPX_HANDLE
         or httpx.AsyncClient._transport_for_url is not _CLIENT_ROUTING
+        or _httpcore_patched()
     )
+
+
+# httpcore is not imported by the SDK (it imports trio whenever trio is installed, tens of
+# milliseconds): httpx imports it when its own transport is built, as does a mock that patches
+# it. Its pool's method as httpcore defines it, once seen.
+_pool_handle: Any = None
+
+
+def _httpcore_patched() -> bool:
+    """Whether httpcore's pool runs anything but httpcore's own ``handle_async_request``."""
+    global _pool_handle
+    core = sys.modules.get("httpcore")
+    if core is None:
+        return False  # never imported: nothing has patched it
+    pool = core.AsyncConnectionPool
+    handle = pool.handle_async_request
+    if handle is _pool_handle:
+        return False
+    # httpcore's own: a plain function compiled from the file that defines the class (a mock,
+    # a wrapper or a replacement defined anywhere else is not), not wrapping another.
+    code = getattr(handle, "__code__", None)
+    reference = getattr(pool.__init__, "__code__", None)
+    own = (
+        type(handle) is FunctionType
+        and code is not None
+        and reference is not None
+        and code.co_name == "handle_async_request"
+        and code.co_filename == reference.co_filename
+        and not hasattr(handle, "__wrapped__")
+    )
+    if own:
+        _pool_handle = handle
+    return not own
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop, or None under Trio (or outside any loop)."""
-    import asyncio
-
+    module = sys.modules.get("asyncio")
+    if module is None:  # never imported: no asyncio loop runs (Trio need not import it)
+        return None
     try:
-        return asyncio.get_running_loop()
+        loop: asyncio.AbstractEventLoop = module.get_running_loop()
     except RuntimeError:
         return None
+    return loop
 
 
 class FastTransport(httpx.AsyncBaseTransport):
@@ -104,15 +142,25 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._httpx: httpx.AsyncHTTPTransport | None = None
         self._aiohttp: AiohttpPool | None = None
         self._ctx: ssl.SSLContext | bool = verify
+        if self._use_aiohttp and _running_asyncio_loop() is not None:
+            # Built on asyncio: aiohttp is imported now, not under the first requests of a
+            # batch. Built outside a loop: on first use. Never under Trio.
+            from . import aiohttp_pool  # noqa: F401
 
     async def _setup(self) -> H11Transport:
         verify = self._verify
         ctx = await default_ssl_context() if verify is True else verify
         if self._h11 is None:  # another task may have set up while this one waited
             self._ctx = ctx
-            self._httpx = httpx.AsyncHTTPTransport(verify=ctx, limits=UNBOUNDED_LIMITS)
             self._h11 = H11Transport(verify=ctx, keepalive_expiry=IDLE_EXPIRY)
         return self._h11
+
+    def _reference(self) -> httpx.AsyncHTTPTransport:
+        # httpx's own transport, for requests a mock must see (built, and httpcore imported,
+        # only then).
+        if self._httpx is None:
+            self._httpx = httpx.AsyncHTTPTransport(verify=self._ctx, limits=UNBOUNDED_LIMITS)
+        return self._httpx
 
     async def prepare(self) -> None:
         """Do the one-time work of the first request now (TLS context, importing aiohttp), so
@@ -120,8 +168,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         not a few hundred milliseconds later together with the ones admitted after it."""
         if self._h11 is None:
             await self._setup()
-        if self.can_post_directly():
-            self._aiohttp_pool()
+        if self._use_aiohttp and _running_asyncio_loop() is not None and not _is_mocked():
+            self._aiohttp_pool()  # never under Trio
 
     def _aiohttp_pool(self) -> AiohttpPool:
         # Built (and aiohttp imported) on the first request made on asyncio, after _setup.
@@ -138,8 +186,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         return self._use_aiohttp
 
     def can_post_directly(self) -> bool:
-        """Whether :meth:`post_directly` may be used now: aiohttp, on asyncio, no mock."""
-        return self._use_aiohttp and _running_asyncio_loop() is not None and not _is_mocked()
+        """Whether :meth:`post_directly` may be used now: no mock has patched httpx."""
+        return not _is_mocked()
 
     async def post_directly(
         self,
@@ -149,23 +197,25 @@ class FastTransport(httpx.AsyncBaseTransport):
         timeout: dict[str, float | None],
         limit: int,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """POST through the aiohttp pool without building httpx objects (see ``AiohttpPool.post``).
-
-        Only when :meth:`can_post_directly` is true.
+        """POST without building httpx objects: through the aiohttp pool on asyncio (see
+        ``AiohttpPool.post``), else ``H11Transport.post``. Only when :meth:`can_post_directly`
+        is true. Failures raise the httpx exceptions of :meth:`handle_async_request`.
         """
-        if self._h11 is None:
-            await self._setup()
-        loop = _running_asyncio_loop()
-        assert loop is not None
-        return await self._aiohttp_pool().post(loop, url, body, headers, timeout, limit)
+        lean = self._h11
+        if lean is None:
+            lean = await self._setup()
+        if self._use_aiohttp:
+            loop = _running_asyncio_loop()
+            if loop is not None:
+                return await self._aiohttp_pool().post(loop, url, body, headers, timeout, limit)
+        return await lean.post(url, body, headers, timeout, limit)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         lean = self._h11
         if lean is None:
             lean = await self._setup()
         if _is_mocked():
-            assert self._httpx is not None
-            return await self._httpx.handle_async_request(request)
+            return await self._reference().handle_async_request(request)
         if self._use_aiohttp:
             loop = _running_asyncio_loop()
             if loop is not None:

@@ -18,14 +18,22 @@ Failures are mapped to the httpx exceptions httpcore raises for the same situati
 ``ConnectError`` / ``ConnectTimeout`` before a byte of the request left, ``WriteError`` /
 ``WriteTimeout`` while writing it, ``ReadError`` / ``ReadTimeout`` / ``RemoteProtocolError``
 once it may have reached the server.
+
+:meth:`H11Transport.post` is the SDK's direct path for generate requests (no httpx request or
+response objects): it writes the request itself and reads the common answer without h11
+(:mod:`~nanobanana_async._http.wire`), under one cancel scope per request; any other answer
+is handed to h11 with the bytes already read, so it is parsed (or refused) as on
+:meth:`H11Transport.handle_async_request`. Same pool, reuse checks, timeouts and failures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import ssl
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -34,9 +42,11 @@ import httpx
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from .encoding import DECODE_SLICE
+from .body import BodyTooLarge, declared_length, read_capped
+from .encoding import DECODE_SLICE, read_encoded
 from .idle import is_readable
 from .tls import default_ssl_context
+from .wire import MAX_HEAD, IllegalHeader, PlainHead, ResponseHeaders, parse_head, request_bytes
 
 __all__ = ["KEEPALIVE_EXPIRY", "H11Transport"]
 
@@ -46,6 +56,14 @@ _READ_SIZE = 64 << 10
 _IO_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 Origin = tuple[bytes, str, int]
+
+
+class _Fallback(Exception):
+    """The answer is not the plain kind the direct path reads: h11 reads it (with ``received``)."""
+
+    def __init__(self, received: bytes) -> None:
+        super().__init__("not a plain answer")
+        self.received = received
 
 
 def _holds_read_ahead(stream: object) -> bool:
@@ -162,6 +180,23 @@ def _slice_for(response: h11.Response) -> int | None:
     return DECODE_SLICE if encoded else None
 
 
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _h11_body(conn: _Connection, timeout: float | None) -> AsyncGenerator[bytes, None]:
+    """The body of the response h11 is reading on ``conn``, chunk by chunk, to its end."""
+    while True:
+        event = await conn.next_event(timeout)
+        if type(event) is h11.Data:
+            if event.data:
+                yield bytes(event.data)
+        elif type(event) is h11.EndOfMessage:
+            return
+        else:
+            raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """The response body; closing it returns the connection to the pool or closes it.
 
@@ -250,6 +285,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
         self._closed = False  # after aclose, connections are closed when released, not kept
+        self._targets: dict[str, tuple[Origin, bytes, bytes]] = {}
         #: How many connections were opened (for tests and diagnostics).
         self.connections_opened = 0
 
@@ -337,6 +373,217 @@ class H11Transport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(self, conn, read_timeout, _slice_for(event)),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
         )
+
+    # -- the direct path ---------------------------------------------------------------------
+
+    def _target(self, url: str) -> tuple[Origin, bytes, bytes]:
+        """Origin, request target and ``Host`` value of ``url``, parsed once per URL."""
+        found = self._targets.get(url)
+        if found is None:
+            parsed = httpx.URL(url)
+            scheme = parsed.raw_scheme
+            if scheme not in (b"http", b"https"):
+                raise httpx.UnsupportedProtocol(f"unsupported URL scheme {parsed.scheme!r}")
+            origin: Origin = (
+                scheme,
+                parsed.raw_host.decode("ascii"),
+                parsed.port or (443 if scheme == b"https" else 80),
+            )
+            found = (origin, parsed.raw_path, parsed.netloc)
+            if len(self._targets) < 64:
+                self._targets[url] = found
+        return found
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout: Mapping[str, float | None],
+        limit: int,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST ``body`` and read the whole answer, refusing one larger than ``limit`` bytes.
+
+        The request carries ``Host``, ``headers`` and ``Content-Length``. Returns the status,
+        the headers (:class:`~nanobanana_async._http.wire.ResponseHeaders`) and the body, decoded
+        as httpx decodes it when the server compressed it anyway; a body over ``limit``
+        raises :class:`~nanobanana_async._http.body.BodyTooLarge`. Pool, reuse checks,
+        timeouts and failures are those of :meth:`handle_async_request`.
+        """
+        origin, target, host = self._target(url)
+        try:
+            data = request_bytes(target, host, headers, body)
+        except IllegalHeader as exc:
+            raise httpx.LocalProtocolError(str(exc)) from None
+        conn = await self._acquire(origin)
+        if conn is None:
+            conn = await self._connect(origin, timeout.get("connect"))
+        try:
+            status, response_headers, content, reusable = await self._exchange(
+                conn, data, timeout.get("write"), timeout.get("read"), limit
+            )
+        except _Fallback as fallback:
+            return await self._post_with_h11(
+                conn,
+                target,
+                host,
+                headers,
+                body,
+                fallback.received,
+                timeout.get("read"),
+                limit,
+            )
+        except BaseException:
+            await conn.aclose()
+            raise
+        if reusable and not self._closed:
+            conn.idle_since = time.monotonic()
+            self._idle.setdefault(origin, []).append(conn)
+        else:
+            await conn.aclose()
+        return status, response_headers, content
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        data: bytes,
+        write_timeout: float | None,
+        read_timeout: float | None,
+        limit: int,
+    ) -> tuple[int, ResponseHeaders, bytes, bool]:
+        """Write the request and read a plain answer under one cancel scope.
+
+        The scope's deadline is the write timeout while writing, then the read timeout from
+        each read: the timeouts of :meth:`_Connection.send` and :meth:`_Connection.receive`
+        at one scope per request instead of one per operation. Raises :class:`_Fallback`
+        (with the bytes read so far) for any other answer. Returns whether the connection may
+        carry another request: a keep-alive answer with nothing after its body.
+        """
+        stream = conn.stream
+        reading = False
+        plain: PlainHead | None = None
+        content = b""
+        with anyio.CancelScope(
+            deadline=math.inf if write_timeout is None else anyio.current_time() + write_timeout
+        ) as scope:
+            try:
+                await stream.send(data)
+            except _IO_ERRORS as exc:
+                raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
+            reading = True
+            received = b""
+            while True:
+                if read_timeout is not None:
+                    scope.deadline = anyio.current_time() + read_timeout
+                else:
+                    scope.deadline = math.inf
+                try:
+                    chunk = await stream.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    chunk = b""
+                except _IO_ERRORS as exc:
+                    raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+                if not chunk:
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    )
+                received += chunk
+                end = received.find(b"\r\n\r\n")
+                if end >= 0:
+                    break
+                if len(received) > MAX_HEAD or b"\n\n" in received or b"\n\r\n" in received:
+                    raise _Fallback(received)  # h11 refuses the size, or reads bare-LF lines
+            head = parse_head(received[:end])
+            if head is None:
+                raise _Fallback(received)
+            length = head.length
+            if length > limit:  # refused unread, as a declared length over the cap elsewhere
+                raise BodyTooLarge(head.status, head.headers)
+            content = received[end + 4 :]
+            while len(content) < length:
+                if read_timeout is not None:
+                    scope.deadline = anyio.current_time() + read_timeout
+                try:
+                    chunk = await stream.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    chunk = b""
+                except _IO_ERRORS as exc:
+                    raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+                if not chunk:
+                    raise httpx.RemoteProtocolError(
+                        "peer closed connection without sending complete message body: "
+                        f"received {len(content)} bytes, expected {length}"
+                    )
+                content += chunk
+            plain = head
+        if plain is None:  # the deadline passed
+            if reading:
+                raise httpx.ReadTimeout("timed out reading the response")
+            raise httpx.WriteTimeout("timed out writing the request")
+        head, length = plain, plain.length
+        # Bytes past the body answer nothing: that connection is never reused (as h11's
+        # trailing data in _release).
+        reusable = head.keep_alive and len(content) == length
+        if len(content) != length:
+            content = content[:length]
+        if head.encoded:
+            # Compressed although asked for identity: decoded as httpx would, under the cap.
+            content = await read_encoded(
+                _once(content), length, limit, head.status, head.headers, head.raw
+            )
+        return head.status, head.headers, content, reusable
+
+    async def _post_with_h11(
+        self,
+        conn: _Connection,
+        target: bytes,
+        host: bytes,
+        headers: Mapping[str, str],
+        body: bytes,
+        received: bytes,
+        read_timeout: float | None,
+        limit: int,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Finish a request whose answer the direct path does not read, with h11.
+
+        h11 is told about the request already on the wire (its output discarded) and given
+        the bytes read so far: from there on, the path of :meth:`handle_async_request`.
+        """
+        h = conn.h11
+        try:
+            raw_headers = [(b"Host", host)]
+            raw_headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+            raw_headers.append((b"Content-Length", b"%d" % len(body)))
+            try:
+                h.send(h11.Request(method=b"POST", target=target, headers=raw_headers))
+                if body:
+                    h.send(h11.Data(data=body))
+                h.send(h11.EndOfMessage())
+            except h11.LocalProtocolError as exc:  # pragma: no cover - checked before sending
+                raise httpx.LocalProtocolError(str(exc)) from exc
+            h.receive_data(received)
+            event = await conn.receive_head(read_timeout)
+            response_headers = ResponseHeaders()
+            raw = event.headers.raw_items()
+            for raw_name, raw_value in raw:
+                name = raw_name.decode("latin-1").lower()
+                value = raw_value.decode("latin-1")
+                previous = dict.get(response_headers, name)
+                response_headers[name] = value if previous is None else f"{previous}, {value}"
+            status = event.status_code
+            declared = declared_length(response_headers.get("content-length"))
+            async with contextlib.aclosing(_h11_body(conn, read_timeout)) as chunks:
+                if "content-encoding" in response_headers:
+                    content = await read_encoded(
+                        chunks, declared, limit, status, response_headers, raw
+                    )
+                else:
+                    content = await read_capped(chunks, declared, limit, status, response_headers)
+        except BaseException:
+            await conn.aclose()
+            raise
+        await self._release(conn)
+        return status, response_headers, content
 
     async def aclose(self) -> None:
         """Close every idle connection; connections in use close when their response does."""

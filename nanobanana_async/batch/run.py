@@ -13,12 +13,12 @@ import anyio
 import anyio.lowlevel
 import attrs
 import sniffio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import NanoBananaError
 from .options import BatchOptions, JobInput
 from .results import BatchReport, BatchStats, JobResult
-from .runner import Runner
+from .runner import Collector, ResultSink, Runner
 from .sender import JobSender
 
 if TYPE_CHECKING:
@@ -86,11 +86,12 @@ class BatchRegistry:
 async def _run_in_background(
     runner: Runner,
     state: _Background,
-    send: MemoryObjectSendStream[JobResult],
+    send: ResultSink,
     registry: BatchRegistry,
 ) -> None:
     # The batch's span is current in this task only (never across the consumer's yields); the
-    # workers started below inherit it.
+    # workers started below inherit it. (``BatchRun.collect`` runs this in the caller's task:
+    # the span is current there until the batch ends.)
     telemetry = runner.telemetry
     span = telemetry.start_batch(runner.options) if telemetry is not None else None
     try:
@@ -147,16 +148,20 @@ class BatchRun:
             return 0.0
         return (self._state.ended or time.perf_counter()) - self._state.started
 
-    def _start(self) -> MemoryObjectReceiveStream[JobResult]:
-        send, receive = anyio.create_memory_object_stream[JobResult](
-            self._runner.options.concurrency
-        )
-        self._receive = receive
+    def _new_state(self) -> _Background:
         state = self._state = _Background(
             anyio.CancelScope(), anyio.Event(), time.perf_counter(), self._runner.stats
         )
         # The client cancels and awaits its running batches before it closes its connections.
         self._registry.add(state)
+        return state
+
+    def _start(self) -> MemoryObjectReceiveStream[JobResult]:
+        send, receive = anyio.create_memory_object_stream[JobResult](
+            self._runner.options.concurrency
+        )
+        self._receive = receive
+        state = self._new_state()
         # The work must outlive each __anext__ call but not the batch; a task group cannot
         # span the caller's yields, so it runs as its own top-level task that this object
         # cancels. Trio needs a system task for that; asyncio a plain task.
@@ -180,6 +185,24 @@ class BatchRun:
                 name="nanobanana batch",
             )
         return receive
+
+    async def collect(self) -> list[JobResult]:
+        """Run the whole batch in the calling task and return every result, in the order they
+        finished (input order with ``ordered=True``).
+
+        What :meth:`AsyncNanoBanana.run_batch` does: no background task and no stream
+        between tasks (its consumer always wants the next result at once), with the same
+        cancellation, failure hand-over and closing by the client as iterating.
+        """
+        if self._state is not None:
+            raise NanoBananaError("this batch has already started: iterate it, or collect once")
+        collector = Collector(self._runner.permits)
+        state = self._new_state()
+        await _run_in_background(self._runner, state, collector, self._registry)
+        if state.failure is not None:
+            failure, state.failure = state.failure, None
+            raise failure from None
+        return collector.results
 
     def __aiter__(self) -> Self:
         return self
@@ -245,9 +268,7 @@ class BatchRun:
 
 
 async def run_to_report(run: BatchRun) -> BatchReport:
-    """Drain ``run`` and build its report."""
-    results: list[JobResult] = []
+    """Run ``run`` to the end (:meth:`BatchRun.collect`) and build its report."""
     async with run:
-        async for result in run:
-            results.append(result)
+        results = await run.collect()
     return run.report(results)

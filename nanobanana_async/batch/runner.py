@@ -1,18 +1,19 @@
-"""The batch runner: a producer pulls jobs lazily, workers process them, results go out."""
+"""The batch runner: workers pull jobs lazily and process them, results go out."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import pathlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import InvalidRequestError
 from ..models import Job
@@ -30,21 +31,23 @@ from .stores import StoredJob, StoreSession, open_store
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
 
-__all__ = ["Runner"]
+__all__ = ["Collector", "ResultSink", "Runner"]
 
 logger = logging.getLogger("nanobanana_async")
 
 
 class Runner:
-    """Runs one batch: a producer pulls jobs lazily, workers process them, results go out.
+    """Runs one batch: workers pull jobs lazily and process them, results go out.
 
     Dispatch follows the consumer: a job is pulled from the input and dispatched only with a
     permit from :attr:`permits`, which starts with ``concurrency`` and gets one back each time
     the consumer asks for the next result. Jobs dispatched and not yet taken by the consumer
     (in flight, or finished and waiting) are never more than ``concurrency``, so a consumer
     that stops asking (``break`` with the iterator still referenced) costs at most the jobs
-    already in flight. Workers are started as jobs arrive, up to ``concurrency``: a batch of
-    one job at ``concurrency=100_000`` starts one worker.
+    already in flight. Each worker pulls its own jobs (a feed: the input, or a store), so a
+    job costs the runner no hand-over between tasks. Workers are started as jobs arrive, up to
+    ``concurrency``: a batch of one job at ``concurrency=100_000`` starts two (the second
+    finds the input's end).
 
     With ``jobs=None`` the runner is a store's worker: jobs are claimed from the store
     (``options.journal``) in chunks, as permits allow, instead of pulled from an input.
@@ -87,8 +90,10 @@ class Runner:
         )
         self.permits = anyio.Semaphore(options.concurrency)
         self.store = open_store(options.journal) if options.journal is not None else None
+        self._workers = 0  # started
+        self._idle = 0  # started and not holding a job (waiting for a permit or a job)
 
-    async def run(self, out: MemoryObjectSendStream[JobResult]) -> None:
+    async def run(self, out: ResultSink) -> None:
         async with out:
             if self.download_dir is not None:
                 await _make_directory(self.download_dir)
@@ -108,7 +113,7 @@ class Runner:
             self.stats.credits_spent,
         )
 
-    async def _run(self, out: MemoryObjectSendStream[JobResult]) -> None:
+    async def _run(self, out: ResultSink) -> None:
         store = self.processor.store
         if store is None or math.isinf(store.lease):
             await self._run_jobs(out)
@@ -119,110 +124,66 @@ class Runner:
             await self._run_jobs(out)
             tg.cancel_scope.cancel()
 
-    async def _run_jobs(self, out: MemoryObjectSendStream[JobResult]) -> None:
+    async def _run_jobs(self, out: ResultSink) -> None:
+        feed: _Feed = _ClaimFeed(self) if self.jobs is None else _InputFeed(self, self.jobs)
         try:
-            async with anyio.create_task_group() as tg:
-                if self.options.ordered and self.jobs is not None:
-                    send_done, receive_done = anyio.create_memory_object_stream[JobResult](
-                        self.options.concurrency
-                    )
-                    tg.start_soon(self._reorder, receive_done, out)
-                    sink: MemoryObjectSendStream[JobResult] = send_done
-                else:
-                    sink = out.clone()
-                async with sink:
-                    input_error = await self._produce(tg, sink)
+            try:
+                async with anyio.create_task_group() as tg:
+                    if self.options.ordered and self.jobs is not None:
+                        send_done, receive_done = anyio.create_memory_object_stream[JobResult](
+                            self.options.concurrency
+                        )
+                        tg.start_soon(self._reorder, receive_done, out)
+                        sink: ResultSink = send_done
+                    else:
+                        sink = out.clone()
+                    async with sink:
+                        # Workers start as jobs arrive (see _worker), up to the concurrency.
+                        self._workers = self._idle = 1
+                        tg.start_soon(self._worker, feed, sink.clone(), tg)
+            finally:
+                await feed.aclose()
         except BaseExceptionGroup as group:
-            # One failure (say, the caller's job generator raising) is reported as itself.
+            # One failure (say, a job store failing) is reported as itself.
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
-        if input_error is not None:
-            raise input_error
+        if feed.error is not None:
+            raise feed.error
 
-    async def _produce(
-        self, tg: anyio.abc.TaskGroup, sink: MemoryObjectSendStream[JobResult]
-    ) -> Exception | None:
-        """Feed the workers; the caller's input failing is returned, not raised.
+    async def _worker(self, feed: _Feed, sink: ResultSink, tg: anyio.abc.TaskGroup) -> None:
+        """Take a permit, pull the next job from the feed, process it, hand its result over.
 
-        Raising would cancel the jobs in flight, whose generations may already be paid for,
-        and drop results that had finished: instead pulling stops, the jobs handed out finish
-        and are reported, and the batch then ends with the input's error.
+        Each worker pulls its own jobs: no producer task and no hand-over between tasks, so a
+        job costs no task switch of the runner's own. A worker that finds no other worker
+        waiting for a job starts one more (up to the concurrency) before it processes its job.
         """
-        ids = JobIds() if self.store is not None or self.download_dir is not None else None
-        names = FileNames() if self.download_dir is not None else None
-        pricing = self.sender.pricing
-        send, receive = anyio.create_memory_object_stream[Item](0)
-        workers = 0
-
-        async def dispatch(item: Item) -> None:
-            nonlocal workers
-            try:
-                send.send_nowait(item)  # an idle worker took it
-            except anyio.WouldBlock:
-                if workers < self.options.concurrency:
-                    # A new worker starts with this job in hand: no wait for it to be
-                    # scheduled before the next job is pulled.
-                    workers += 1
-                    tg.start_soon(self._worker, receive.clone(), sink.clone(), item)
-                else:
-                    await send.send(item)
-
-        async with send, receive:
-            if self.jobs is None:
-                await self._claim_jobs(dispatch, pricing, names)
-                return None
-            index = 0
-            try:
-                async with contextlib.aclosing(_aiter(self.jobs)) as inputs:
-                    while True:
-                        # The permit first: nothing is pulled from the input, let alone sent,
-                        # before the consumer has room for its result.
-                        await self.permits.acquire()
-                        try:
-                            raw = await anext(inputs)
-                        except StopAsyncIteration:
-                            break
-                        await dispatch(self._item(index, raw, pricing, ids, names))
-                        index += 1
-            except Exception as exc:
-                logger.warning("batch input failed; finishing the jobs already started: %r", exc)
-                return exc
-        return None
-
-    async def _claim_jobs(
-        self,
-        dispatch: Callable[[Item], Awaitable[None]],
-        pricing: PricingTable,
-        names: FileNames | None,
-    ) -> None:
-        """A worker's input: pending jobs claimed from the store, a chunk at a time.
-
-        Claimed jobs not yet dispatched when the run ends go back to pending when the
-        session closes; a chunk is never larger than the concurrency.
-        """
-        store = self.processor.store
-        assert store is not None
-        chunk = min(_CLAIM_CHUNK, self.options.concurrency)
-        claimed: deque[StoredJob] = deque()
-        while True:
-            await self.permits.acquire()
-            if self.stats.stopped_reason is not None or self.processor.over_budget:
-                # What is left stays pending for other workers (or this one, rerun).
-                return
-            while not claimed:
-                claimed.extend(await store.claim(chunk))
-                if claimed:
-                    break
-                # Nothing pending: hand back what dead or expired runs hold, then look again.
-                await store.maintain()
-                claimed.extend(await store.claim(chunk))
-                if claimed:
-                    break
-                if not self.options.follow:
+        permits = self.permits
+        async with sink:
+            while True:
+                # The permit first: nothing is pulled from the input, let alone sent, before
+                # the consumer has room for its result.
+                try:
+                    permits.acquire_nowait()
+                except anyio.WouldBlock:
+                    await permits.acquire()
+                item = await feed.next()
+                if item is None:
+                    permits.release()  # not used: the next worker waiting finds the end too
                     return
-                await anyio.sleep(self.options.poll_interval)
-            await dispatch(self._stored_item(claimed.popleft(), pricing, names))
+                self._idle -= 1
+                if self._idle == 0 and self._workers < self.options.concurrency and not feed.done:
+                    self._workers += 1
+                    self._idle += 1
+                    tg.start_soon(self._worker, feed, sink.clone(), tg)
+                # Journaled inside process, before the slot frees: a kill loses at most the
+                # jobs in flight.
+                result = await self.processor.process(item)
+                self.stats.count(result)
+                if self.telemetry is not None and self.telemetry.wants_job_results:
+                    await self.telemetry.job_result(result)
+                await sink.send(result)
+                self._idle += 1
 
     @staticmethod
     def _stored_item(stored: StoredJob, pricing: PricingTable, names: FileNames | None) -> Item:
@@ -268,9 +229,7 @@ class Runner:
         except InvalidRequestError as exc:
             return Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
 
-    async def _reorder(
-        self, done: MemoryObjectReceiveStream[JobResult], out: MemoryObjectSendStream[JobResult]
-    ) -> None:
+    async def _reorder(self, done: MemoryObjectReceiveStream[JobResult], out: ResultSink) -> None:
         # Bounded by the permits: at most ``concurrency`` results wait here for their turn.
         pending: dict[int, JobResult] = {}
         next_index = 0
@@ -281,29 +240,175 @@ class Runner:
                     await out.send(pending.pop(next_index))
                     next_index += 1
 
-    async def _worker(
-        self,
-        items: MemoryObjectReceiveStream[Item],
-        sink: MemoryObjectSendStream[JobResult],
-        first: Item,
-    ) -> None:
-        async with items, sink:
-            item: Item | None = first
-            while item is not None:
-                # Journaled inside process, before the slot frees: a kill loses at most the
-                # jobs in flight.
-                result = await self.processor.process(item)
-                self.stats.count(result)
-                if self.telemetry is not None and self.telemetry.wants_job_results:
-                    await self.telemetry.job_result(result)
-                await sink.send(result)
-                try:
-                    item = await items.receive()
-                except anyio.EndOfStream:
-                    item = None
-
 
 _CLAIM_CHUNK = 64
+
+
+class ResultSink(Protocol):
+    """Where workers hand results: the stream a :class:`BatchRun` reads, or a
+    :class:`Collector`. Each worker holds a clone and closes it when it ends."""
+
+    async def send(self, item: JobResult, /) -> None: ...
+
+    def clone(self) -> ResultSink: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any: ...
+
+
+class Collector:
+    """The consumer ``run_batch`` needs: every result into a list as it comes, and at once a
+    permit back (it asks for the next result right away), with no stream between tasks.
+
+    A job on an in-process transport may finish without ever yielding to the event loop: a
+    checkpoint per result keeps the batch cancellable and the other tasks running.
+    """
+
+    def __init__(self, permits: anyio.Semaphore) -> None:
+        self.results: list[JobResult] = []
+        self._permits = permits
+
+    async def send(self, item: JobResult, /) -> None:
+        self.results.append(item)
+        self._permits.release()
+        await anyio.lowlevel.checkpoint()
+
+    def clone(self) -> Collector:
+        return self
+
+    async def __aenter__(self) -> Collector:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class _Feed:
+    """The jobs of a batch, pulled by the workers one at a time; None at the end."""
+
+    done = False
+    error: Exception | None = None
+
+    async def next(self) -> Item | None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _InputFeed(_Feed):
+    """The caller's iterable or async iterable, consumed lazily.
+
+    A plain iterable is advanced without awaiting (no two workers are ever inside ``next`` at
+    once); an async iterable under a lock. The input failing is kept in ``error``, not
+    raised: raising would cancel the jobs in flight, whose generations may already be paid
+    for, and drop results that had finished. Pulling stops instead, the jobs handed out finish
+    and are reported, and the batch then ends with the input's error.
+    """
+
+    def __init__(self, runner: Runner, jobs: JobInput) -> None:
+        self._pricing = runner.sender.pricing
+        wants_ids = runner.store is not None or runner.download_dir is not None
+        self._ids = JobIds() if wants_ids else None
+        self._names = FileNames() if runner.download_dir is not None else None
+        self._index = 0
+        self._sync: Iterator[Job | str] | None = None
+        self._async: AsyncGenerator[Job | str, None] | None = None
+        self._lock: anyio.Lock | None = None
+        if isinstance(jobs, AsyncIterable):
+            self._async = _aiter(jobs)
+            self._lock = anyio.Lock()
+        else:
+            self._source: Iterable[Job | str] = jobs
+
+    async def next(self) -> Item | None:
+        if self.done:
+            return None
+        lock = self._lock
+        try:
+            if lock is None:
+                iterator = self._sync
+                if iterator is None:
+                    iterator = self._sync = iter(self._source)
+                raw = next(iterator)
+            else:
+                async with lock:
+                    if self.done:
+                        return None
+                    assert self._async is not None
+                    raw = await anext(self._async)
+        except (StopIteration, StopAsyncIteration):
+            self.done = True
+            return None
+        except Exception as exc:
+            logger.warning("batch input failed; finishing the jobs already started: %r", exc)
+            self.done = True
+            self.error = exc
+            return None
+        index = self._index
+        self._index += 1
+        return Runner._item(index, raw, self._pricing, self._ids, self._names)
+
+    async def aclose(self) -> None:
+        # The batch consumes its input: an async one is closed when the batch ends.
+        self.done = True
+        generator, self._async = self._async, None
+        if generator is not None:
+            await generator.aclose()
+
+
+class _ClaimFeed(_Feed):
+    """A store worker's input: pending jobs claimed from the store, a chunk at a time.
+
+    Claimed jobs not yet handed out when the run ends go back to pending when the session
+    closes; a chunk is never larger than the concurrency.
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._pricing = runner.sender.pricing
+        self._names = FileNames() if runner.download_dir is not None else None
+        self._chunk = min(_CLAIM_CHUNK, runner.options.concurrency)
+        self._claimed: deque[StoredJob] = deque()
+        self._lock = anyio.Lock()
+
+    async def next(self) -> Item | None:
+        runner = self._runner
+        async with self._lock:
+            if self.done:
+                return None
+            if runner.stats.stopped_reason is not None or runner.processor.over_budget:
+                # What is left stays pending for other workers (or this one, rerun).
+                self.done = True
+                return None
+            store = runner.processor.store
+            assert store is not None
+            claimed = self._claimed
+            while not claimed:
+                claimed.extend(await store.claim(self._chunk))
+                if claimed:
+                    break
+                # Nothing pending: hand back what dead or expired runs hold, then look again.
+                await store.maintain()
+                claimed.extend(await store.claim(self._chunk))
+                if claimed:
+                    break
+                if not runner.options.follow:
+                    self.done = True
+                    return None
+                await anyio.sleep(runner.options.poll_interval)
+            return Runner._stored_item(claimed.popleft(), self._pricing, self._names)
 
 
 async def _maintain(store: StoreSession) -> None:

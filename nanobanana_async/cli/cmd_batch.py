@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 
-from ..batch import BatchReport, BatchRun, JobResult
-from ..batch.journal import JobIds
-from ..batch.stores import JobStore, JsonlStore, open_store
 from ..errors import InvalidRequestError
 from .common import (
     EXIT_FAILED,
@@ -40,10 +33,18 @@ from .common import (
     pricing_of,
     setup_logging,
 )
-from .gallery import GallerySummary, write_gallery
 from .inputs import SourcedJob
-from .metrics import RunRecorder, metrics_document, write_metrics_json
-from .progress import BatchUI, print_summary
+from .metrics import RunRecorder
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..batch import BatchReport, BatchRun, JobResult
+    from ..batch.stores import JobStore
+    from .progress import BatchUI
+
+# rich, asyncio, the client and the batch runner are imported when a batch runs, not when the
+# parser is built (``nanobanana --help``).
 
 __all__ = ["add_parser", "cmd_batch"]
 
@@ -104,6 +105,10 @@ def _already_done(journal: JobStore | None, jobs: Sequence[SourcedJob]) -> set[i
     for them again). Ids are assigned exactly as the batch runner does."""
     if journal is None:
         return set()
+    import asyncio
+
+    from ..batch.journal import JobIds
+
     ids = JobIds()
     assigned = [ids.assign(s.job) for s in jobs]
     try:
@@ -123,6 +128,8 @@ def _confirm(
             f"refusing to spend {credits} credits without confirmation (standard input is not a "
             "terminal): pass --yes, or --max-credits N to cap the spend"
         )
+    from rich.markup import escape
+
     what = "emulated credits" if emulator else "credits"
     err.print(f"Spend up to [bold]{credits}[/] {what} on {jobs} jobs? {escape('[y/N]')} ", end="")
     answer = sys.stdin.readline()
@@ -174,6 +181,15 @@ async def _run_batch(
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
+    from ..batch.stores import JsonlStore, open_store
+    from .gallery import GallerySummary, write_gallery
+    from .metrics import metrics_document, write_metrics_json
+    from .progress import BatchUI, print_summary
+
     pricing = pricing_of(args)
     jobs = load_jobs(args, pricing)
     config = ClientConfig.from_args(args, pricing)

@@ -7,8 +7,6 @@ import signal
 import threading
 from typing import Any
 
-from rich.text import Text
-
 from .common import EXIT_OK, CLIError, console, credits, out, rate
 
 __all__ = ["add_parser", "cmd_emulator"]
@@ -49,6 +47,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
     try:
         import uvicorn  # noqa: F401
     except ModuleNotFoundError:

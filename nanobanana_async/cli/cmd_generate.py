@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import pathlib
 import re
@@ -11,10 +10,6 @@ import sys
 import uuid
 from typing import Any
 
-from rich.markup import escape
-from rich.text import Text
-
-from ..batch.files import safe_filename
 from ..errors import InvalidRequestError
 from ..models import DEFAULT_MODEL
 from .common import (
@@ -65,6 +60,13 @@ def _slug(prompt: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.markup import escape
+    from rich.text import Text
+
+    from ..batch.files import safe_filename
+
     pricing = pricing_of(args)
     prompt = sys.stdin.read().strip() if args.prompt == "-" else args.prompt
     try:

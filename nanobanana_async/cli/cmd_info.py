@@ -6,10 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
 from ..models import DEFAULT_MODEL, sizes_for
 from .common import (
     EXIT_OK,
@@ -59,6 +55,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         ]
         out(json.dumps(rows))
         return EXIT_OK
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title="Models (credits per image)", title_justify="left")
     table.add_column("model", no_wrap=True)
     table.add_column("credits", justify="right")
@@ -77,6 +76,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         out(estimate_json(estimate))
         return EXIT_OK
+    from rich.text import Text
+
     stdout = console(stderr=False)
     stdout.print(Text(f"Estimate for {label_of(args.file)}", style="bold"))
     stdout.print(estimate_table(estimate, jobs))

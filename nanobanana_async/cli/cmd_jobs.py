@@ -7,22 +7,14 @@ workers on many machines); ``nanobanana worker`` runs its jobs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import pathlib
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from rich.table import Table
-from rich.text import Text
-
-from ..batch.files import FileNames, image_filename
-from ..batch.journal import journal_line
-from ..batch.stores import SqlStore, StoreStatus
-from ..client import AsyncNanoBanana
 from ..errors import NanoBananaError
 from .common import (
     EMULATOR_BASE_URL,
@@ -40,7 +32,16 @@ from .common import (
     pricing_of,
 )
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..batch.stores import SqlStore, StoreStatus
+    from ..client import AsyncNanoBanana
+
 __all__ = ["add_parser"]
+
+# asyncio, rich, the client and the job stores are imported by the commands that run, not when
+# the parser is built (``nanobanana --help``).
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -125,6 +126,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
     pricing = pricing_of(args)
     jobs = load_jobs(args, pricing)
     store = open_sql_store(args.store)
@@ -136,6 +141,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def status_table(status: StoreStatus, url: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"Jobs in {url}", title_justify="left", show_header=False, box=None)
     table.min_width = 40
     table.add_column(style="bold")
@@ -151,6 +158,10 @@ def status_table(status: StoreStatus, url: str) -> Table:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
     store = open_sql_store(args.store)
     status = asyncio.run(store.status())
     if args.json:
@@ -212,6 +223,12 @@ def _output(path: str) -> Iterator[IO[bytes]]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
+    from ..batch.journal import journal_line
+
     store = open_sql_store(args.store)
 
     async def export(fh: IO[bytes]) -> int:
@@ -247,6 +264,10 @@ def _confirm_twice(count: int, credits: int) -> bool:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
     states = [s for s in ("ambiguous", "failed", "skipped") if getattr(args, s)]
     if not states:
         raise CLIError("say which jobs to retry: --ambiguous, --failed and/or --skipped")
@@ -267,6 +288,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
 async def _download(
     store: SqlStore, client: AsyncNanoBanana, directory: pathlib.Path, concurrency: int
 ) -> tuple[int, int, int]:
+    import asyncio
+
+    from ..batch.files import FileNames, image_filename
+
     names = FileNames()
     fetched = present = failed = 0
     limit = asyncio.Semaphore(concurrency)
@@ -305,6 +330,12 @@ async def _download(
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
+    from ..client import AsyncNanoBanana
+
     store = open_sql_store(args.store)
     directory = make_dir(args.output).resolve()  # recorded paths work from anywhere
     # Image URLs are plain GETs: the key goes only to the API's own origin, if it is given.

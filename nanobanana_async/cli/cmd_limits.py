@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-from rich.table import Table
-
-from ..limits import LimitsStatus
 from .common import EXIT_FAILED, EXIT_OK, CLIError, add_limits, console, limits_from, out
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..limits import LimitsStatus
 
 __all__ = ["add_parser", "cmd_limits"]
 
@@ -50,6 +50,8 @@ def _describe(status: LimitsStatus) -> dict[str, Any]:
 
 
 def _table(status: LimitsStatus, where: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=where, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -67,6 +69,8 @@ def _table(status: LimitsStatus, where: str) -> Table:
 
 
 def _confirm(args: argparse.Namespace, status: LimitsStatus, where: str) -> bool:
+    from rich.markup import escape
+
     if args.yes:
         return True
     if not sys.stdin.isatty():
@@ -85,6 +89,10 @@ def _confirm(args: argparse.Namespace, status: LimitsStatus, where: str) -> bool
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.markup import escape
+
     limits = limits_from(args)
     if limits is None:
         raise CLIError("no limits to show: pass --limits redis://... or set NANOBANANA_LIMITS")

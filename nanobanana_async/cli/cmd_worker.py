@@ -6,15 +6,11 @@ Start one per machine (or several): they share the store's jobs without sending 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from rich.text import Text
 
-from ..batch import BatchRun, JobResult
-from ..batch.stores import SqlStore
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -31,7 +27,11 @@ from .common import (
     pricing_of,
     setup_logging,
 )
-from .progress import BatchUI, print_summary
+
+if TYPE_CHECKING:
+    from ..batch import BatchRun, JobResult
+    from ..batch.stores import SqlStore
+    from .progress import BatchUI
 
 __all__ = ["add_parser", "cmd_worker"]
 
@@ -106,6 +106,12 @@ async def _work(
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
+    from .progress import BatchUI, print_summary
+
     pricing = pricing_of(args)
     config = ClientConfig.from_args(args, pricing)
     store = open_sql_store(args.store)

@@ -1,6 +1,9 @@
 """What every ``nanobanana`` command shares: exit codes, argument types, consoles, the client.
 
-Commands import this module; it imports none of them, so nothing imports back up.
+Commands import this module; it imports none of them, so nothing imports back up. Building the
+parser needs only the argument types here: rich, httpx, the client and the job stores are
+imported by the helpers that use them, so ``nanobanana --help`` (and a usage error) loads
+none of them.
 """
 
 from __future__ import annotations
@@ -11,22 +14,22 @@ import logging
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import httpx
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.markup import escape
-from rich.table import Table
 
-from ..batch.stores import SqlStore, open_store
-from ..client import DEFAULT_TIMEOUT, AsyncNanoBanana
 from ..models import DEFAULT_MODEL
 from ..pricing import CreditEstimate, PricingTable, resolve_pricing
-from ..telemetry import Hooks
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, CLIError
 from .inputs import FORMATS, SourcedJob, read_jobs
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..batch.stores import SqlStore
+    from ..client import AsyncNanoBanana
+    from ..telemetry import Hooks
 
 __all__ = [
     "EXIT_FAILED",
@@ -190,6 +193,8 @@ def add_store(parser: argparse.ArgumentParser) -> None:
 
 
 def console(*, stderr: bool) -> Console:
+    from rich.console import Console
+
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
@@ -198,6 +203,8 @@ def pricing_of(args: argparse.Namespace) -> PricingTable:
 
 
 def setup_logging(verbose: int | None, sink: Console) -> None:
+    from rich.logging import RichHandler
+
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose or 0, logging.DEBUG)
     handler = RichHandler(console=sink, show_path=False, markup=False, rich_tracebacks=False)
     logger = logging.getLogger("nanobanana_async")
@@ -233,6 +240,10 @@ class ClientConfig:
         return cls(key, args.base_url, False, pricing, args.timeout, limits)
 
     def open(self, *, hooks: Hooks | None = None) -> AsyncNanoBanana:
+        import httpx
+
+        from ..client import DEFAULT_TIMEOUT, AsyncNanoBanana
+
         transport = None
         if self.emulator:
             from ..emulator import Emulator
@@ -259,6 +270,9 @@ def load_jobs(args: argparse.Namespace, pricing: PricingTable) -> list[SourcedJo
 
 
 def estimate_table(estimate: CreditEstimate, jobs: Sequence[SourcedJob]) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     counts: dict[str, list[int]] = {}
     for sourced in jobs:
         entry = counts.setdefault(sourced.job.model, [0, 0])
@@ -296,6 +310,8 @@ def label_of(path: str) -> str:
 
 def open_sql_store(url: str) -> SqlStore:
     """The SQLite or Postgres store ``--store`` names (a JSONL journal has no job rows)."""
+    from ..batch.stores import SqlStore, open_store
+
     store = open_store(url)
     if not isinstance(store, SqlStore):
         raise CLIError(

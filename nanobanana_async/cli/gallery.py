@@ -13,10 +13,12 @@ import os
 import pathlib
 import urllib.parse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
-from ..batch import JobResult
+if TYPE_CHECKING:
+    from ..batch import JobResult
 
 __all__ = ["GallerySummary", "image_href", "paid", "render_gallery", "write_gallery"]
 

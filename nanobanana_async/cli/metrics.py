@@ -13,11 +13,13 @@ import pathlib
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..batch import BatchReport
-from ..telemetry import Hooks, ResponseEvent, RetryEvent
 from .exits import CLIError
+
+if TYPE_CHECKING:
+    from ..batch import BatchReport
+    from ..telemetry import Hooks, ResponseEvent, RetryEvent
 
 __all__ = ["RunRecorder", "metrics_document", "retries_line", "write_metrics_json"]
 
@@ -34,6 +36,8 @@ class RunRecorder:
         self.attempt_latencies: list[float] = []
 
     def hooks(self) -> Hooks:
+        from ..telemetry import Hooks
+
         return Hooks(after_response=self._response, on_retry=self._retry)
 
     def _response(self, event: ResponseEvent) -> None:
