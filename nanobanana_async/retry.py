@@ -6,11 +6,10 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
 import attrs
-import tenacity
 
 from .errors import (
     APIConnectionError,
@@ -20,7 +19,10 @@ from .errors import (
     RateLimitError,
     ServerError,
 )
-from .limits import Cooldown, Limits, Permit
+from .limits import Cooldown, Limits, LocalLimits, Permit
+
+if TYPE_CHECKING:
+    import tenacity
 
 __all__ = [
     "AttemptHooks",
@@ -168,7 +170,7 @@ async def call_with_retries(
     limits: Limits,
     stats: CallStats,
     hooks: AttemptHooks | None = None,
-    what: str = "request",
+    what: str | Callable[[], str] = "request",
     cost: int = 0,
     credits: Callable[[T], int] | None = None,
     on_cooldown: Callable[[float], None] | None = None,
@@ -177,12 +179,132 @@ async def call_with_retries(
 
     Each attempt is admitted by ``limits`` (reserving ``cost`` credits) and then settled:
     spent (``credits`` of the result, else ``cost``), kept or released per the failure, and a
-    429's ``Retry-After`` pauses every request consulting ``limits``. A fresh tenacity object
-    per call: tenacity keeps per-run state on the object, so sharing one between concurrent
-    tasks would mix their attempts. Sleeping goes through anyio, so Trio works; cancellation
-    is never retried because only SDK errors are. ``on_cooldown(seconds)`` is told each time
-    an attempt waited out a 429 cool-down before it was admitted.
+    429's ``Retry-After`` pauses every request consulting ``limits``. Retries are tenacity's,
+    a fresh tenacity object per call: tenacity keeps per-run state on the object, so sharing
+    one between concurrent tasks would mix their attempts. Sleeping goes through anyio, so
+    Trio works; cancellation is never retried because only SDK errors are.
+    ``on_cooldown(seconds)`` is told each time an attempt waited out a 429 cool-down before it
+    was admitted. ``what`` (or what it returns, called only when a message needs it) names
+    the call in log messages.
     """
+    call = _Call(attempt, policy, limits, stats, hooks, what, cost, credits, on_cooldown)
+    # Most calls succeed at once: the first attempt runs outside tenacity (imported, and its
+    # closures built, only on a failure), whose per-attempt bookkeeping was a seventh of a
+    # batch's CPU per job. A failure enters tenacity as its first attempt's outcome, so every
+    # retry decision is still tenacity's.
+    try:
+        result = await call.one()
+    except Exception as exc:
+        return await _retry_after_failure(exc, call, policy, budget)
+    budget.record_success()
+    return result
+
+
+class _Call(Generic[T]):
+    """One logical call's attempts: admission by the limits, the hooks, settling."""
+
+    __slots__ = (
+        "_attempt",
+        "_cost",
+        "_credits",
+        "_hooks",
+        "_limits",
+        "_local",
+        "_on_cooldown",
+        "_policy",
+        "_stats",
+        "_what",
+        "permit",
+    )
+
+    def __init__(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        policy: RetryPolicy,
+        limits: Limits,
+        stats: CallStats,
+        hooks: AttemptHooks | None,
+        what: str | Callable[[], str],
+        cost: int,
+        credits: Callable[[T], int] | None,
+        on_cooldown: Callable[[float], None] | None,
+    ) -> None:
+        self._attempt = attempt
+        self._policy = policy
+        self._limits = limits
+        # The default limits settle without awaiting anything: no shielded scope, no await.
+        self._local = limits if type(limits) is LocalLimits else None
+        self._stats = stats
+        self._hooks = hooks
+        self._what = what
+        self._cost = cost
+        self._credits = credits
+        self._on_cooldown = on_cooldown
+        self.permit: Permit | None = None
+
+    @property
+    def what(self) -> str:
+        what = self._what
+        return what if isinstance(what, str) else what()
+
+    async def admit(self) -> None:
+        """Admit the attempt by the limits (once; later calls are no-ops)."""
+        if self.permit is None:
+            local = self._local
+            permit = local.acquire_now(self._cost) if local is not None else None
+            self.permit = permit if permit is not None else await self._limits.acquire(self._cost)
+
+    async def one(self) -> T:
+        """One attempt: admitted, sent, settled."""
+        self.permit = None
+        hooks = self._hooks
+        try:
+            if hooks is not None:
+                await hooks.before_attempt(self.admit)
+            if self.permit is None:  # the hooks did not admit it
+                await self.admit()
+        except BaseException:
+            if self.permit is not None:  # admitted, then not sent
+                await self._settle(self.permit)
+            raise
+        permit = self.permit
+        assert permit is not None
+        if permit.cooldown and self._on_cooldown is not None:
+            self._on_cooldown(permit.cooldown)
+        self._stats.attempts += 1
+        try:
+            result = await self._attempt()
+        except BaseException as exc:
+            if hooks is not None:
+                hooks.attempt_failed(exc)
+            await self._settle(permit, outcome=exc, pause=_pause(exc, self._policy))
+            raise
+        credits = self._credits
+        await self._settle(permit, spent=self._cost if credits is None else credits(result))
+        return result
+
+    async def _settle(
+        self,
+        permit: Permit,
+        *,
+        spent: int | None = None,
+        outcome: BaseException | None = None,
+        pause: float | None = None,
+    ) -> None:
+        local = self._local
+        if local is not None:
+            local.settle_now(permit, spent=spent, outcome=outcome, pause=pause)
+        else:
+            await _settle(
+                self._limits, permit, self.what, spent=spent, outcome=outcome, pause=pause
+            )
+
+
+async def _retry_after_failure(
+    first_failure: Exception, call: _Call[T], policy: RetryPolicy, budget: RetryBudget
+) -> T:
+    """The rest of :func:`call_with_retries` once its first attempt failed: tenacity's loop."""
+    import tenacity  # imported on the first failure, not with the SDK
 
     def should_retry(state: tenacity.RetryCallState) -> bool:
         outcome = state.outcome
@@ -210,53 +332,12 @@ async def call_with_retries(
         exc = state.outcome.exception() if state.outcome else None
         logger.info(
             "retrying %s in %.2fs (attempt %d of %d failed: %s)",
-            what,
+            call.what,
             state.upcoming_sleep,
             state.attempt_number,
             policy.max_retries + 1,
             exc,
         )
-
-    async def one_attempt() -> T:
-        permit: Permit | None = None
-
-        async def admit() -> None:
-            nonlocal permit
-            if permit is None:
-                permit = await limits.acquire(cost)
-
-        try:
-            if hooks is not None:
-                await hooks.before_attempt(admit)
-            await admit()  # a no-op when the hooks admitted the attempt
-        except BaseException:
-            if permit is not None:  # admitted, then not sent
-                await _settle(limits, permit, what)
-            raise
-        assert permit is not None
-        if permit.cooldown and on_cooldown is not None:
-            on_cooldown(permit.cooldown)
-        stats.attempts += 1
-        try:
-            result = await attempt()
-        except BaseException as exc:
-            if hooks is not None:
-                hooks.attempt_failed(exc)
-            await _settle(limits, permit, what, outcome=exc, pause=_pause(exc, policy))
-            raise
-        await _settle(limits, permit, what, spent=cost if credits is None else credits(result))
-        return result
-
-    # Most calls succeed at once: the first attempt runs outside tenacity, whose per-attempt
-    # bookkeeping was a seventh of a batch's CPU per job. A failure enters tenacity as its
-    # first attempt's outcome, so every retry decision is still tenacity's.
-    try:
-        result = await one_attempt()
-    except Exception as exc:
-        first_failure: Exception | None = exc
-    else:
-        budget.record_success()
-        return result
 
     retrying = tenacity.AsyncRetrying(
         retry=should_retry,
@@ -266,12 +347,13 @@ async def call_with_retries(
         before_sleep=before_sleep,
         reraise=True,
     )
+    pending: Exception | None = first_failure
     async for attempt_ctx in retrying:
         with attempt_ctx:
-            if first_failure is not None:
-                failure, first_failure = first_failure, None
+            if pending is not None:
+                failure, pending = pending, None
                 raise failure
-            result = await one_attempt()
+            result = await call.one()
     return result
 
 

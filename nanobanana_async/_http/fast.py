@@ -43,7 +43,13 @@ if TYPE_CHECKING:
 
     from .aiohttp_pool import AiohttpPool
 
-__all__ = ["IDLE_EXPIRY", "UNBOUNDED_LIMITS", "FastTransport", "aiohttp_available"]
+__all__ = [
+    "IDLE_EXPIRY",
+    "UNBOUNDED_LIMITS",
+    "FastTransport",
+    "aiohttp_available",
+    "is_mocked",
+]
 
 #: Seconds an idle pooled connection is kept, on every path. Below common server idle timeouts
 #: (uvicorn's 5 s): reusing a connection the server is closing fails the request after it was
@@ -65,7 +71,7 @@ def aiohttp_available() -> bool:
     return _AIOHTTP_INSTALLED
 
 
-def _is_mocked() -> bool:
+def is_mocked() -> bool:
     """Whether a mock has replaced httpx's or httpcore's request handling on the class.
 
     respx patches ``httpcore.AsyncConnectionPool`` (its default) or ``AsyncClient``'s routing
@@ -168,7 +174,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         not a few hundred milliseconds later together with the ones admitted after it."""
         if self._h11 is None:
             await self._setup()
-        if self._use_aiohttp and _running_asyncio_loop() is not None and not _is_mocked():
+        if self._use_aiohttp and _running_asyncio_loop() is not None and not is_mocked():
             self._aiohttp_pool()  # never under Trio
 
     def _aiohttp_pool(self) -> AiohttpPool:
@@ -187,7 +193,7 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     def can_post_directly(self) -> bool:
         """Whether :meth:`post_directly` may be used now: no mock has patched httpx."""
-        return not _is_mocked()
+        return not is_mocked()
 
     async def post_directly(
         self,
@@ -214,7 +220,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         lean = self._h11
         if lean is None:
             lean = await self._setup()
-        if _is_mocked():
+        if is_mocked():
             return await self._reference().handle_async_request(request)
         if self._use_aiohttp:
             loop = _running_asyncio_loop()

@@ -22,8 +22,14 @@ class Cooldown:
         """Seconds left of the pause (0 when not paused)."""
         return max(0.0, self.until - anyio.current_time())
 
+    def paused(self) -> bool:
+        """Whether a pause is in force now (no clock is read when none was ever set)."""
+        return bool(self.until) and self.until > anyio.current_time()
+
     async def wait(self) -> float:
         """Return once no pause is set (at once when none is): the seconds slept."""
+        if not self.until:  # never paused: no clock to read
+            return 0.0
         started = anyio.current_time()
         delay = self.until - started
         if delay <= 0:

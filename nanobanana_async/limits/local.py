@@ -86,6 +86,16 @@ class LocalLimits:
             raise
         return Permit(held, cooldown=waited)
 
+    def acquire_now(self, cost: int) -> Permit | None:
+        """A permit at once when admitting ``cost`` needs no wait and no reservation (no
+        cool-down in force, no ``max_credits``, no ``max_per_second``); None otherwise, and
+        then :meth:`acquire` decides. The retry loop's way around an await per attempt."""
+        if self._rate is not None or (self._budget is not None and cost > 0):
+            return None
+        if self.cooldown.paused():
+            return None
+        return Permit(0)
+
     async def settle(
         self,
         permit: Permit,
@@ -95,6 +105,17 @@ class LocalLimits:
         pause: float | None = None,
     ) -> None:
         """End ``permit``'s attempt (see :meth:`Limits.settle`)."""
+        self.settle_now(permit, spent=spent, outcome=outcome, pause=pause)
+
+    def settle_now(
+        self,
+        permit: Permit,
+        *,
+        spent: int | None = None,
+        outcome: BaseException | None = None,
+        pause: float | None = None,
+    ) -> None:
+        """:meth:`settle`, which awaits nothing here: callable where awaiting is not wanted."""
         if pause is not None and pause > 0:
             self.cooldown.pause(pause)
         if permit.settled:
