@@ -1,9 +1,14 @@
-"""AsyncNanoBanana: transport, authentication, generate, download, estimate."""
+"""AsyncNanoBanana: the public client, and the door to everything the SDK does.
+
+Construction (endpoint, transport, timeouts, pricing, limits, telemetry), lifecycle, generate,
+download, estimate, and the batch and worker entry points. It is longer than most modules
+because it is the one public class and its signatures are the API; the work is done elsewhere:
+requests in generate_request, retries in retry, batches in batch/, files in download.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -17,11 +22,8 @@ import anyio
 import attrs
 import httpx
 
-from ._http.body import BodyTooLarge, declared_length, read_capped
-from ._http.failures import connection_error, request_was_sent
-from ._http.fast import UNBOUNDED_LIMITS, FastTransport, is_mocked
+from ._http.fast import UNBOUNDED_LIMITS, FastTransport
 from ._http.httpx_client import SDKAsyncClient
-from ._version import __version__
 from .batch import (
     BatchOptions,
     BatchRegistry,
@@ -34,12 +36,14 @@ from .batch import (
 from .download import MAX_DOWNLOAD_BYTES, download_image
 from .endpoint import DEFAULT_BASE_URL, Endpoint, env_proxy_applies
 from .errors import (
-    APIError,
     InvalidRequestError,
-    MalformedResponseError,
     NanoBananaError,
-    error_for_status,
-    parse_generate_response,
+)
+from .generate_request import (
+    USER_AGENT,
+    GenerateRequests,
+    json_bytes,
+    new_idempotency_key,
 )
 from .limits import Limits, LocalLimits
 from .models import DEFAULT_MODEL, Generation, Job
@@ -51,7 +55,7 @@ from .retry import (
     RetryPolicy,
     call_with_retries,
 )
-from .telemetry import CallTelemetry, Hooks, Telemetry
+from .telemetry import Hooks, Telemetry
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncNanoBanana"]
 
@@ -61,20 +65,7 @@ logger = logging.getLogger("nanobanana_async")
 # a few seconds is a dead host. Waiting for a pooled connection is not a fault of the server and
 # never times out: the batch runner bounds how many requests wait.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=180.0, write=30.0, pool=None)
-USER_AGENT = f"nanobanana-async/{__version__}"
-MAX_RESPONSE_BYTES = 1 << 20
 _CLOSE_TIMEOUT = 5.0  # seconds aclose() may take to close connections the caller cannot reach
-
-
-def _too_large(status_code: int, headers: Mapping[str, str], limit: int) -> APIError:
-    # An error status still classifies the failure (a proxy's huge 502 page is a retryable
-    # server error); only a success status with an oversized body is malformed.
-    detail = f"with a body larger than the {limit}-byte cap (not read)"
-    if status_code >= 400:
-        return error_for_status(status_code, headers, detail)
-    return MalformedResponseError(
-        f"response refused: HTTP {status_code} {detail}", status_code=status_code
-    )
 
 
 class AsyncNanoBanana:
@@ -164,17 +155,17 @@ class AsyncNanoBanana:
                     follow_redirects=False,
                     headers={"User-Agent": USER_AGENT},
                 )
-        # A caller's transport= inside the SDK's own client: generate requests go to it without
-        # httpx's client machinery (see _send_light); FastTransport has its own direct path.
-        self._light_transport: httpx.AsyncBaseTransport | None = None
-        self._client_headers: list[tuple[str, str]] = []
-        if transport is not None and self._fast_transport is None and self._own_client:
-            self._light_transport = transport
-            self._client_headers = [
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in self._own_client.headers.raw
-            ]
-        self._generate_target = str(self._generate_url)
-        self._timeout_spec: dict[str, float | None] = self._timeout.as_dict()
+        # A caller's transport= inside the SDK's own client is handed generate requests
+        # directly; FastTransport has its own direct path (see GenerateRequests).
+        light = transport if transport is not None and self._fast_transport is None else None
+        self._requests = GenerateRequests(
+            self._generate_url,
+            self._timeout,
+            self._api_key,
+            fast=self._fast_transport,
+            light=light if self._own_client is not None else None,
+            client_headers=self._own_client.headers if self._own_client else httpx.Headers(),
+        )
         self._closed = False
         self._transport_ready = self._fast_transport is None
         self._batches = BatchRegistry()
@@ -334,13 +325,13 @@ class AsyncNanoBanana:
         carries ``idempotency_key`` (a job store keeps one per job), else a fresh one.
         """
         started = time.perf_counter()
-        idempotency_key = idempotency_key or _idempotency_key()
+        idempotency_key = idempotency_key or new_idempotency_key()
         headers = {
             **self._auth_headers,
             "Idempotency-Key": idempotency_key,
             "Content-Type": "application/json",
         }
-        body = _json_bytes(job.to_body())  # once per call, the same bytes on every attempt
+        body = json_bytes(job.to_body())  # once per call, the same bytes on every attempt
         # Spans, metrics and hooks (None when nothing listens: then nothing else runs for them).
         call = self._telemetry.start_call(job, self._pricing, idempotency_key)
 
@@ -351,7 +342,7 @@ class AsyncNanoBanana:
             self._transport_ready = True
 
         async def post() -> tuple[str, ...]:
-            return await self._post_generate(body, headers, call)
+            return await self._requests.post(self._http(), body, headers, call)
 
         def charged(urls: tuple[str, ...]) -> int:
             # Credits are charged per image generated: a partial answer costs what it returned.
@@ -387,83 +378,6 @@ class AsyncNanoBanana:
         if call is not None:
             call.succeeded(generation)
         return generation
-
-    async def _post_generate(
-        self, body: bytes, headers: dict[str, str], call: CallTelemetry | None = None
-    ) -> tuple[str, ...]:
-        http = self._http()
-        target = self._generate_target
-        try:
-            fast = self._fast_transport
-            if fast is not None and fast.can_post_directly():
-                status, response_headers, content = await fast.post_directly(
-                    target,
-                    body,
-                    {**headers, **_DIRECT_HEADERS},
-                    self._timeout_spec,
-                    MAX_RESPONSE_BYTES,
-                )
-            else:
-                light = self._light_transport
-                if light is not None and not http.cookies and not is_mocked():
-                    response = await self._send_light(http, light, body, headers)
-                else:
-                    request = http.build_request(
-                        "POST",
-                        self._generate_url,
-                        content=body,
-                        headers=headers,
-                        timeout=self._timeout,
-                    )
-                    response = await http.send(request, stream=True)
-                try:
-                    content = await read_capped(
-                        response.aiter_bytes(),
-                        declared_length(response.headers.get("content-length")),
-                        MAX_RESPONSE_BYTES,
-                        response.status_code,
-                        response.headers,
-                    )
-                finally:
-                    await response.aclose()
-                status, response_headers = response.status_code, response.headers
-        except httpx.HTTPError as exc:
-            raise connection_error(exc, target, sent=request_was_sent(exc)) from None
-        except BodyTooLarge as exc:
-            raise _too_large(exc.status_code, exc.headers, MAX_RESPONSE_BYTES) from None
-        logger.debug("POST %s -> HTTP %d", target, status)
-        if call is not None:
-            call.responded(status, response_headers)
-        return parse_generate_response(status, content, response_headers, secret=self._api_key)
-
-    async def _send_light(
-        self,
-        http: httpx.AsyncClient,
-        transport: httpx.AsyncBaseTransport,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> httpx.Response:
-        """The request ``http.send`` would make, handed to the caller's transport directly.
-
-        Only for the client the SDK built around a caller's ``transport=``: no auth, event
-        hooks, redirects or proxies to apply, nothing mocked, no cookies held. The same
-        request (the client's headers, then the call's, which name none of them; the URL; the
-        timeout extension) without ``build_request`` and ``send``'s bookkeeping, which were a
-        third of a job's CPU in-process. Cookies a response sets are kept; once the client
-        holds some, requests go through ``send`` again, which sends them.
-        """
-        request = httpx.Request(
-            "POST",
-            self._generate_url,
-            headers=[*self._client_headers, *headers.items()],
-            content=body,
-            extensions={"timeout": self._timeout_spec},
-        )
-        response = await transport.handle_async_request(request)
-        response.request = request
-        if "set-cookie" in response.headers:
-            http.cookies.extract_cookies(response)
-        return response
 
     # -- download --------------------------------------------------------------------------
 
@@ -615,32 +529,6 @@ class AsyncNanoBanana:
             retry_ambiguous=retry_ambiguous,
         )
         return await run_to_report(run)
-
-
-# What the SDK's own httpx client sends besides, minus compression: a small JSON object is not
-# worth compressing (a server that compresses anyway is decoded as httpx would, _http/encoding).
-_DIRECT_HEADERS = {
-    "User-Agent": USER_AGENT,
-    "Accept": "*/*",
-    "Accept-Encoding": "identity",
-}
-
-
-# Compact UTF-8, as httpx encodes json=; one encoder (json.dumps builds one per call).
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _json_bytes(body: dict[str, Any]) -> bytes:
-    return _JSON.encode(body).encode()
-
-
-def _idempotency_key() -> str:
-    """What ``uuid.uuid4().hex`` gives (32 hex digits, the version 4 and variant bits set),
-    without building a UUID object."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40
-    raw[8] = raw[8] & 0x3F | 0x80
-    return raw.hex()
 
 
 def _refuse_overrides(job: Job, **fields: object) -> None:

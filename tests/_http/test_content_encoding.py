@@ -20,7 +20,7 @@ import pytest
 
 from nanobanana_async import APIConnectionError, AsyncNanoBanana, MalformedResponseError
 from nanobanana_async._http.fast import FastTransport
-from nanobanana_async.client import MAX_RESPONSE_BYTES
+from nanobanana_async.generate_request import MAX_RESPONSE_BYTES
 from tests.support.http_server import loopback_server
 from tests.support.unfinished import unfinished_generators
 

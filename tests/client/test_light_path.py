@@ -45,11 +45,11 @@ def comparable(request: httpx.Request) -> tuple[object, ...]:
 async def test_the_light_path_sends_what_the_client_would(anyio_backend: str) -> None:
     seen: list[httpx.Request] = []
     async with AsyncNanoBanana(KEY, base_url="http://127.0.0.1:1", transport=recording(seen)) as nb:
-        assert nb._light_transport is not None
+        assert nb._requests._light is not None
         generation = await nb.generate("a banana")
         assert generation.urls == ("https://img.example/1.png",)
         light = seen[-1]
-        nb._light_transport = None  # the same call through httpx's client send
+        nb._requests._light = None  # the same call through httpx's client send
         await nb.generate("a banana")
         full = seen[-1]
     assert comparable(light) == comparable(full)
@@ -80,9 +80,9 @@ async def test_respx_still_sees_requests_with_a_caller_transport(anyio_backend: 
 def test_idempotency_keys_look_like_uuid4_hex() -> None:
     import uuid
 
-    from nanobanana_async.client import _idempotency_key
+    from nanobanana_async.generate_request import new_idempotency_key
 
-    keys = {_idempotency_key() for _ in range(1000)}
+    keys = {new_idempotency_key() for _ in range(1000)}
     assert len(keys) == 1000
     for key in keys:
         assert uuid.UUID(hex=key).version == 4

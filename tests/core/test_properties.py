@@ -35,7 +35,7 @@ from nanobanana_async import (
     RetryPolicy,
     ServerError,
 )
-from nanobanana_async.client import MAX_RESPONSE_BYTES
+from nanobanana_async.generate_request import MAX_RESPONSE_BYTES
 
 pytestmark = [
     pytest.mark.anyio,
