@@ -195,9 +195,13 @@ async def call_with_retries(
     try:
         result = await call.one()
     except Exception as exc:
-        return await _retry_after_failure(exc, call, policy, budget)
-    budget.record_success()
-    return result
+        failure = exc
+    else:
+        budget.record_success()
+        return result
+    # Retried outside the except block: a later error must not carry the first as its
+    # context, nor keep its frames alive through the backoff sleeps.
+    return await _retry_after_failure(failure, call, policy, budget)
 
 
 class _Call(Generic[T]):

@@ -271,6 +271,17 @@ async def test_server_errors_are_retried_exactly_max_retries_times(max_retries: 
 
 
 @pytest.mark.anyio
+async def test_the_last_error_does_not_carry_the_first_as_its_context() -> None:
+    # The retries run outside the first attempt's except block: a traceback shows one error,
+    # not "during handling of the above exception, another exception occurred".
+    first, last = server_error(), ServerError("still down", status_code=503, code=503)
+    result, calls, _ = await run([first, server_error(), last])
+    assert result is last
+    assert calls == 3
+    assert last.__context__ is None
+
+
+@pytest.mark.anyio
 async def test_recovers_after_server_errors() -> None:
     result, calls, _ = await run([server_error(), server_error(), "ok"])
     assert result == "ok"
