@@ -152,6 +152,14 @@ class Endpoint:
         _check_key(key)
         raw_base = base_url or os.environ.get("NANOBANANA_BASE_URL") or DEFAULT_BASE_URL
         base = check_http_url(raw_base.rstrip("/"), what="base_url", param="base_url")
+        if base.userinfo:
+            # httpx would send them as Basic auth in place of the key, on some paths only. The
+            # URL is not quoted: it holds a password.
+            raise InvalidRequestError(
+                f"base_url must not contain a user name or password (host {base.host}): the "
+                "API key authenticates; pass it as api_key",
+                param="base_url",
+            )
         if base.scheme == "http" and not allow_insecure_http and not is_loopback(base.host):
             raise InvalidRequestError(
                 f"refusing to send the API key over plain http to {base.host}: use https, or pass "

@@ -125,6 +125,19 @@ def test_bad_base_url_is_refused(base_url: str) -> None:
         AsyncNanoBanana(KEY, base_url=base_url)
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    ["https://user:s3cret-pw@api.test", "http://user@127.0.0.1:8000", "https://:pw@a.test"],
+)
+def test_credentials_in_the_base_url_are_refused_without_quoting_them(base_url: str) -> None:
+    # httpx would send them as Basic auth instead of the key (on some paths only).
+    with pytest.raises(InvalidRequestError, match="user name or password") as caught:
+        AsyncNanoBanana(KEY, base_url=base_url)
+    assert "s3cret" not in str(caught.value)
+    assert "pw" not in str(caught.value)
+    assert caught.value.param == "base_url"
+
+
 def test_http_client_and_transport_are_exclusive() -> None:
     with pytest.raises(InvalidRequestError):
         AsyncNanoBanana(
