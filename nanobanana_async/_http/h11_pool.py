@@ -24,6 +24,9 @@ response objects): it writes the request itself and reads the common answer with
 (:mod:`~nanobanana_async._http.wire`), under one cancel scope per request; any other answer
 is handed to h11 with the bytes already read, so it is parsed (or refused) as on
 :meth:`H11Transport.handle_async_request`. Same pool, reuse checks, timeouts and failures.
+
+It is the longest module of ``_http`` because it is one thing: the pool, its connections and
+both request paths share one set of reuse, timeout and failure rules.
 """
 
 from __future__ import annotations
@@ -64,6 +67,16 @@ class _Fallback(Exception):
     def __init__(self, received: bytes) -> None:
         super().__init__("not a plain answer")
         self.received = received
+
+
+async def _read_some(stream: ByteStream) -> bytes:
+    """Up to ``_READ_SIZE`` bytes; ``b""`` at the end of the stream; a failure as ReadError."""
+    try:
+        return await stream.receive(_READ_SIZE)
+    except anyio.EndOfStream:
+        return b""
+    except _IO_ERRORS as exc:
+        raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
 
 
 def _holds_read_ahead(stream: object) -> bool:
@@ -117,13 +130,8 @@ class _Connection:
     async def receive(self, timeout: float | None) -> bytes:
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         data = b""
-        try:
-            with anyio.CancelScope(deadline=deadline) as scope:
-                data = await self.stream.receive(_READ_SIZE)
-        except anyio.EndOfStream:
-            return b""
-        except _IO_ERRORS as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        with anyio.CancelScope(deadline=deadline) as scope:
+            data = await _read_some(self.stream)
         if scope.cancelled_caught:
             raise httpx.ReadTimeout("timed out reading the response")
         return data
@@ -477,12 +485,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                     scope.deadline = anyio.current_time() + read_timeout
                 else:
                     scope.deadline = math.inf
-                try:
-                    chunk = await stream.receive(_READ_SIZE)
-                except anyio.EndOfStream:
-                    chunk = b""
-                except _IO_ERRORS as exc:
-                    raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+                chunk = await _read_some(stream)
                 if not chunk:
                     raise httpx.RemoteProtocolError(
                         "Server disconnected without sending a response."
@@ -503,12 +506,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             while len(content) < length:
                 if read_timeout is not None:
                     scope.deadline = anyio.current_time() + read_timeout
-                try:
-                    chunk = await stream.receive(_READ_SIZE)
-                except anyio.EndOfStream:
-                    chunk = b""
-                except _IO_ERRORS as exc:
-                    raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+                chunk = await _read_some(stream)
                 if not chunk:
                     raise httpx.RemoteProtocolError(
                         "peer closed connection without sending complete message body: "
