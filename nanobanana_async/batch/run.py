@@ -209,6 +209,13 @@ class BatchRun:
 
     async def __anext__(self) -> JobResult:
         receive = self._receive
+        if receive is None and self._state is not None:
+            # Started by collect(): starting again would send (and pay for) every job twice.
+            # Raised before the try below, which would cancel that collect.
+            raise NanoBananaError(
+                "this batch was run with collect(): its results are what collect() returned; "
+                "iterate a batch or collect it, once"
+            )
         try:
             if receive is None:
                 receive = self._start()

@@ -124,6 +124,36 @@ async def test_a_run_collects_once(anyio_backend: str) -> None:
             await run.collect()
 
 
+@pytest.mark.parametrize("concurrently", [False, True], ids=["after", "during"])
+async def test_a_collected_run_cannot_be_iterated_into_a_second_run(
+    anyio_backend: str, concurrently: bool
+) -> None:
+    # Iterating would have started the batch again over the same input: every job sent twice.
+    requests: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, content=OK)
+
+    transport = httpx.MockTransport(answer)
+    async with AsyncNanoBanana(KEY, base_url="http://127.0.0.1:1", transport=transport) as nb:
+        run = BatchRun(nb, ["a", "b", "c"], BatchOptions(concurrency=2), BatchRegistry())
+        async with anyio.create_task_group() as tg:
+            collected: list[int] = []
+
+            async def collect() -> None:
+                collected.extend(result.index for result in await run.collect())
+
+            tg.start_soon(collect)
+            if not concurrently:
+                await anyio.sleep(0.05)
+            await anyio.lowlevel.checkpoint()
+            with pytest.raises(NanoBananaError, match="collect"):
+                await run.__anext__()
+    assert sorted(collected) == [0, 1, 2]
+    assert len(requests) == 3
+
+
 async def test_closing_the_client_stops_a_collecting_batch(anyio_backend: str) -> None:
     async with client() as nb, anyio.create_task_group() as tg:
         failures: list[BaseException] = []
