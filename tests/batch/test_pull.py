@@ -130,24 +130,35 @@ async def test_a_collected_run_cannot_be_iterated_into_a_second_run(
 ) -> None:
     # Iterating would have started the batch again over the same input: every job sent twice.
     requests: list[httpx.Request] = []
+    started, release = anyio.Event(), anyio.Event()
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    async def answer(request: httpx.Request) -> httpx.Response:
         requests.append(request)
+        started.set()
+        await release.wait()
         return httpx.Response(200, content=OK)
 
     transport = httpx.MockTransport(answer)
+    collected: list[int] = []
     async with AsyncNanoBanana(KEY, base_url="http://127.0.0.1:1", transport=transport) as nb:
         run = BatchRun(nb, ["a", "b", "c"], BatchOptions(concurrency=2), BatchRegistry())
-        async with anyio.create_task_group() as tg:
-            collected: list[int] = []
 
-            async def collect() -> None:
-                collected.extend(result.index for result in await run.collect())
+        async def collect() -> None:
+            collected.extend(result.index for result in await run.collect())
 
-            tg.start_soon(collect)
-            if not concurrently:
-                await anyio.sleep(0.05)
-            await anyio.lowlevel.checkpoint()
+        if concurrently:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect)
+                await started.wait()  # collect() has sent its first request
+                try:
+                    # Bounded: a second run would wait for its own first result, forever.
+                    with pytest.raises(NanoBananaError, match="collect"), anyio.fail_after(10):
+                        await run.__anext__()
+                finally:
+                    release.set()
+        else:
+            release.set()
+            await collect()
             with pytest.raises(NanoBananaError, match="collect"):
                 await run.__anext__()
     assert sorted(collected) == [0, 1, 2]
