@@ -6,6 +6,7 @@ transactions; everything about jobs, states and leases is here and in ``sql.py``
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import uuid
@@ -65,7 +66,7 @@ def _record(data: dict[str, Any]) -> JournalRecord:
     )
 
 
-class SqlStore:
+class SqlStore(abc.ABC):
     """A job store in a SQL database: a row per job, claimed with leases.
 
     ``lease``: seconds a run holds a job without renewing it (it renews every third of
@@ -91,32 +92,36 @@ class SqlStore:
     # -- what a backend provides ------------------------------------------------------------
 
     @property
+    @abc.abstractmethod
     def url(self) -> str:
-        raise NotImplementedError
+        """The store's URL, without a password."""
 
+    @abc.abstractmethod
     def _connect(self) -> Any:
-        raise NotImplementedError
+        """A new connection to the database."""
 
+    @abc.abstractmethod
     def _errors(self) -> tuple[type[BaseException], ...]:
-        raise NotImplementedError
+        """The driver's exceptions that mean the database failed."""
 
     def _broken(self, conn: Any) -> bool:
         return False
 
+    @abc.abstractmethod
     def _setup(self, conn: Any) -> None:
         """Create the table and indexes if missing."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _transaction(self, conn: Any, ops: list[Op]) -> None:
         """Run ``ops`` in one transaction, filling in each one's result."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _execute(self, conn: Any, sql: str, params: dict[str, Any]) -> Any:
         """One statement in its own transaction; returns the cursor."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _claim(self, conn: Any, params: dict[str, Any]) -> list[Sequence[Any]]:
-        raise NotImplementedError
+        """Claim pending jobs under a lease (``params``); their rows."""
 
     def _pool(self, size: int) -> Pool:
         return Pool(
