@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import attrs
@@ -23,6 +22,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from nanobanana_async._http.body import BodyTooLarge, declared_length, read_capped
 from nanobanana_async._http.h11_pool import H11Transport
 from nanobanana_async._http.wire import ResponseHeaders, parse_head, request_bytes
+from tests.support.http_server import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -114,17 +114,8 @@ class Server:
                 return  # a body delimited by the close
 
 
-@asynccontextmanager
-async def server_for(*answers: bytes | str) -> AsyncIterator[Server]:
-    server = Server(list(answers))
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.handle)
-        try:
-            yield server
-        finally:
-            tg.cancel_scope.cancel()
+def server_for(*answers: bytes | str) -> AbstractAsyncContextManager[Server]:
+    return serving(Server(list(answers)))
 
 
 async def settle(server: Server, open_connections: int) -> None:

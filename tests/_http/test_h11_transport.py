@@ -8,8 +8,7 @@ wrongly reused connection shows as a count.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 import anyio
@@ -21,6 +20,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from nanobanana_async._http.fast import FastTransport
 from nanobanana_async._http.h11_pool import H11Transport
 from nanobanana_async.emulator import GENERATE_PATH, Emulator, Faults, serve
+from tests.support.http_server import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -88,17 +88,8 @@ class RawServer:
         return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(data) + data
 
 
-@asynccontextmanager
-async def raw_server(behaviour: Behaviour) -> AsyncIterator[RawServer]:
-    server = RawServer(behaviour)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.handle)
-        try:
-            yield server
-        finally:
-            tg.cancel_scope.cancel()
+def raw_server(behaviour: Behaviour) -> AbstractAsyncContextManager[RawServer]:
+    return serving(RawServer(behaviour))
 
 
 async def settle(server: RawServer, open_connections: int) -> None:

@@ -10,8 +10,8 @@ verdict, whichever transport carried the request.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 import anyio
@@ -32,6 +32,7 @@ from nanobanana_async import (
 )
 from nanobanana_async._http.fast import FastTransport, aiohttp_available
 from nanobanana_async.emulator import Emulator, Faults, serve
+from tests.support.http_server import serving
 from tests.support.sockets import connections_to
 from tests.support.unfinished import unfinished_generators
 
@@ -119,17 +120,8 @@ class Server:
             return
 
 
-@asynccontextmanager
-async def raw_server(behaviour: Behaviour) -> AsyncIterator[Server]:
-    server = Server(behaviour)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.handle)
-        try:
-            yield server
-        finally:
-            tg.cancel_scope.cancel()
+def raw_server(behaviour: Behaviour) -> AbstractAsyncContextManager[Server]:
+    return serving(Server(behaviour))
 
 
 Outcome = tuple[str, object]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
 
 import anyio
@@ -31,6 +31,7 @@ from nanobanana_async import (
     MalformedResponseError,
     RetryPolicy,
 )
+from tests.support.http_server import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -102,17 +103,8 @@ class RawServer:
                 )
 
 
-@asynccontextmanager
-async def raw_server(*script: Behaviour) -> AsyncIterator[RawServer]:
-    server = RawServer(list(script))
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.handle)
-        try:
-            yield server
-        finally:
-            tg.cancel_scope.cancel()
+def raw_server(*script: Behaviour) -> AbstractAsyncContextManager[RawServer]:
+    return serving(RawServer(list(script)))
 
 
 def client(base_url: str, **kwargs: Any) -> AsyncNanoBanana:

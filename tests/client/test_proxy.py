@@ -7,8 +7,7 @@ must step aside when httpx would route the request through a proxy.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import anyio.abc
@@ -17,6 +16,7 @@ import pytest
 
 from nanobanana_async import AsyncNanoBanana
 from nanobanana_async.endpoint import env_proxy_applies as _env_proxy_applies
+from tests.support.http_server import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -53,17 +53,8 @@ class ForwardProxy:
             )
 
 
-@asynccontextmanager
-async def forward_proxy() -> AsyncIterator[ForwardProxy]:
-    proxy = ForwardProxy()
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    proxy.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, proxy.handle)
-        try:
-            yield proxy
-        finally:
-            tg.cancel_scope.cancel()
+def forward_proxy() -> AbstractAsyncContextManager[ForwardProxy]:
+    return serving(ForwardProxy())
 
 
 @pytest.fixture

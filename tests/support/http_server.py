@@ -9,13 +9,14 @@ closes them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, TypeVar
 
 import anyio
 import attrs
 from anyio.abc import SocketAttribute, SocketStream
 
-__all__ = ["LoopbackServer", "loopback_server"]
+__all__ = ["LoopbackServer", "Serves", "loopback_server", "serving"]
 
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -60,10 +61,20 @@ class LoopbackServer:
                 return
 
 
+class Serves(Protocol):
+    """A test server: handles each accepted connection; told the port it listens on."""
+
+    port: int
+
+    async def handle(self, stream: SocketStream) -> None: ...
+
+
+S = TypeVar("S", bound=Serves)
+
+
 @asynccontextmanager
-async def loopback_server(answer: Callable[[bytes], bytes]) -> AsyncIterator[LoopbackServer]:
-    """Serve ``answer`` on a free loopback port for the duration of the block."""
-    server = LoopbackServer(answer)
+async def serving(server: S) -> AsyncIterator[S]:
+    """``server.handle`` on a free loopback port (set on ``server.port``) for the block."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     server.port = listener.extra(SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as tg:
@@ -72,3 +83,10 @@ async def loopback_server(answer: Callable[[bytes], bytes]) -> AsyncIterator[Loo
             yield server
         finally:
             tg.cancel_scope.cancel()
+
+
+def loopback_server(
+    answer: Callable[[bytes], bytes],
+) -> AbstractAsyncContextManager[LoopbackServer]:
+    """Serve ``answer`` on a free loopback port for the duration of the block."""
+    return serving(LoopbackServer(answer))
