@@ -25,7 +25,7 @@ from .money import CreditBudget, JobMoney, NoRoomForAttempt
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
-from .stores import StoreSession
+from .stores import StoreError, StoreSession, StoreUnavailableError
 
 __all__ = ["Item", "JobProcessor"]
 
@@ -54,6 +54,17 @@ class _LeaseLost(Exception):
     """Raised before the first attempt when the store no longer gives this run the job."""
 
 
+class _StoreFailed(Exception):
+    """Raised before an attempt when the store could not record it: the request is not sent.
+
+    Not an SDK error, so the retry loop neither retries it nor counts it as an attempt.
+    """
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Stopped(Exception):
     """Raised before an attempt once the batch has stopped: the request is not sent.
 
@@ -65,7 +76,7 @@ class _Attempts:
     """The batch's side of each attempt of one job: stop check, reservation, rate limit, and
     (first attempt) the store's ``sending`` record."""
 
-    __slots__ = ("_item", "_key", "_money", "_processor", "last_error", "recorded")
+    __slots__ = ("_item", "_key", "_money", "_processor", "last_error", "recorded", "told")
 
     def __init__(
         self, processor: JobProcessor, money: JobMoney, item: Item, key: str | None
@@ -76,6 +87,7 @@ class _Attempts:
         self._key = key
         self.last_error: BaseException | None = None
         self.recorded = False  # the store holds this job as "sending"
+        self.told = 0  # the may-have-been-spent credits the store has for this job
 
     async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
         processor = self._processor
@@ -95,16 +107,28 @@ class _Attempts:
         except BaseException:
             self._money.unused()
             raise
-        store, item = processor.store, self._item
-        if store is not None and item.id is not None and not self.recorded:
+        store, item, money = processor.store, self._item, self._money
+        if (
+            store is not None
+            and item.id is not None
+            and (not self.recorded or money.uncertain > self.told)
+        ):
             # Recorded (and committed) before the request leaves: a kill from here on leaves
-            # the job visible as ambiguous, never silently sent again.
-            with anyio.CancelScope(shield=True):
-                sending = await store.sending(item.id, self._key, self._money.cost)
+            # the job visible as ambiguous, never silently sent again; and before a retry of
+            # an attempt whose answer was lost, what that attempt may have cost.
+            try:
+                with anyio.CancelScope(shield=True):
+                    sending = await store.sending(
+                        item.id, self._key, money.cost, uncertain=money.uncertain
+                    )
+            except StoreError as exc:
+                money.unused()
+                raise _StoreFailed(exc) from None
             if not sending:
-                self._money.unused()
+                money.unused()
                 raise _LeaseLost
             self.recorded = True
+            self.told = money.uncertain
         # Checked after the waits (budget, rate limits, 429 cool-down, retry backoff): a job
         # that was waiting when a 401 or "insufficient credits" came back must not send.
         if processor.stats.stopped_reason is not None:
@@ -142,6 +166,8 @@ class JobProcessor:
         self.download_dir = download_dir
         self.store: StoreSession | None = None
         self.over_budget = False  # a job did not fit max_credits (a worker stops claiming)
+        # The store stopped answering: no more jobs are taken, and the run ends with this.
+        self.store_failure: StoreError | None = None
 
     def stop(self, error: NanoBananaError) -> None:
         if self.stats.stopped_reason is None:
@@ -153,13 +179,33 @@ class JobProcessor:
             self.stats.stopped_reason = f"{what}: {error}"
             logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
 
+    def store_failed(self, error: StoreError) -> None:
+        """The store is gone (or cannot keep a result): take no more jobs, end with it."""
+        if self.store_failure is None:
+            self.store_failure = error
+            logger.error("batch stops taking jobs: %s", error)
+
     async def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
         if self.store is not None:
             # Shielded: a result the server may have charged for must reach the store even
-            # when the batch is being cancelled.
-            with anyio.CancelScope(shield=True):
-                await self.store.record(result, status=status)
+            # when the batch is being cancelled. A store that cannot take it keeps it in its
+            # spool, or says the run must stop; the result is reported either way, and no
+            # other job is touched.
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.store.record(result, status=status)
+            except StoreError as exc:
+                self.store_failed(exc)
         return result
+
+    def _not_recorded(self, item: Item, job: Job, error: StoreError) -> JobResult:
+        """A job the store could not take: never sent. Down: skipped (the run stops);
+        refused (this job's row alone): failed with the store's error."""
+        if isinstance(error, StoreUnavailableError):
+            self.store_failed(error)
+            reason = f"not sent: the job store is unavailable ({error})"
+            return JobResult(item.index, job, "skipped", item.id, reason=reason)
+        return JobResult(item.index, job, "failed", item.id, error=error)
 
     async def process(self, item: Item) -> JobResult:
         """The result of one job (resumed, skipped, failed or succeeded), journaled."""
@@ -169,9 +215,15 @@ class JobProcessor:
                 JobResult(item.index, job, "failed", item.id, error=item.error)
             )
         key = item.idempotency_key
+        if self.store_failure is not None:
+            reason = f"not sent: the job store is unavailable ({self.store_failure})"
+            return JobResult(item.index, job, "skipped", item.id, reason=reason)
         if self.store is not None and item.id is not None and not item.claimed:
-            with anyio.CancelScope(shield=True):
-                begin = await self.store.begin(item.id, item.index, job)
+            try:
+                with anyio.CancelScope(shield=True):
+                    begin = await self.store.begin(item.id, item.index, job)
+            except StoreError as exc:
+                return self._not_recorded(item, job, exc)
             if begin.record is not None:
                 return await self._resume(item, job, begin.record)
             if begin.skip is not None:
@@ -218,7 +270,18 @@ class JobProcessor:
             error: NanoBananaError | None = exc
         except _LeaseLost:
             reason = "another worker took this job (this run's lease on it expired): not sent"
-            return JobResult(item.index, job, "skipped", item.id, reason=reason)
+            if call.attempts == 0:
+                return JobResult(item.index, job, "skipped", item.id, reason=reason)
+            error = NanoBananaError(f"not retried after {call.attempts} attempt(s): {reason}")
+        except _StoreFailed as failed:
+            if call.attempts == 0:
+                return self._not_recorded(item, job, failed.error)
+            if isinstance(failed.error, StoreUnavailableError):
+                self.store_failed(failed.error)
+            error = NanoBananaError(
+                f"not retried after {call.attempts} attempt(s): the job store could not "
+                f"record the next one ({failed.error})"
+            )
         except _Stopped:
             money.unused()
             if call.attempts == 0:
@@ -240,11 +303,16 @@ class JobProcessor:
             # server may have charged it); a reservation no attempt used goes back.
             money.unused()
             if attempts.recorded and self.store is not None and item.id is not None:
-                with anyio.CancelScope(shield=True):
-                    if money.uncertain:
-                        await self.store.unsettled(item.id, money.uncertain)
-                    else:  # every attempt sent got a clear answer: nothing was charged
-                        await self.store.release(item.id)
+                try:
+                    with anyio.CancelScope(shield=True):
+                        if money.uncertain:
+                            await self.store.unsettled(item.id, money.uncertain)
+                        else:  # every attempt sent got a clear answer: nothing was charged
+                            await self.store.release(item.id)
+                except StoreError as exc:
+                    # The row stays "sending" (counted as may-have-been-spent) until its
+                    # lease runs out and it turns ambiguous: nothing is lost.
+                    logger.warning("job %s: the store did not take its end: %s", item.id, exc)
             raise
         else:
             money.succeeded(generation.credits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pathlib
@@ -26,7 +27,7 @@ from .process import Item, JobProcessor
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
-from .stores import StoredJob, StoreSession, open_store
+from .stores import StoredJob, StoreError, StoreSession, StoreUnavailableError, open_store
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
@@ -119,14 +120,15 @@ class Runner:
             await self._run_jobs(out)
             return
         # Leases are renewed while the run goes on, and other runs' expired ones handed back.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_maintain, store)
-            await self._run_jobs(out)
-            tg.cancel_scope.cancel()
+        with _one_error():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_maintain, store, self.processor)
+                await self._run_jobs(out)
+                tg.cancel_scope.cancel()
 
     async def _run_jobs(self, out: ResultSink) -> None:
         feed: _Feed = _ClaimFeed(self) if self.jobs is None else _InputFeed(self, self.jobs)
-        try:
+        with _one_error():
             try:
                 async with anyio.create_task_group() as tg:
                     if self.options.ordered and self.jobs is not None:
@@ -143,11 +145,9 @@ class Runner:
                         tg.start_soon(self._worker, feed, sink.clone(), tg)
             finally:
                 await feed.aclose()
-        except BaseExceptionGroup as group:
-            # One failure (say, a job store failing) is reported as itself.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+        # The jobs in flight are settled and reported: now the run ends with what stopped it.
+        if self.processor.store_failure is not None:
+            raise self.processor.store_failure
         if feed.error is not None:
             raise feed.error
 
@@ -167,7 +167,8 @@ class Runner:
                     permits.acquire_nowait()
                 except anyio.WouldBlock:
                     await permits.acquire()
-                item = await feed.next()
+                # A store that stopped answering: no more jobs (see process.store_failed).
+                item = await feed.next() if self.processor.store_failure is None else None
                 if item is None:
                     permits.release()  # not used: the next worker waiting finds the end too
                     return
@@ -395,26 +396,49 @@ class _ClaimFeed(_Feed):
             store = runner.processor.store
             assert store is not None
             claimed = self._claimed
-            while not claimed:
-                claimed.extend(await store.claim(self._chunk))
-                if claimed:
-                    break
-                # Nothing pending: hand back what dead or expired runs hold, then look again.
-                await store.maintain()
-                claimed.extend(await store.claim(self._chunk))
-                if claimed:
-                    break
-                if not runner.options.follow:
-                    self.done = True
-                    return None
-                await anyio.sleep(runner.options.poll_interval)
+            try:
+                while not claimed:
+                    claimed.extend(await store.claim(self._chunk))
+                    if claimed:
+                        break
+                    # Nothing pending: hand back what dead or expired runs hold, look again.
+                    await store.maintain()
+                    claimed.extend(await store.claim(self._chunk))
+                    if claimed:
+                        break
+                    if not runner.options.follow:
+                        self.done = True
+                        return None
+                    await anyio.sleep(runner.options.poll_interval)
+            except StoreError as exc:
+                # Raised at the end, once the jobs in flight are settled and reported.
+                self.done = True
+                self.error = exc
+                return None
             return Runner._stored_item(claimed.popleft(), self._pricing, self._names)
 
 
-async def _maintain(store: StoreSession) -> None:
+@contextlib.contextmanager
+def _one_error() -> Iterator[None]:
+    """One failure (the input's, a store's) is reported as itself, not as a group of one."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _maintain(store: StoreSession, processor: JobProcessor) -> None:
     while True:
         await anyio.sleep(store.lease / 3)
-        await store.maintain()
+        try:
+            await store.maintain()
+        except StoreUnavailableError as exc:
+            processor.store_failed(exc)
+            return
+        except StoreError as exc:  # the next beat tries again; a lease lasts three beats
+            logger.warning("job store: leases not renewed this time: %s", exc)
 
 
 def _not_a_directory(directory: pathlib.Path) -> InvalidRequestError:

@@ -67,7 +67,9 @@ class JsonlSession:
     async def begin(self, job_id: str, index: int, job: Job) -> Begin:
         return Begin(record=self.journal.resumable(job_id))
 
-    async def sending(self, job_id: str, idempotency_key: str | None, credits: int) -> bool:
+    async def sending(
+        self, job_id: str, idempotency_key: str | None, credits: int, *, uncertain: int = 0
+    ) -> bool:
         return True
 
     async def record(self, result: JobResult, *, status: str | None = None) -> None:
