@@ -95,14 +95,17 @@ class StoreStatus:
     """Jobs by state and credits, as a store sees them (``nanobanana jobs status``).
 
     ``credits_spent`` adds up what done jobs were charged; ``credits_may_have_been_spent``
-    what ambiguous jobs reserved plus attempts whose answer was lost: the server may or may
-    not have charged those. ``ambiguous`` lists the first ambiguous job ids.
+    what jobs being sent and ambiguous jobs reserved plus attempts whose answer was lost: the
+    server may or may not have charged those. ``ambiguous`` lists the first ambiguous job ids.
+    ``spooled``: results in this machine's spool for the store, not in it yet (``nanobanana
+    jobs recover`` puts them in).
     """
 
     counts: Mapping[str, int]
     credits_spent: int
     credits_may_have_been_spent: int
     ambiguous: tuple[str, ...] = ()
+    spooled: int = 0
 
     @property
     def total(self) -> int:
@@ -122,6 +125,7 @@ class StoreStatus:
             "credits_spent": self.credits_spent,
             "credits_may_have_been_spent": self.credits_may_have_been_spent,
             "ambiguous": list(self.ambiguous),
+            "spooled": self.spooled,
         }
 
 

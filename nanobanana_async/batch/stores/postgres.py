@@ -55,7 +55,10 @@ _DIALECT = Dialect(
     now="extract(epoch from clock_timestamp())",
     real="DOUBLE PRECISION",
     lock=" FOR UPDATE SKIP LOCKED",
-    table_exists="SELECT to_regclass(%(name)s) IS NOT NULL",
+    # The catalog read with this statement's snapshot (to_regclass may answer from a cache
+    # that has not seen a table another worker created while this one waited for the lock).
+    table_exists="SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+    "WHERE schemaname = current_schema() AND tablename = %(name)s)",
     schema_lock=f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})",
 )
 _DEADLOCKS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)

@@ -95,6 +95,16 @@ class Spool:
         except OSError:
             return False
 
+    def count(self) -> int:
+        """Entries in the spool (lines), without taking the lock."""
+        if not self.pending():
+            return 0
+        try:
+            with open(self.path, "rb") as fh:
+                return sum(1 for line in fh if line.strip())
+        except OSError:
+            return 0
+
     def take(self) -> Taken | None:
         """The entries under the lock; None when another process holds it (it is recovering
         the same spool) or there is no spool."""

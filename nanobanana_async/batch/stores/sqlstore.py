@@ -11,6 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
+import anyio.to_thread
+import attrs
+
 from ...errors import InvalidRequestError
 from ...models import Job
 from ...pricing import PricingTable, as_job
@@ -87,7 +90,8 @@ class SqlStore(SqlBackend):
             return StoreStatus(counts, spent, maybe, ambiguous)
 
         result: StoreStatus = await self._once(read)
-        return result
+        spooled = await anyio.to_thread.run_sync(self.spool.count)
+        return attrs.evolve(result, spooled=spooled) if spooled else result
 
     async def retry(self, *states: str) -> int:
         """Put jobs in ``states`` (``"ambiguous"``, ``"failed"``, ``"skipped"``) back to
