@@ -6,9 +6,11 @@
 - ``outage()`` (or ``down = True``): every statement and every new connection fails the way
   a database that went away fails (a lost connection: the driver's own error), until it
   ends;
-- ``fail(count, match=..., transient=...)``: the next ``count`` statements whose SQL contains
-  ``match`` (or for which ``match(sql, params)`` is true) fail, as a lost connection
-  (``transient=True``) or as a refusal of that statement alone (a data error);
+- ``fail(count, match=..., transient=..., after=...)``: the next ``count`` statements whose
+  SQL contains ``match`` (or for which ``match(sql, params)`` is true) fail, as a lost
+  connection (``transient=True``) or as a refusal of that statement alone (a data error);
+  ``after=True``: the statement runs first and its answer is lost (in autocommit: committed,
+  and the client cannot know);
 - ``slow``: seconds every statement takes first (a loaded server);
 - ``error_rate`` / ``slow_rate`` with ``seed``: random transient errors and slow statements,
   for schedules (a model-based checker can drive these).
@@ -37,8 +39,8 @@ Match = str | Callable[[str, dict[str, Any]], bool] | None
 
 
 class _Rule:
-    def __init__(self, count: int, match: Match, transient: bool) -> None:
-        self.count, self.match, self.transient = count, match, transient
+    def __init__(self, count: int, match: Match, transient: bool, after: bool) -> None:
+        self.count, self.match, self.transient, self.after = count, match, transient, after
 
     def applies(self, sql: str, params: dict[str, Any]) -> bool:
         if self.count <= 0:
@@ -81,10 +83,12 @@ class StoreFaults:
         store._connect = faulty_connect  # type: ignore[method-assign]
         return store
 
-    def fail(self, count: int = 1, *, match: Match = None, transient: bool = True) -> None:
-        """Fail the next ``count`` statements that ``match``."""
+    def fail(
+        self, count: int = 1, *, match: Match = None, transient: bool = True, after: bool = False
+    ) -> None:
+        """Fail the next ``count`` statements that ``match`` (``after``: once they ran)."""
         with self._lock:
-            self._rules.append(_Rule(count, match, transient))
+            self._rules.append(_Rule(count, match, transient, after))
 
     def clear(self) -> None:
         """Forget the rules not used up yet."""
@@ -104,8 +108,9 @@ class StoreFaults:
         with self._lock:
             self.injected[kind] += 1
 
-    def before(self, sql: str, params: dict[str, Any], postgres: bool) -> None:
-        """Called before each statement: raise or wait as the faults say."""
+    def before(self, sql: str, params: dict[str, Any], postgres: bool) -> _Rule | None:
+        """Called before each statement: raise or wait as the faults say; a rule returned
+        fails the statement once it ran."""
         with self._lock:
             self.statements += 1
             wait = self.slow if self.slow_rate == 0 else 0.0
@@ -121,12 +126,15 @@ class StoreFaults:
         if self.down:
             self._count("down")
             raise self._error(postgres, transient=True)
-        if rule is not None:
-            self._count("transient" if rule.transient else "refused")
-            raise self._error(postgres, transient=rule.transient)
         if random_error:
             self._count("transient")
             raise self._error(postgres, transient=True)
+        if rule is not None:
+            self._count("transient" if rule.transient else "refused")
+            if rule.after:
+                return rule
+            raise self._error(postgres, transient=rule.transient)
+        return None
 
     @staticmethod
     def _error(postgres: bool, *, transient: bool) -> Exception:
@@ -160,14 +168,22 @@ class _Connection:
     def execute(self, sql: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
         text = sql if isinstance(sql, str) else str(sql)
         try:
-            self._faults.before(text, params if isinstance(params, dict) else {}, self._postgres)
+            after = self._faults.before(
+                text, params if isinstance(params, dict) else {}, self._postgres
+            )
         except Exception as exc:
             # A lost connection stays lost; a refused statement leaves it usable.
             self._lost = self._lost or _lost(exc)
             raise
         if params is None:
-            return self._conn.execute(sql, *args, **kwargs)
-        return self._conn.execute(sql, params, *args, **kwargs)
+            cursor = self._conn.execute(sql, *args, **kwargs)
+        else:
+            cursor = self._conn.execute(sql, params, *args, **kwargs)
+        if after is not None:
+            error = StoreFaults._error(self._postgres, transient=after.transient)
+            self._lost = self._lost or _lost(error)
+            raise error
+        return cursor
 
     @property
     def broken(self) -> bool:

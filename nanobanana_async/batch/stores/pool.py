@@ -90,6 +90,7 @@ class Pool:
         self._opened = False
         self._failing_since: float | None = None
         self._failures = 0
+        self.retries = 0  # calls tried again after a transient failure, ever
         self._connected = False
         self.down: StoreUnavailableError | None = None
         self._lock = threading.Lock()
@@ -177,6 +178,7 @@ class Pool:
                 )
             raise self.down
         self._failures += 1
+        self.retries += 1
         # Backing off from 50 ms to 2 s, with jitter; never past the end of the window.
         delay = min(2.0, 0.05 * 2 ** min(self._failures, 6)) * (0.5 + random.random() / 2)
         left = self._window - (now - self._failing_since)

@@ -46,6 +46,7 @@ class SqlSession:
         # (written before each retry of an attempt whose answer was lost).
         self._told: dict[str, int] = {}
         self.spooled = 0  # results this session kept in the spool
+        self._held: set[str] = set()  # jobs claimed and handed out, not finished yet
 
     async def open(self) -> None:
         await self._pool.open()
@@ -143,6 +144,7 @@ class SqlSession:
             return
         # What the row does not count yet of what this job may have spent.
         uncertain = result.credits_may_have_been_spent - self._told.pop(job_id, 0)
+        self._held.discard(job_id)
         generation = result.generation
         if generation is not None:
             params: dict[str, Any] = {
@@ -236,20 +238,32 @@ class SqlSession:
 
     async def release(self, job_id: str) -> None:
         self._told.pop(job_id, None)
+        self._held.discard(job_id)
         await self._write(self._sql.release, {"id": job_id})
 
     async def unsettled(self, job_id: str, credits: int) -> None:
         uncertain = credits - self._told.pop(job_id, 0)
+        self._held.discard(job_id)
         await self._write(self._sql.unsettled, {"id": job_id, "uncertain": uncertain})
 
     # -- workers ----------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[StoredJob]:
         params = {"owner": self.owner, "lease": self.lease, "n": limit}
+        retries = self._pool.retries
         rows = await self._pool.run(self.store._claim, params)
+        if self._pool.retries != retries:
+            # A claim may have committed and lost its answer on the way: the rows it took
+            # are this run's, and would sit claimed until it ends. Found by owner.
+            rows = await self._pool.run(self._claimed_by)
+            rows = [r for r in rows if r[0] not in self._held]
         jobs = [StoredJob(r[0], int(r[1]), r[2], r[3], r[4], int(r[5]), r[6]) for r in rows]
         jobs.sort(key=lambda j: j.index)  # RETURNING has no order of its own
+        self._held.update(job.id for job in jobs)
         return jobs
+
+    def _claimed_by(self, conn: Any) -> list[Any]:
+        return list(self.store._execute(conn, self._sql.claimed_by, {"owner": self.owner}))
 
     async def maintain(self) -> None:
         sql, store = self._sql, self.store

@@ -193,6 +193,14 @@ class Statements:
             f"RETURNING {_COLUMNS}, idempotency_key"
         )
 
+    @functools.cached_property
+    def claimed_by(self) -> str:
+        # A claim whose commit's answer was lost: the rows it took, found again by owner.
+        return self.sql(
+            f"SELECT {_COLUMNS}, idempotency_key FROM {{t}} WHERE queue = {{q}} "
+            "AND lease_owner = %(owner)s AND state = 'claimed'"
+        )
+
     # -- a job's progress -----------------------------------------------------------------
 
     @functools.cached_property

@@ -167,6 +167,21 @@ async def test_a_result_the_store_refuses_is_spooled_and_the_run_goes_on(store_u
     assert status.credits_spent == emulator.stats.credits_charged
 
 
+async def test_a_claim_whose_answer_was_lost_still_runs_its_jobs(store_url: str) -> None:
+    faults = StoreFaults()
+    store = faults.install(_store(store_url))
+    await store.add(_jobs(12))
+    # The first claim takes its rows and commits; the answer never comes back.
+    faults.fail(1, match="WITH picked", after=True)
+    emulator = Emulator()
+    async with AsyncNanoBanana(KEY, transport=emulator.transport()) as client:
+        report = await client.run_worker(store, concurrency=4)
+    assert faults.injected["transient"] == 1
+    assert report.succeeded == 12
+    assert (await store.status()).counts == {"done": 12}
+    assert emulator.stats.generate_requests == 12
+
+
 async def test_a_worker_whose_claims_fail_ends_with_one_error(store_url: str) -> None:
     faults = StoreFaults()
     store = faults.install(_store(store_url, retry_window="0.3"))
