@@ -66,6 +66,9 @@ class PgBouncer:
                     f"default_pool_size = {pool_size}\n"
                     "max_client_conn = 500\n"
                     "server_reset_query = DISCARD ALL\n"
+                    # After a failed server login (a restarting Postgres) pgbouncer waits this
+                    # long before trying again: 15 s by default, 3 s keeps the tests short.
+                    "server_login_retry = 3\n"
                     f"logfile = {log}\n"
                     f"pidfile = {base / 'pgbouncer.pid'}\n"
                 )

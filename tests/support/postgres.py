@@ -3,7 +3,10 @@
 ``PgCluster.start()`` runs ``initdb`` and ``postgres`` (as the ``postgres`` user through
 ``runuser`` when the tests run as root: initdb refuses root) in a fresh directory, listening
 on 127.0.0.1 only. ``fsync``, ``synchronous_commit`` and ``full_page_writes`` are off: a
-test cluster is thrown away, never recovered. ``PG_BIN`` overrides where the binaries are
+test cluster is thrown away, never recovered. A cluster that tests crash on purpose starts
+with ``crash_safe=True``: ``synchronous_commit`` on, so a commit the server acknowledged
+survives a killed server as it does in production (``fsync`` stays off: the operating system
+keeps what was written when only processes die). ``PG_BIN`` overrides where the binaries are
 (default: the newest ``/usr/lib/postgresql/*/bin``).
 """
 
@@ -21,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import psycopg
 
 __all__ = ["PgCluster", "as_pg", "base_dir", "die_with_parent", "free_port", "pg_bin"]
@@ -101,13 +106,26 @@ def base_dir() -> Path:
 class PgCluster:
     """A running test cluster: :meth:`url` of a database, :meth:`create_database`."""
 
-    def __init__(self, base: Path, port: int, binaries: Path) -> None:
+    def __init__(self, base: Path, port: int, binaries: Path, *, crash_safe: bool = False) -> None:
         self.base, self.port, self.binaries = base, port, binaries
+        self.crash_safe = crash_safe
         self.datadir = base / "data"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _spawn(self, timeout: float = 60.0) -> bool:
         """Start the postmaster on this cluster's port; False if it exited at once."""
+        self.launch()
+        if self._wait_ready(timeout):
+            return True
+        assert self.proc is not None
+        self.proc.wait(timeout=10)
+        return False
+
+    def launch(self) -> None:
+        """Start the postmaster without waiting for it. Call it from the thread that lives as
+        long as the cluster (the test's main thread): the parent-death signal that stops a
+        postmaster whose test process was killed fires when the *thread* that started it
+        ends, and a worker thread ends when it has been idle for a while."""
         with open(self.base / "postgres.log", "ab") as logf:
             self.proc = subprocess.Popen(
                 as_pg(
@@ -124,7 +142,7 @@ class PgCluster:
                         "-c",
                         "fsync=off",
                         "-c",
-                        "synchronous_commit=off",
+                        f"synchronous_commit={'on' if self.crash_safe else 'off'}",
                         "-c",
                         "full_page_writes=off",
                         "-c",
@@ -137,10 +155,10 @@ class PgCluster:
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,
             )
-        if self._wait_ready(timeout):
-            return True
-        self.proc.wait(timeout=10)
-        return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        if not self._wait_ready(timeout):
+            raise RuntimeError("postgres did not start again")
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -155,7 +173,7 @@ class PgCluster:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     @classmethod
-    def start(cls, binaries: Path, timeout: float = 60.0) -> PgCluster:
+    def start(cls, binaries: Path, timeout: float = 60.0, *, crash_safe: bool = False) -> PgCluster:
         base = base_dir()
         datadir, sockdir, log = base / "data", base / "sock", base / "postgres.log"
         cluster = None
@@ -189,7 +207,7 @@ class PgCluster:
                     f"initdb failed ({initdb.returncode}): {initdb.stderr[-2000:]}"
                 )
             for _attempt in range(5):  # the free port may be taken between probe and bind
-                cluster = cls(base, free_port(), binaries)
+                cluster = cls(base, free_port(), binaries, crash_safe=crash_safe)
                 if cluster._spawn(timeout):
                     return cluster
                 if "could not bind" not in log.read_text(errors="replace"):
@@ -238,14 +256,15 @@ class PgCluster:
         self.proc.wait(timeout=60)
         _wait_gone(children)
 
-    def restart(self, *, downtime: float = 0.0, mode: str = "fast") -> None:
-        """``pg_ctl restart -m MODE`` with ``downtime`` seconds between stop and start."""
-        self.shutdown(mode)
-        time.sleep(downtime)
-        if not self._spawn():
-            raise RuntimeError("postgres did not start again")
+    async def restart(self, *, downtime: float = 0.0, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE`` with ``downtime`` seconds between stop and start (the
+        waits in worker threads, the start in the calling thread: see :meth:`launch`)."""
+        await anyio.to_thread.run_sync(self.shutdown, mode)
+        await anyio.sleep(downtime)
+        self.launch()
+        await anyio.to_thread.run_sync(self.wait_ready)
 
-    def crash(self, *, downtime: float = 0.0) -> None:
+    async def crash(self, *, downtime: float = 0.0) -> None:
         """SIGKILL the postmaster (its backends notice and exit), then start it again: crash
         recovery, as after an OOM kill."""
         pid = self._postmaster_pid()
@@ -253,11 +272,11 @@ class PgCluster:
         assert self.proc is not None
         children = self.backends()
         os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        _wait_gone(children)
-        time.sleep(downtime)
-        if not self._spawn():
-            raise RuntimeError("postgres did not start again after a crash")
+        await anyio.to_thread.run_sync(self.proc.wait)
+        await anyio.to_thread.run_sync(_wait_gone, children)
+        await anyio.sleep(downtime)
+        self.launch()
+        await anyio.to_thread.run_sync(self.wait_ready)
 
     def pause(self) -> None:
         """SIGSTOP the postmaster and every backend: the server stops answering while its
@@ -271,7 +290,9 @@ class PgCluster:
     def resume(self) -> None:
         pid = self._postmaster_pid()
         assert pid is not None
-        for target in [pid, *self.backends()]:
+        # runuser stops itself when its child stops (job control, like su): it continues too.
+        parent = [self.proc.pid] if self.proc is not None else []
+        for target in [*parent, pid, *self.backends()]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGCONT)
 
@@ -282,7 +303,8 @@ class PgCluster:
             pid = self._postmaster_pid()
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)  # a paused server must hear the stop
+                    os.kill(self.proc.pid, signal.SIGCONT)  # a paused server must hear it
+                    os.kill(pid, signal.SIGCONT)
                     os.kill(pid, signal.SIGINT)
                 for child in _children(pid):
                     with contextlib.suppress(ProcessLookupError):

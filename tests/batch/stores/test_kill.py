@@ -42,7 +42,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _script_worker(url: str, base_url: str, backend: str) -> subprocess.Popen[str]:
+def _script_worker(
+    url: str, base_url: str, backend: str, *extra: str, concurrency: int = CONCURRENCY
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -51,7 +53,8 @@ def _script_worker(url: str, base_url: str, backend: str) -> subprocess.Popen[st
             url,
             base_url,
             backend,
-            str(CONCURRENCY),
+            str(concurrency),
+            *extra,
         ],
         cwd=ROOT,
         env=_env(),
@@ -165,3 +168,39 @@ def test_kill_two_workers_mid_run(pg_url: str) -> None:
 
 async def _rows(store: SqlStore) -> list[dict[str, Any]]:
     return [row async for row in store.rows()]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_worker_killed_between_retries_of_lost_answers_leaves_them_counted(
+    store_url: str, backend: str
+) -> None:
+    # Every answer is lost after the charge; the worker retries them (retry_ambiguous) and is
+    # killed while it does. Whatever the server charged, the store counts.
+    store = open_store(store_url)
+    assert isinstance(store, SqlStore)
+    anyio.run(store.add, [Job("a lighthouse in a storm", id="storm", num=2)])
+    faults = Faults(drop_rate=1.0, drop_after_charge_share=1.0, latency=0.2)
+    emulator = Emulator(keys={KEY: BALANCE}, faults=faults, seed=3)
+    with serve(emulator) as server:
+        proc = _script_worker(store_url, server.base_url, backend, "20", concurrency=1)
+        with _reaped([proc]):
+            anyio.run(_wait_for_charges, emulator, 3)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        charged = BALANCE - emulator.balance(KEY)
+
+    async def after_the_kill() -> Any:
+        session = await store.connect(worker=True)  # its reaper finds the dead worker's row
+        await session.close()
+        return await store.status()
+
+    status = anyio.run(after_the_kill)
+    assert charged >= 3 * 4
+    assert status.counts == {"ambiguous": 1}
+    assert status.credits_may_have_been_spent >= charged
+
+
+async def _wait_for_charges(emulator: Emulator, count: int) -> None:
+    with anyio.fail_after(60):  # a guard against a hang, not a timing assertion
+        while emulator.stats.charges < count:  # noqa: ASYNC110 - a counter
+            await anyio.sleep(0.01)
