@@ -48,6 +48,7 @@ class Item:
 
 
 _STOP_ERRORS = (AuthenticationError, InsufficientCreditsError)
+_STORE_DOWN = "not sent: the job store is unavailable (the run ends with its error)"
 
 
 class _LeaseLost(Exception):
@@ -203,8 +204,7 @@ class JobProcessor:
         refused (this job's row alone): failed with the store's error."""
         if isinstance(error, StoreUnavailableError):
             self.store_failed(error)
-            reason = f"not sent: the job store is unavailable ({error})"
-            return JobResult(item.index, job, "skipped", item.id, reason=reason)
+            return JobResult(item.index, job, "skipped", item.id, reason=_STORE_DOWN)
         return JobResult(item.index, job, "failed", item.id, error=error)
 
     async def process(self, item: Item) -> JobResult:
@@ -216,8 +216,7 @@ class JobProcessor:
             )
         key = item.idempotency_key
         if self.store_failure is not None:
-            reason = f"not sent: the job store is unavailable ({self.store_failure})"
-            return JobResult(item.index, job, "skipped", item.id, reason=reason)
+            return JobResult(item.index, job, "skipped", item.id, reason=_STORE_DOWN)
         if self.store is not None and item.id is not None and not item.claimed:
             try:
                 with anyio.CancelScope(shield=True):

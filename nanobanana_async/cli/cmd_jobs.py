@@ -222,7 +222,7 @@ def _export_record(row: dict[str, Any]) -> dict[str, Any]:
         "urls": row["urls"],
         "credits": row["credits"],
         "credits_may_have_been_spent": row["uncertain"]
-        + (row["reserved"] if row["state"] == "ambiguous" else 0),
+        + (row["reserved"] if row["state"] in ("sending", "ambiguous") else 0),
         "attempts": row["attempts"],
         "paths": row["files"],
         "error": row["error"],

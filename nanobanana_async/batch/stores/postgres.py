@@ -6,10 +6,12 @@ waits for the other. psycopg's async connection runs only on asyncio, so this st
 blocking connections from worker threads (which works on Trio too), and commits the writes
 of many jobs together (pipeline mode: one round trip per transaction).
 
-Works directly and through pgbouncer in session or transaction pooling: no server-side
-prepared statements (psycopg would prepare a statement after five uses, and in transaction
-pooling the next transaction may run on a server connection that has another client's
-``_pg3_0``), no session state, every transaction in one round trip.
+Works directly and through pgbouncer in session or transaction pooling: no session state,
+every transaction in one round trip, and server-side prepared statements only on a
+connection that is the server's own (psycopg prepares a statement after five uses; behind a
+transaction pooler the next transaction may run on a server connection holding another
+client's ``_pg3_0``). A pooler is recognised by the backend key it answers a connection with,
+which is its own, not the server's.
 
 The URL's query string takes the store's options (``queue``, ``lease``, ``writers``,
 ``retry_window``, ``statement_timeout``, ``spool_dir``) and libpq's connection parameters,
@@ -61,6 +63,7 @@ _DIALECT = Dialect(
     "WHERE schemaname = current_schema() AND tablename = %(name)s)",
     schema_lock=f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})",
 )
+_PREPARE_THRESHOLD = 5  # psycopg's default
 _DEADLOCKS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 # SQLSTATE classes that mean "not now": connection exceptions (08, pgbouncer's too),
 # insufficient resources (53), operator intervention (57: shutdown, crash, cancel), system
@@ -153,7 +156,19 @@ class PostgresStore(SqlStore):
         return bool(conn.closed or conn.broken)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=None)
+        conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=None)
+        try:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        # A pooler (pgbouncer, and any that routes cancel requests) answers the connection
+        # with a backend key of its own: the server's pid then differs from it. Only a
+        # connection that is the server's own may keep prepared statements, which live in
+        # that server session (psycopg prepares a statement after 5 uses).
+        if row is not None and row[0] == conn.info.backend_pid:
+            conn.prepare_threshold = _PREPARE_THRESHOLD
+        return conn
 
     def _atomic(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[Any]:
         return conn.transaction()

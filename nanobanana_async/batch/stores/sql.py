@@ -179,17 +179,27 @@ class Statements:
     def row(self) -> str:
         return self.sql(f"SELECT {_ROW} FROM {{t}} WHERE queue = {{q}} AND id = %(id)s")
 
+    def _among(self, subquery: str) -> str:
+        """``id`` is one of those ``subquery`` selects, the subquery run once.
+
+        On Postgres as an array (an init plan, then the primary key's index): as ``id IN
+        (subquery)`` the planner may join the whole queue against it (a sequential scan per
+        claim), or run a ``LIMIT ... FOR UPDATE`` subquery again for every row it joins.
+        """
+        if self.dialect.name == "postgres":
+            return f"id = ANY (ARRAY({subquery}))"
+        return f"id IN ({subquery})"
+
     @functools.cached_property
     def claim(self) -> str:
-        # The rows to take are picked once (a materialized CTE): as ``id IN (subquery)``,
-        # Postgres may run a LIMIT ... FOR UPDATE subquery again for every row it joins,
-        # taking far more rows than the limit.
+        picked = (
+            "SELECT id FROM {t} WHERE queue = {q} AND state = 'pending' ORDER BY idx "
+            "LIMIT %(n)s{lock}"
+        )
         return self.sql(
-            "WITH picked AS MATERIALIZED (SELECT id AS pick FROM {t} WHERE queue = {q} "
-            "AND state = 'pending' ORDER BY idx LIMIT %(n)s{lock}) "
             "UPDATE {t} SET state = 'claimed', lease_owner = %(owner)s, "
             "lease_until = {now} + %(lease)s, updated_at = {now} "
-            "FROM picked WHERE {t}.queue = {q} AND {t}.id = picked.pick "
+            f"WHERE queue = {{q}} AND {self._among(picked)} "
             f"RETURNING {_COLUMNS}, idempotency_key"
         )
 
@@ -209,12 +219,14 @@ class Statements:
         # another worker is never sent twice. Written again before each later attempt of
         # the same job (``uncertain``: what the attempts before it may have cost), and safe
         # to repeat when a commit's answer was lost.
+        # (The owner compared through coalesce: as a plain column, Postgres may look the row
+        # up through the owner index, among every row this run holds, instead of its key.)
         return self.sql(
             "UPDATE {t} SET state = 'sending', reserved = %(credits)s, "
             "uncertain = uncertain + %(uncertain)s, "
             "idempotency_key = coalesce(%(key)s, idempotency_key), updated_at = {now} "
             "WHERE queue = {q} AND id = %(id)s AND state IN ('claimed','sending') "
-            "AND lease_owner = %(owner)s AND lease_until > {now}"
+            "AND coalesce(lease_owner, '') = %(owner)s AND lease_until > {now}"
         )
 
     @functools.cached_property
@@ -272,10 +284,10 @@ class Statements:
     def heartbeat(self) -> str:
         # Rows another transaction holds right now (a result being committed) are skipped,
         # never waited for: lock order then cannot deadlock, and the next beat renews them.
+        mine = f"SELECT id FROM {{t}} WHERE lease_owner = %(owner)s AND {_LEASED}{{lock}}"
         return self.sql(
-            "UPDATE {t} SET lease_until = {now} + %(lease)s WHERE queue = {q} AND id IN "
-            f"(SELECT id FROM {{t}} WHERE queue = {{q}} AND lease_owner = %(owner)s "
-            f"AND {_LEASED}{{lock}})"
+            "UPDATE {t} SET lease_until = {now} + %(lease)s "
+            f"WHERE queue = {{q}} AND {self._among(mine)}"
         )
 
     def _reap(self, which: str) -> str:
@@ -285,8 +297,10 @@ class Statements:
             "UPDATE {t} SET "
             "state = CASE WHEN state = 'claimed' THEN 'pending' ELSE 'ambiguous' END, "
             "lease_owner = CASE WHEN state = 'claimed' THEN NULL ELSE lease_owner END, "
-            "lease_until = NULL, updated_at = {now} WHERE queue = {q} AND id IN "
-            f"(SELECT id FROM {{t}} WHERE queue = {{q}} AND {_LEASED} AND {which}{{lock}})"
+            "lease_until = NULL, updated_at = {now} WHERE queue = {q} AND "
+            + self._among(
+                f"SELECT id FROM {{t}} WHERE queue = {{q}} AND {_LEASED} AND {which}{{lock}}"
+            )
         )
 
     @functools.cached_property

@@ -22,7 +22,13 @@ from collections.abc import Awaitable, Callable, Iterator
 import anyio
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, BatchReport, Job, StoreUnavailableError
+from nanobanana_async import (
+    AsyncNanoBanana,
+    BatchReport,
+    Job,
+    PostgresStore,
+    StoreUnavailableError,
+)
 from nanobanana_async.batch.stores import SqlStore, open_store
 from nanobanana_async.emulator import Emulator, Faults, serve
 from tests.support.pgbouncer import PgBouncer, pgbouncer_bin
@@ -150,6 +156,24 @@ async def test_workers_through_pgbouncer(cluster: PgCluster, url: str, mode: str
         assert batch.resumed == total  # batch mode through pgbouncer: every job found again
         await _judge(store, emulator, total)
     finally:
+        bouncer.stop()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_prepared_statements_only_on_a_direct_connection(
+    cluster: PgCluster, url: str, mode: str
+) -> None:
+    if pgbouncer_bin() is None:
+        pytest.skip("pgbouncer not found (apt-get install pgbouncer)")
+    direct = PostgresStore(url)._connect()
+    bouncer = PgBouncer.start(cluster, mode=mode)
+    try:
+        pooled = PostgresStore(bouncer.url(url.rsplit("/", 1)[1]))._connect()
+        # Prepared statements live in a server session: never through a pooler.
+        assert (direct.prepare_threshold, pooled.prepare_threshold) == (5, None)
+        pooled.close()
+    finally:
+        direct.close()
         bouncer.stop()
 
 

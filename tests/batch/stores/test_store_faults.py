@@ -172,7 +172,7 @@ async def test_a_claim_whose_answer_was_lost_still_runs_its_jobs(store_url: str)
     store = faults.install(_store(store_url))
     await store.add(_jobs(12))
     # The first claim takes its rows and commits; the answer never comes back.
-    faults.fail(1, match="WITH picked", after=True)
+    faults.fail(1, match="SET state = 'claimed', lease_owner", after=True)
     emulator = Emulator()
     async with AsyncNanoBanana(KEY, transport=emulator.transport()) as client:
         report = await client.run_worker(store, concurrency=4)
@@ -186,7 +186,9 @@ async def test_a_worker_whose_claims_fail_ends_with_one_error(store_url: str) ->
     faults = StoreFaults()
     store = faults.install(_store(store_url, retry_window="0.3"))
     await store.add(_jobs(5))
-    faults.fail(1000, match="WITH picked")  # every claim loses its connection
+    faults.fail(
+        1000, match="SET state = 'claimed', lease_owner"
+    )  # every claim loses its connection
     emulator = Emulator()
     async with AsyncNanoBanana(KEY, transport=emulator.transport()) as client:
         with pytest.raises(StoreUnavailableError, match="unreachable"):
