@@ -31,9 +31,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from nanobanana_async.batch.stores import SqlStore
+import anyio
 
-__all__ = ["StoreFaults"]
+from nanobanana_async import BatchRun, JobResult, StoreUnavailableError
+from nanobanana_async.batch.stores import SqlStore
+from nanobanana_async.emulator import Emulator
+
+__all__ = ["StoreFaults", "run_through"]
 
 Match = str | Callable[[str, dict[str, Any]], bool] | None
 
@@ -197,3 +201,29 @@ def _lost(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         return False  # SQLite has no connection to lose: the file is still there
     return getattr(exc, "sqlstate", "x") is None
+
+
+async def run_through(
+    run: BatchRun, emulator: Emulator, fault: Callable[[], object], *, in_flight: int
+) -> tuple[list[JobResult], StoreUnavailableError | None]:
+    """Consume ``run`` and, once ``in_flight`` paid requests are on the emulator, call
+    ``fault`` (the store goes away). The results, and the error the run ended with, if it
+    was the store's."""
+    results: list[JobResult] = []
+    failure: list[StoreUnavailableError] = []
+
+    async def consume() -> None:
+        try:
+            async with run:
+                async for result in run:
+                    results.append(result)
+        except StoreUnavailableError as exc:
+            failure.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        with anyio.fail_after(60):  # a guard against a hang, not a timing assertion
+            while emulator.stats.in_flight < in_flight:  # noqa: ASYNC110 - a counter
+                await anyio.sleep(0.01)
+        fault()
+    return results, failure[0] if failure else None

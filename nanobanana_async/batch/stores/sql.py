@@ -46,6 +46,21 @@ _ROW = (
     f"{_COLUMNS}, state, lease_owner, idempotency_key, urls, credits, attempts, files, error, "
     "reason, reserved, uncertain"
 )
+# A job's end, with a generation (done) or without (failed, skipped, or ambiguous: no
+# result, and an attempt may have been charged; an ambiguous row keeps its owner, as a
+# reaped one does). The WHERE clause says whose row it may be.
+_DONE = (
+    "UPDATE {t} SET state = 'done', urls = %(urls)s, credits = %(credits)s, "
+    "uncertain = uncertain + %(uncertain)s, attempts = %(attempts)s, files = %(files)s, "
+    "error = %(error)s, reason = NULL, reserved = 0, lease_owner = NULL, lease_until = NULL, "
+    "updated_at = {now}"
+)
+_FINISH = (
+    "UPDATE {t} SET state = %(state)s, uncertain = uncertain + %(uncertain)s, "
+    "attempts = %(attempts)s, error = %(error)s, reason = %(reason)s, reserved = 0, "
+    "lease_owner = CASE WHEN %(state)s = 'ambiguous' THEN lease_owner ELSE NULL END, "
+    "lease_until = NULL, updated_at = {now}"
+)
 # Letters, digits and ``_.:-``: a queue name is safe to write into SQL as a literal.
 QUEUE_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
@@ -234,11 +249,7 @@ class Statements:
         # A result is recorded even if the reaper made the row ambiguous meanwhile: the
         # run that sent it knows better.
         return self.sql(
-            "UPDATE {t} SET state = 'done', urls = %(urls)s, credits = %(credits)s, "
-            "uncertain = uncertain + %(uncertain)s, attempts = %(attempts)s, files = %(files)s, "
-            "error = %(error)s, reason = NULL, reserved = 0, lease_owner = NULL, "
-            "lease_until = NULL, updated_at = {now} "
-            "WHERE queue = {q} AND id = %(id)s AND lease_owner = %(owner)s "
+            f"{_DONE} WHERE queue = {{q}} AND id = %(id)s AND lease_owner = %(owner)s "
             "AND state IN ('claimed','sending','ambiguous')"
         )
 
@@ -251,14 +262,8 @@ class Statements:
 
     @functools.cached_property
     def finish(self) -> str:
-        # ``state``: failed, skipped, or ambiguous (no result, and an attempt may have been
-        # charged). An ambiguous row keeps its owner, like a reaped one.
         return self.sql(
-            "UPDATE {t} SET state = %(state)s, uncertain = uncertain + %(uncertain)s, "
-            "attempts = %(attempts)s, error = %(error)s, reason = %(reason)s, reserved = 0, "
-            "lease_owner = CASE WHEN %(state)s = 'ambiguous' THEN lease_owner ELSE NULL END, "
-            "lease_until = NULL, updated_at = {now} "
-            "WHERE queue = {q} AND id = %(id)s AND lease_owner = %(owner)s "
+            f"{_FINISH} WHERE queue = {{q}} AND id = %(id)s AND lease_owner = %(owner)s "
             "AND state IN ('claimed','sending','ambiguous')"
         )
 
@@ -386,22 +391,11 @@ class Statements:
 
     @functools.cached_property
     def recover_done(self) -> str:
-        return self.sql(
-            "UPDATE {t} SET state = 'done', urls = %(urls)s, credits = %(credits)s, "
-            "uncertain = uncertain + %(uncertain)s, attempts = %(attempts)s, files = %(files)s, "
-            "error = %(error)s, reason = NULL, reserved = 0, lease_owner = NULL, "
-            "lease_until = NULL, updated_at = {now} WHERE queue = {q} AND id = %(id)s"
-        )
+        return self.sql(f"{_DONE} WHERE queue = {{q}} AND id = %(id)s")
 
     @functools.cached_property
     def recover_finish(self) -> str:
-        return self.sql(
-            "UPDATE {t} SET state = %(state)s, uncertain = uncertain + %(uncertain)s, "
-            "attempts = %(attempts)s, error = %(error)s, reason = %(reason)s, reserved = 0, "
-            "lease_until = NULL, lease_owner = CASE WHEN %(state)s = 'ambiguous' "
-            "THEN lease_owner ELSE NULL END, updated_at = {now} "
-            "WHERE queue = {q} AND id = %(id)s"
-        )
+        return self.sql(f"{_FINISH} WHERE queue = {{q}} AND id = %(id)s")
 
     @functools.cached_property
     def add_uncertain(self) -> str:

@@ -10,12 +10,6 @@ reported once.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pathlib
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -27,16 +21,16 @@ from nanobanana_async import (
     BatchReport,
     Job,
     PostgresStore,
-    StoreUnavailableError,
 )
 from nanobanana_async.batch.stores import SqlStore, open_store
 from nanobanana_async.emulator import Emulator, Faults, serve
 from tests.support.pgbouncer import PgBouncer, pgbouncer_bin
 from tests.support.postgres import PgCluster, pg_bin
+from tests.support.store_faults import run_through
+from tests.support.workers import cli_worker, reaped
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 KEY = "sk-postgres-faults"
 
 
@@ -205,29 +199,13 @@ async def test_a_database_frozen_for_good_ends_the_run_with_one_error(
     total = 120
     await store.add(_jobs(total))
     emulator = Emulator(faults=Faults(latency=(0.2, 0.3)))
-    results = []
-    failure: list[BaseException] = []
     try:
         async with AsyncNanoBanana(KEY, transport=emulator.transport()) as client:
             run = client.worker(store, concurrency=8)
-
-            async def consume() -> None:
-                try:
-                    async with run:
-                        async for result in run:
-                            results.append(result)
-                except StoreUnavailableError as exc:
-                    failure.append(exc)
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(consume)
-                with anyio.fail_after(60):  # a guard against a hang, not a timing assertion
-                    while emulator.stats.in_flight < 8:  # noqa: ASYNC110 - a counter
-                        await anyio.sleep(0.01)
-                cluster.pause()
+            results, error = await run_through(run, emulator, cluster.pause, in_flight=8)
     finally:
         cluster.resume()
-    [error] = failure
+    assert error is not None
     assert "\n" not in str(error)
     assert "is unreachable" in str(error)
     assert str(store.spool.path) in str(error)
@@ -242,28 +220,6 @@ async def test_a_database_frozen_for_good_ends_the_run_with_one_error(
     assert status.counts["done"] == len([r for r in results if r.ok])
 
 
-def _cli_worker(url: str, base_url: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOBANANA_")}
-    env.update(NANOBANANA_API_KEY=KEY, PYTHONUNBUFFERED="1", COLUMNS="160")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nanobanana_async",
-            "worker",
-            "--store",
-            url,
-            "--base-url",
-            base_url,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_a_cli_worker_whose_database_goes_away_says_so_in_one_line(
     cluster: PgCluster, url: str
 ) -> None:
@@ -272,8 +228,8 @@ def test_a_cli_worker_whose_database_goes_away_says_so_in_one_line(
     anyio.run(store.add, _jobs(total))
     emulator = Emulator(keys={KEY: 1_000_000}, faults=Faults(latency=0.1))
     with serve(emulator) as server:
-        proc = _cli_worker(f"{url}?retry_window=2", server.base_url)
-        with _reaped(proc):
+        proc = cli_worker(f"{url}?retry_window=2", server.base_url, KEY)
+        with reaped([proc]):
             deadline = anyio.run(_wait_for, emulator, 40)
             assert deadline
             cluster.shutdown("fast")  # and it stays down
@@ -300,13 +256,3 @@ async def _wait_for(emulator: Emulator, generations: int) -> bool:
         while emulator.stats.generations < generations:  # noqa: ASYNC110 - a counter
             await anyio.sleep(0.01)
     return True
-
-
-@contextlib.contextmanager
-def _reaped(proc: subprocess.Popen[str]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)

@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, Job, JobResult, StoreUnavailableError
+from nanobanana_async import AsyncNanoBanana, Job, StoreUnavailableError
 from nanobanana_async.batch.stores import SqlStore, open_store
 from nanobanana_async.emulator import Emulator, Faults
-from tests.support.store_faults import StoreFaults
+from tests.support.store_faults import StoreFaults, run_through
 
 pytestmark = pytest.mark.anyio
 
@@ -64,31 +64,18 @@ async def test_an_outage_stops_the_run_and_spools_the_results_in_flight(
     if mode == "worker":
         await store.add(jobs)
     emulator = Emulator(faults=Faults(latency=0.3))
-    results: list[JobResult] = []
-    failures: list[BaseException] = []
     async with AsyncNanoBanana(KEY, transport=emulator.transport()) as client:
         run = (
             client.batch(jobs, journal=store, concurrency=8)
             if mode == "batch"
             else client.worker(store, concurrency=8)
         )
-
-        async def consume() -> None:
-            try:
-                async with run:
-                    async for result in run:
-                        results.append(result)
-            except StoreUnavailableError as exc:
-                failures.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            with anyio.fail_after(30):  # a guard against a hang, not a timing assertion
-                while emulator.stats.in_flight < 8:  # noqa: ASYNC110 - a counter
-                    await anyio.sleep(0.01)
-            faults.down = True  # the store goes away with 8 paid requests in flight
+        # The store goes away with 8 paid requests in flight.
+        results, failure = await run_through(
+            run, emulator, lambda: setattr(faults, "down", True), in_flight=8
+        )
     faults.down = False
-    [failure] = failures
+    assert failure is not None
     message = str(failure)
     assert "\n" not in message
     assert store.url in message
