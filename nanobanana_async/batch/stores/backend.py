@@ -78,7 +78,7 @@ class SqlBackend(abc.ABC):
 
     @abc.abstractmethod
     def _connect(self) -> Any:
-        """A new connection to the database."""
+        """A new connection to the database (no statement run on it yet)."""
 
     @abc.abstractmethod
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -117,8 +117,9 @@ class SqlBackend(abc.ABC):
 
     def _pool(self, size: int) -> Pool:
         return Pool(
-            self._connect_ready,
+            self._connect,
             size,
+            setup=self._setup,
             errors=self._errors(),
             broken=self._broken,
             transient=self._transient,
@@ -129,14 +130,13 @@ class SqlBackend(abc.ABC):
             hint=self._spool_hint,
         )
 
-    def _connect_ready(self) -> Any:
-        conn = self._connect()
-        try:
-            self.store_id = ensure_schema(self._schema(conn), self.dialect, self.url)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    @abc.abstractmethod
+    def _prepare(self, conn: Any) -> None:
+        """Set a new connection up (pragmas, options) before its first statement."""
+
+    def _setup(self, conn: Any) -> None:
+        self._prepare(conn)
+        self.store_id = ensure_schema(self._schema(conn), self.dialect, self.url)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -12,7 +12,8 @@ Faults (a restart, a dropped connection, a server that stops answering):
   closes that connection and the call is tried again on a new one, backing off, for as long
   as the store has been failing less than ``retry_window`` seconds. The window is the
   pool's, not each call's: twenty calls failing together give up together. A pool that
-  never connected fails at once: a wrong URL is said in a second, not after the window.
+  never made a connection fails at once: a wrong URL is said in a second, not after the
+  window (a connection made, then busy or failing, is waited for).
 - Past the window the pool is down: that call and every later one raise
   :class:`StoreUnavailableError` at once, and the run using it stops.
 - ``deadline``: a call running longer than that many seconds (a server that stopped
@@ -43,11 +44,13 @@ T = TypeVar("T")
 
 
 class _Transient(Exception):
-    """A call failed because the database is not reachable right now (internal)."""
+    """A call failed because the database is not reachable right now (internal);
+    ``connecting``: no connection could be made at all."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, connecting: bool = False) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.connecting = connecting
 
 
 def detail_of(exc: BaseException) -> str:
@@ -57,15 +60,16 @@ def detail_of(exc: BaseException) -> str:
 
 
 class Pool:
-    """``size`` connections made by ``connect``; ``broken(conn)`` says one must be replaced,
-    ``transient(exc)`` that an error means the database is unreachable rather than that
-    the statement was refused."""
+    """``size`` connections made by ``connect`` and readied by ``setup``; ``broken(conn)``
+    says one must be replaced, ``transient(exc)`` that an error means the database is
+    unreachable rather than that the statement was refused."""
 
     def __init__(
         self,
         connect: Callable[[], Any],
         size: int,
         *,
+        setup: Callable[[Any], None] = lambda conn: None,
         errors: tuple[type[BaseException], ...],
         broken: Callable[[Any], bool],
         where: str,
@@ -76,6 +80,7 @@ class Pool:
         hint: Callable[[], str] = str,
     ) -> None:
         self._connect = connect
+        self._setup = setup
         self._size = size
         self._errors = errors
         self._broken = broken
@@ -116,6 +121,20 @@ class Pool:
                 self._watchdog.start()
         await self.run(_nothing)
 
+    def _open_one(self) -> Any:
+        try:
+            conn = self._connect()
+        except self._errors as exc:
+            if self._transient(exc):
+                raise _Transient(detail_of(exc), connecting=True) from None
+            raise self.error(exc) from None
+        try:
+            self._setup(conn)
+        except BaseException:
+            _close(conn)
+            raise
+        return conn
+
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn = self._free.get_nowait()  # never empty: the limiter has one token per slot
         timed_out = False
@@ -124,7 +143,7 @@ class Pool:
                 _close(conn)
                 conn = None
             if conn is None:
-                conn = self._connect()
+                conn = self._open_one()
             if self._deadline is None:
                 return fn(conn, *args)
             key = threading.get_ident()
@@ -157,16 +176,16 @@ class Pool:
             try:
                 result = await anyio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
             except _Transient as exc:
-                await self._failed(exc.detail)
+                await self._failed(exc.detail, connecting=exc.connecting)
                 continue
             self._connected = True
             self._failing_since = None
             self._failures = 0
             return result
 
-    async def _failed(self, detail: str) -> None:
+    async def _failed(self, detail: str, *, connecting: bool) -> None:
         now = time.monotonic()
-        if not self._connected:
+        if connecting and not self._connected:
             raise StoreUnavailableError(f"job store {self._where} is unreachable ({detail})")
         if self._failing_since is None:
             self._failing_since = now

@@ -156,19 +156,16 @@ class PostgresStore(SqlStore):
         return bool(conn.closed or conn.broken)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=None)
-        try:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        except BaseException:
-            conn.close()
-            raise
+        return psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=None)
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
         # A pooler (pgbouncer, and any that routes cancel requests) answers the connection
         # with a backend key of its own: the server's pid then differs from it. Only a
         # connection that is the server's own may keep prepared statements, which live in
         # that server session (psycopg prepares a statement after 5 uses).
         if row is not None and row[0] == conn.info.backend_pid:
             conn.prepare_threshold = _PREPARE_THRESHOLD
-        return conn
 
     def _atomic(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[Any]:
         return conn.transaction()

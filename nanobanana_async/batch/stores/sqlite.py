@@ -115,16 +115,13 @@ class SqliteStore(SqlStore):
         conn.interrupt()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
+        return sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
 
     @contextlib.contextmanager
     def _atomic(self, conn: sqlite3.Connection) -> Iterator[None]:

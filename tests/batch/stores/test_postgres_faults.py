@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -159,16 +160,22 @@ def test_prepared_statements_only_on_a_direct_connection(
 ) -> None:
     if pgbouncer_bin() is None:
         pytest.skip("pgbouncer not found (apt-get install pgbouncer)")
-    direct = PostgresStore(url)._connect()
+    direct = _connected(PostgresStore(url))
     bouncer = PgBouncer.start(cluster, mode=mode)
     try:
-        pooled = PostgresStore(bouncer.url(url.rsplit("/", 1)[1]))._connect()
+        pooled = _connected(PostgresStore(bouncer.url(url.rsplit("/", 1)[1])))
         # Prepared statements live in a server session: never through a pooler.
         assert (direct.prepare_threshold, pooled.prepare_threshold) == (5, None)
         pooled.close()
     finally:
         direct.close()
         bouncer.stop()
+
+
+def _connected(store: PostgresStore) -> Any:
+    conn = store._connect()
+    store._setup(conn)
+    return conn
 
 
 async def test_a_worker_waits_out_a_frozen_database(cluster: PgCluster, url: str) -> None:
