@@ -61,7 +61,6 @@ def _from_v1(dialect: Dialect) -> list[str]:
             f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {TABLE}_pkey",
             f"ALTER TABLE {TABLE} ADD PRIMARY KEY (queue, id)",
             f"DROP INDEX IF EXISTS {TABLE}_pending",
-            f"DROP INDEX IF EXISTS {TABLE}_order",
         ]
     else:  # SQLite cannot change a primary key: the table is rebuilt (its indexes go with it)
         new = f"{TABLE}_v2"
