@@ -98,9 +98,8 @@ class Pool:
         self.retries = 0  # calls tried again after a transient failure, ever
         self._connected = False
         self.down: StoreUnavailableError | None = None
-        self._lock = threading.Lock()
-        # Calls in progress: thread id -> (connection, monotonic deadline).
-        self._running: dict[int, tuple[Any, float]] = {}
+        # Calls in progress: a key of each call's own -> (connection, monotonic deadline).
+        self._running: dict[object, tuple[Any, float]] = {}
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
 
@@ -146,14 +145,13 @@ class Pool:
                 conn = self._open_one()
             if self._deadline is None:
                 return fn(conn, *args)
-            key = threading.get_ident()
-            with self._lock:
-                self._running[key] = (conn, time.monotonic() + self._deadline)
+            # A key of this call's own: the watchdog may only ever take this call's entry.
+            key = object()
+            self._running[key] = (conn, time.monotonic() + self._deadline)
             try:
                 return fn(conn, *args)
-            finally:
-                with self._lock:  # the watchdog took the entry of a call it interrupted
-                    timed_out = self._running.pop(key, None) is None
+            finally:  # the watchdog took the entry of a call it interrupted
+                timed_out = self._running.pop(key, None) is None
         except self._errors as exc:
             transient = timed_out or self._transient(exc)
             if conn is not None and (transient or self._broken(conn)):
@@ -208,13 +206,14 @@ class Pool:
         tick = max(0.05, min(1.0, self._deadline / 4))
         while not self._stop.wait(tick):
             now = time.monotonic()
-            with self._lock:
-                late = [key for key, (_conn, until) in self._running.items() if now > until]
-                overdue = [self._running.pop(key)[0] for key in late]
-            for conn in overdue:
-                assert self._interrupt is not None
-                with contextlib.suppress(Exception):
-                    self._interrupt(conn)
+            # dict operations are atomic: a call that ends meanwhile takes its entry first.
+            late = [key for key, (_conn, until) in list(self._running.items()) if now > until]
+            for key in late:
+                entry = self._running.pop(key, None)
+                if entry is not None:
+                    assert self._interrupt is not None
+                    with contextlib.suppress(Exception):
+                        self._interrupt(entry[0])
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
