@@ -115,7 +115,9 @@ class SqlBackend(abc.ABC):
     def _claim(self, conn: Any, params: dict[str, Any]) -> list[Sequence[Any]]:
         """Claim pending jobs under a lease (``params``); their rows."""
 
-    def _pool(self, size: int) -> Pool:
+    def _pool(self, size: int, *, run: bool = False) -> Pool:
+        """``size`` connections; ``run``: a run's, whose jobs in flight go to the spool when
+        the store stays down (its error says where)."""
         return Pool(
             self._connect,
             size,
@@ -127,7 +129,7 @@ class SqlBackend(abc.ABC):
             where=self.url,
             retry_window=self.retry_window,
             deadline=self.statement_timeout,
-            hint=self._spool_hint,
+            hint=self._spool_hint if run else str,
         )
 
     @abc.abstractmethod

@@ -39,7 +39,7 @@ class SqlSession:
         self.owner = new_owner()
         self.lease = store.lease
         self._sql = store.statements
-        self._pool = store._pool(store.connections)
+        self._pool = store._pool(store.connections, run=True)
         self._group = GroupCommit(self._apply, store.writers)
         self._generated: set[str] = set()
         # Credits a job's row already counts as may-have-been-spent from this run's attempts
