@@ -168,7 +168,12 @@ class SqlSession:
             return
         if result.status == "skipped" and self.worker:
             # A worker skips what it cannot send now (budget, a stopped batch): another may.
-            await self.release(job_id)
+            try:
+                await self.release(job_id)
+            except StoreUnavailableError:
+                raise
+            except StoreError as exc:  # its lease runs out instead: nothing is lost
+                logger.warning("job %s was not given back: %s", job_id, exc)
             return
         if result.status == "skipped":
             state = "skipped"
