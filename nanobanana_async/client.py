@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import pathlib
 import time
@@ -42,6 +41,7 @@ from .errors import (
 )
 from .generate_request import (
     GenerateRequests,
+    checked_timeout,
     json_bytes,
     new_idempotency_key,
 )
@@ -126,7 +126,7 @@ class AsyncNanoBanana:
         self._generate_url = endpoint.generate_url
         # A plain number bounds connect, read and write; waiting for a pooled connection
         # still never times out (see DEFAULT_TIMEOUT).
-        self._timeout = _checked_timeout(timeout)
+        self._timeout = checked_timeout(timeout)
         self._policy = RetryPolicy()
         self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
@@ -278,7 +278,7 @@ class AsyncNanoBanana:
         copy._batches = BatchRegistry()
         self._root._copies.add(copy._batches)
         if timeout is not None:
-            copy._timeout = _checked_timeout(timeout)
+            copy._timeout = checked_timeout(timeout)
             copy._requests = self._requests.with_timeout(copy._timeout)
         copy._policy = self.policy_for(max_retries, retry_ambiguous)
         return copy
@@ -337,7 +337,7 @@ class AsyncNanoBanana:
             job,
             self.policy_for(max_retries, retry_ambiguous),
             CallStats(),
-            timeout=None if timeout is None else _checked_timeout(timeout),
+            timeout=None if timeout is None else checked_timeout(timeout),
         )
 
     def policy_for(
@@ -598,27 +598,3 @@ def _refuse_overrides(job: Job, **fields: object) -> None:
             "Job (attrs.evolve(job, ...)) or pass a prompt string",
             param=clashes[0],
         )
-
-
-def _checked_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
-    """The timeout as httpx takes it; a plain number bounds connect, read and write.
-
-    Waiting for a pooled connection still never times out (see DEFAULT_TIMEOUT). Each bound
-    must be a positive finite number or None: NaN or a negative value would only fail later,
-    deep in a request.
-    """
-    spec = timeout if isinstance(timeout, httpx.Timeout) else None
-    if spec is None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidRequestError(
-                f"timeout must be a number of seconds or an httpx.Timeout, got {timeout!r}",
-                param="timeout",
-            )
-        spec = httpx.Timeout(timeout, pool=None)
-    for name, value in spec.as_dict().items():
-        if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
-            raise InvalidRequestError(
-                f"timeout {name} must be a positive number of seconds or None, got {value!r}",
-                param="timeout",
-            )
-    return spec

@@ -1,4 +1,5 @@
-"""One generate request: its body and key, sent on the cheapest path that applies, read capped.
+"""One generate request: body, key and timeout, sent on the cheapest path that applies, read
+capped.
 
 The paths, cheapest first: :class:`FastTransport`'s direct post (aiohttp on asyncio, the SDK's
 own h11 pool elsewhere), a caller's ``transport=`` handed the request directly, httpx's client
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
@@ -26,6 +28,7 @@ from .endpoint import USER_AGENT, user_agent_for
 from .errors import (
     APIError,
     HTTPExchange,
+    InvalidRequestError,
     MalformedResponseError,
     error_for_status,
     parse_generate_response,
@@ -35,6 +38,7 @@ from .telemetry import CallTelemetry
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "GenerateRequests",
+    "checked_timeout",
     "json_bytes",
     "new_idempotency_key",
     "too_large",
@@ -71,6 +75,30 @@ def new_idempotency_key() -> str:
     raw[6] = raw[6] & 0x0F | 0x40
     raw[8] = raw[8] & 0x3F | 0x80
     return raw.hex()
+
+
+def checked_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
+    """The timeout as httpx takes it; a plain number bounds connect, read and write.
+
+    Waiting for a pooled connection still never times out (see client.DEFAULT_TIMEOUT). Each
+    bound must be a positive finite number or None: NaN or a negative value would only fail
+    later, deep in a request.
+    """
+    spec = timeout if isinstance(timeout, httpx.Timeout) else None
+    if spec is None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise InvalidRequestError(
+                f"timeout must be a number of seconds or an httpx.Timeout, got {timeout!r}",
+                param="timeout",
+            )
+        spec = httpx.Timeout(timeout, pool=None)
+    for name, value in spec.as_dict().items():
+        if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
+            raise InvalidRequestError(
+                f"timeout {name} must be a positive number of seconds or None, got {value!r}",
+                param="timeout",
+            )
+    return spec
 
 
 def too_large(status_code: int, headers: Mapping[str, str], limit: int) -> APIError:

@@ -67,18 +67,22 @@ async def read_request(stream: SocketStream) -> bytes | None:
     return await RequestReader(stream).next()
 
 
+class _OnLoopback:
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 @attrs.define
-class LoopbackServer:
+class LoopbackServer(_OnLoopback):
     """Counts the requests it answered and the connections it accepted."""
 
     answer: Callable[[bytes], bytes]
     port: int = 0
     requests: int = 0
     connections: int = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, stream: SocketStream) -> None:
         self.connections += 1
@@ -135,7 +139,7 @@ _OK = b'{"code":0,"message":"ok","data":{"url":"http://127.0.0.1:9/images/1.png"
 
 
 @attrs.define
-class ClosingServer:
+class ClosingServer(_OnLoopback):
     """A generate API that closes each connection after one answer, without saying so.
 
     The first request on a connection is answered (HTTP/1.1, keep-alive implied, no
@@ -155,10 +159,6 @@ class ClosingServer:
     connections: int = 0
     answered: list[str] = attrs.Factory(list)
     dropped: list[str] = attrs.Factory(list)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, stream: SocketStream) -> None:
         self.connections += 1
