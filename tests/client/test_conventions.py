@@ -347,3 +347,25 @@ async def test_a_caller_s_own_user_agent_is_kept(anyio_backend: str, tmp_path: A
         generation = await client.generate("x")
         await client.download(generation.urls[0], tmp_path / "a.png")
     assert seen == ["my-app/2.0"] * 2
+
+
+async def test_a_failed_download_carries_its_request_and_response(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text="no such image", headers={"x-request-id": "img-7"})
+
+    async with AsyncNanoBanana(
+        KEY, base_url="https://api.nanobanana.test", transport=httpx.MockTransport(handler)
+    ) as client:
+        with pytest.raises(APIError) as info:
+            await client.download("https://api.nanobanana.test/images/1.png?sig=s3cret", tmp_path)
+    error = info.value
+    assert error.status_code == 404
+    assert error.request_id == "img-7"
+    assert error.response is not None
+    assert error.response.status_code == 404
+    assert error.request is not None
+    assert str(error.request.url) == "https://api.nanobanana.test/images/1.png"  # no token
+    assert error.request.headers["authorization"] == "Bearer ***"
+    assert error.body is None  # an image host's error page is not read
