@@ -132,7 +132,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     pricing = pricing_of(args)
     jobs = load_jobs(args, pricing)
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store)  # created if missing: jobs are added to it
     added = asyncio.run(store.add((s.job for s in jobs), pricing=pricing))
     already = len(jobs) - added
     note = f" ({already} already in the store)" if already else ""
@@ -162,7 +162,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from rich.text import Text
 
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
     status = asyncio.run(store.status())
     if args.json:
         out(json.dumps(status.to_dict()))
@@ -229,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ..batch.journal import journal_line
 
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
 
     async def export(fh: IO[bytes]) -> int:
         count = 0
@@ -271,7 +271,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     states = [s for s in ("ambiguous", "failed", "skipped") if getattr(args, s)]
     if not states:
         raise CLIError("say which jobs to retry: --ambiguous, --failed and/or --skipped")
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
     if "ambiguous" in states and not args.yes:
         status = asyncio.run(store.status())
         count = status.counts.get("ambiguous", 0)
@@ -336,7 +336,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     from ..client import AsyncNanoBanana
 
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
     directory = make_dir(args.output).resolve()  # recorded paths work from anywhere
     # Image URLs are plain GETs: the key goes only to the API's own origin, if it is given.
     key = args.api_key or os.environ.get("NANOBANANA_API_KEY") or "download-only"
