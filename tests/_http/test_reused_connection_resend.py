@@ -57,11 +57,15 @@ PATHS: dict[str, Callable[[str], AsyncNanoBanana]] = {
 }
 
 
-def _skip_unless_runs(path: str, backend: str) -> None:
-    if "aiohttp" in path and backend != "asyncio":
-        pytest.skip("aiohttp runs on asyncio only (under Trio the SDK uses its h11 pool)")
-    if "aiohttp" in path and not aiohttp_available():
-        pytest.skip("aiohttp is not installed (extra nanobanana-async[aiohttp])")
+def _runs(paths: list[str]) -> list[tuple[str, str]]:
+    """(backend, path) pairs that exist: aiohttp runs on asyncio only (under Trio the SDK uses
+    its h11 pool), and only where the extra is installed."""
+    return [
+        (backend, path)
+        for backend in ("asyncio", "trio")
+        for path in paths
+        if "aiohttp" not in path or (backend == "asyncio" and aiohttp_available())
+    ]
 
 
 async def _close_client(client: AsyncNanoBanana) -> None:
@@ -72,11 +76,10 @@ async def _close_client(client: AsyncNanoBanana) -> None:
 
 
 @pytest.mark.parametrize("mode", ["eof", "reset"])
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize(("anyio_backend", "path"), _runs(list(PATHS)))
 async def test_a_request_on_a_connection_closed_under_it_is_sent_once_more(
     anyio_backend: str, path: str, mode: str
 ) -> None:
-    _skip_unless_runs(path, anyio_backend)
     async with serving(ClosingServer(mode)) as server:
         client = PATHS[path](server.base_url)
         try:
@@ -94,13 +97,12 @@ async def test_a_request_on_a_connection_closed_under_it_is_sent_once_more(
     assert set(server.dropped) <= set(server.answered)  # each dropped one came back, once
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize(("anyio_backend", "path"), _runs(list(PATHS)))
 async def test_a_fresh_connection_closed_under_its_request_stays_ambiguous(
     anyio_backend: str, path: str
 ) -> None:
     # A new connection has no reason to be closed under its request: the server may have
     # acted on it (crashed after charging), so it is not sent again.
-    _skip_unless_runs(path, anyio_backend)
     async with serving(ClosingServer("fresh")) as server:
         client = PATHS[path](server.base_url)
         try:
@@ -115,12 +117,13 @@ async def test_a_fresh_connection_closed_under_its_request_stays_ambiguous(
 
 # httpx's own transport (httpcore) does not say whether part of a head arrived before the
 # connection closed: there, a head cut short counts as no answer (_http/resend.py).
-@pytest.mark.parametrize("path", [p for p in PATHS if not p.startswith("httpx")])
+@pytest.mark.parametrize(
+    ("anyio_backend", "path"), _runs([p for p in PATHS if not p.startswith("httpx")])
+)
 async def test_part_of_an_answer_on_a_reused_connection_stays_ambiguous(
     anyio_backend: str, path: str
 ) -> None:
     # The server started answering: it read the request, so it may have acted on it.
-    _skip_unless_runs(path, anyio_backend)
     async with serving(ClosingServer("partial")) as server:
         client = PATHS[path](server.base_url)
         try:
@@ -134,13 +137,12 @@ async def test_part_of_an_answer_on_a_reused_connection_stays_ambiguous(
     assert len(server.answered) == len(server.dropped) == 1
 
 
-@pytest.mark.parametrize("path", ["h11-handle", "aiohttp-handle"])
+@pytest.mark.parametrize(("anyio_backend", "path"), _runs(["h11-handle", "aiohttp-handle"]))
 async def test_a_request_without_an_idempotency_key_is_not_sent_again(
     anyio_backend: str, path: str
 ) -> None:
     # Outside the SDK's own generate requests: a POST through the transport that carries no
     # Idempotency-Key is not replayable, so its failure stands.
-    _skip_unless_runs(path, anyio_backend)
     transport = FastTransport(use_aiohttp="aiohttp" in path)
     async with (
         serving(ClosingServer("eof")) as server,
