@@ -141,7 +141,9 @@ class JobProcessor:
         self.budget = budget
         self.download_dir = download_dir
         self.store: StoreSession | None = None
-        self.over_budget = False  # a job did not fit max_credits (a worker stops claiming)
+        # Why a job did not fit max_credits (the batch's or the client's limits'): a worker
+        # stops claiming, since every job it claims next would be skipped and released again.
+        self.over_budget: str | None = None
 
     def stop(self, error: NanoBananaError) -> None:
         if self.stats.stopped_reason is None:
@@ -151,6 +153,11 @@ class JobProcessor:
                 else "the API key was rejected"
             )
             self.stats.stopped_reason = f"{what}: {error}"
+            self.stats.stop_cause = (
+                "insufficient_credits"
+                if isinstance(error, InsufficientCreditsError)
+                else "authentication"
+            )
             logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
 
     async def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
@@ -187,7 +194,7 @@ class JobProcessor:
                 f"over budget: needs {item.cost} credits, {self.budget.left} of "
                 f"max_credits={self.budget.limit} left"
             )
-            self.over_budget = True
+            self.over_budget = self.over_budget or reason
             return await self._journal(
                 JobResult(item.index, job, "skipped", item.id, reason=reason)
             )
@@ -210,6 +217,7 @@ class JobProcessor:
             if isinstance(exc, BudgetExceededError) and call.attempts == 0:
                 # The client's limits (max_credits of LocalLimits or RedisLimits) can never
                 # hold this job: like the batch's own budget, it is skipped unsent.
+                self.over_budget = self.over_budget or str(exc)
                 return await self._journal(
                     JobResult(item.index, job, "skipped", item.id, reason=str(exc))
                 )

@@ -150,6 +150,14 @@ class Runner:
             raise
         if feed.error is not None:
             raise feed.error
+        over_budget = self.processor.over_budget
+        if self.jobs is None and over_budget is not None and self.stats.stopped_reason is None:
+            # Said once the jobs in flight are settled: set earlier, it would stop their
+            # retries as a stopped batch does.
+            self.stats.stopped_reason = (
+                f"out of budget ({over_budget}): the jobs this worker did not run stay pending"
+            )
+            self.stats.stop_cause = "budget"
 
     async def _worker(self, feed: _Feed, sink: ResultSink, tg: anyio.abc.TaskGroup) -> None:
         """Take a permit, pull the next job from the feed, process it, hand its result over.
@@ -388,14 +396,12 @@ class _ClaimFeed(_Feed):
         async with self._lock:
             if self.done:
                 return None
-            if runner.stats.stopped_reason is not None or runner.processor.over_budget:
-                # What is left stays pending for other workers (or this one, rerun).
-                self.done = True
-                return None
             store = runner.processor.store
             assert store is not None
             claimed = self._claimed
             while not claimed:
+                if self._stopping():
+                    return None
                 claimed.extend(await store.claim(self._chunk))
                 if claimed:
                     break
@@ -408,7 +414,19 @@ class _ClaimFeed(_Feed):
                     self.done = True
                     return None
                 await anyio.sleep(runner.options.poll_interval)
+            # Checked again after the claim too: a job skipped for the budget meanwhile went
+            # back to pending, and this claim may hold it again (claimed rows still in the
+            # deque go back to pending when the session closes).
+            if self._stopping():
+                return None
             return Runner._stored_item(claimed.popleft(), self._pricing, self._names)
+
+    def _stopping(self) -> bool:
+        runner = self._runner
+        if runner.stats.stopped_reason is not None or runner.processor.over_budget is not None:
+            # What is left stays pending for other workers (or this one, rerun).
+            self.done = True
+        return self.done
 
 
 async def _maintain(store: StoreSession) -> None:
