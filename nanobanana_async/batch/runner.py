@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..errors import InvalidRequestError
 from ..models import Job
 from ..pricing import PricingTable, as_job
-from .files import FileNames
+from .files import file_stem
 from .journal import JobIds
 from .money import CreditBudget
 from .options import BatchOptions, JobInput
@@ -194,7 +194,7 @@ class Runner:
                 self._idle += 1
 
     @staticmethod
-    def _stored_item(stored: StoredJob, pricing: PricingTable, names: FileNames | None) -> Item:
+    def _stored_item(stored: StoredJob, pricing: PricingTable, names: bool) -> Item:
         try:
             job = Job(
                 stored.prompt,
@@ -207,13 +207,12 @@ class Runner:
             cost = pricing.credits(job)
         except InvalidRequestError as exc:
             return Item(stored.index, None, stored.id, error=exc, claimed=True)
-        stem = names.claim(stored.id, job.num) if names is not None else None
         return Item(
             stored.index,
             job,
             stored.id,
             cost,
-            stem=stem,
+            stem=file_stem(stored.id) if names else None,
             claimed=True,
             idempotency_key=stored.idempotency_key,
         )
@@ -224,15 +223,13 @@ class Runner:
         raw: Job | str,
         pricing: PricingTable,
         ids: JobIds | None,
-        names: FileNames | None,
+        names: bool,
     ) -> Item:
         try:
             job = as_job(raw, pricing)
             cost = pricing.credits(job)
             job_id = ids.assign(job) if ids is not None else job.id
-            stem = (
-                names.claim(job_id, job.num) if names is not None and job_id is not None else None
-            )
+            stem = file_stem(job_id) if names and job_id is not None else None
             return Item(index, job, job_id, cost, stem=stem)
         except InvalidRequestError as exc:
             return Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
@@ -329,7 +326,7 @@ class _InputFeed(_Feed):
         self._pricing = runner.sender.pricing
         wants_ids = runner.store is not None or runner.download_dir is not None
         self._ids = JobIds() if wants_ids else None
-        self._names = FileNames() if runner.download_dir is not None else None
+        self._names = runner.download_dir is not None
         self._index = 0
         self._sync: Iterator[Job | str] | None = None
         self._async: AsyncGenerator[Job | str, None] | None = None
@@ -386,7 +383,7 @@ class _ClaimFeed(_Feed):
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._pricing = runner.sender.pricing
-        self._names = FileNames() if runner.download_dir is not None else None
+        self._names = runner.download_dir is not None
         self._chunk = min(_CLAIM_CHUNK, runner.options.concurrency)
         self._claimed: deque[StoredJob] = deque()
         self._lock = anyio.Lock()

@@ -333,7 +333,7 @@ def test_batch_jsonl_fields_defaults_and_ids(tmp_path: pathlib.Path) -> None:
     assert printed["two"]["line"] == 3
     assert len(printed["two"]["paths"]) == 2
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert names == ["pro.png", "two-1.png", "two-2.png", "wide-1.png"]
+    assert names == ["pro.png", "two+1.png", "two+2.png", "wide-1.png"]
     assert {r["id"] for r in journal_lines(tmp_path / "out" / "journal.jsonl")} == set(printed)
 
 
