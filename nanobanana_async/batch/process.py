@@ -144,6 +144,9 @@ class JobProcessor:
         # Why a job did not fit max_credits (the batch's or the client's limits'): a worker
         # stops claiming, since every job it claims next would be skipped and released again.
         self.over_budget: str | None = None
+        # Jobs that a cancellation (a grace period that ran out, Ctrl-C twice) ended after
+        # they were sent: counted in the stats at once, since no worker hands them over.
+        self.unreported: list[JobResult] = []
 
     def stop(self, error: NanoBananaError) -> None:
         if self.stats.stopped_reason is None:
@@ -253,6 +256,27 @@ class JobProcessor:
                         await self.store.unsettled(item.id, money.uncertain)
                     else:  # every attempt sent got a clear answer: nothing was charged
                         await self.store.release(item.id)
+            if call.attempts:
+                self._cancelled(
+                    JobResult(
+                        item.index,
+                        job,
+                        "failed",
+                        item.id,
+                        error=NanoBananaError(
+                            f"cancelled after {call.attempts} attempt(s)"
+                            + (
+                                f": {money.uncertain} credits may have been spent (the answer "
+                                "never came back); not sent again unless asked"
+                                if money.uncertain
+                                else ""
+                            )
+                        ),
+                        attempts=call.attempts,
+                        elapsed=time.perf_counter() - started,
+                        credits_may_have_been_spent=money.uncertain,
+                    )
+                )
             raise
         else:
             money.succeeded(generation.credits)
@@ -299,9 +323,20 @@ class JobProcessor:
         # Journaled before the downloads: a run stopped while they go on must not pay again;
         # the next run downloads what is missing.
         await self._journal(result, status="generated")
-        paths, error = await download_images(
-            self.sender, self.download_dir, item.stem, generation.urls, job.num
-        )
+        try:
+            paths, error = await download_images(
+                self.sender, self.download_dir, item.stem, generation.urls, job.num
+            )
+        except BaseException:
+            # Cancelled mid-download: the generation is paid for and journaled; it is counted
+            # and reported as failed, and a rerun downloads its images without paying again.
+            cancelled = NanoBananaError(
+                f"generated ({generation.credits} credits), but its download was cancelled: "
+                "run again with the same journal to download it without paying again"
+            )
+            result = attrs.evolve(result, status="failed", error=cancelled)
+            self._cancelled(await self._journal(result))
+            raise
         result = attrs.evolve(
             result,
             status="failed" if error else "succeeded",
@@ -310,6 +345,10 @@ class JobProcessor:
             elapsed=time.perf_counter() - started,
         )
         return await self._journal(result)
+
+    def _cancelled(self, result: JobResult) -> None:
+        self.stats.count(result)
+        self.unreported.append(result)
 
     def _skipped_stopped(self, item: Item, job: Job) -> JobResult:
         reason = f"batch stopped: {self.stats.stopped_reason}"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pathlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -35,6 +43,8 @@ __all__ = ["Collector", "ResultSink", "Runner"]
 
 logger = logging.getLogger("nanobanana_async")
 
+T = TypeVar("T")
+
 
 class Runner:
     """Runs one batch: workers pull jobs lazily and process them, results go out.
@@ -51,6 +61,12 @@ class Runner:
 
     With ``jobs=None`` the runner is a store's worker: jobs are claimed from the store
     (``options.journal``) in chunks, as permits allow, instead of pulled from an input.
+
+    :meth:`stop` ends dispatch: no job is pulled or claimed any more, jobs waiting to send
+    are skipped, and requests in flight finish. Jobs that finished or stopped without reaching
+    the consumer (the batch was cancelled: a download cut short, a result not yet handed
+    over) are kept in :attr:`unreported`, counted in :attr:`stats`, so a report still has
+    every job that was charged or may have been.
     """
 
     def __init__(
@@ -92,6 +108,39 @@ class Runner:
         self.store = open_store(options.journal) if options.journal is not None else None
         self._workers = 0  # started
         self._idle = 0  # started and not holding a job (waiting for a permit or a job)
+        # Waits for the next job (an async input, a worker's poll) that stop() cuts short.
+        self._waits: set[anyio.CancelScope] = set()
+        # stop() was called: the input is not read further. (A batch stopped by a 401 or
+        # "insufficient credits" reads it on, to report every job as skipped.)
+        self.stopping = False
+
+    @property
+    def unreported(self) -> list[JobResult]:
+        """Results no consumer received (the batch was cancelled), counted in the stats."""
+        return self.processor.unreported
+
+    def stop(self, reason: str) -> None:
+        """Stop dispatching: nothing more is pulled or claimed, and jobs not yet sent are
+        skipped with ``reason``; requests in flight go on (cancel the batch to end them)."""
+        self.stopping = True
+        stats = self.stats
+        if stats.stopped_reason is None:
+            stats.stopped_reason = reason
+            stats.stop_cause = "stopped"
+            logger.warning("batch stopping: %s", reason)
+        for scope in self._waits:
+            scope.cancel()
+
+    async def wait_for_job(self, wait: Callable[..., Awaitable[T]], *args: Any) -> tuple[T] | None:
+        """``(await wait(*args),)``, or None when :meth:`stop` cuts the wait short."""
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                if not self.stopping:
+                    return (await wait(*args),)
+            finally:
+                self._waits.discard(scope)
+        return None
 
     async def run(self, out: ResultSink) -> None:
         async with out:
@@ -188,9 +237,15 @@ class Runner:
                 # jobs in flight.
                 result = await self.processor.process(item)
                 self.stats.count(result)
-                if self.telemetry is not None and self.telemetry.wants_job_results:
-                    await self.telemetry.job_result(result)
-                await sink.send(result)
+                try:
+                    if self.telemetry is not None and self.telemetry.wants_job_results:
+                        await self.telemetry.job_result(result)
+                    # Never blocks (the permits keep results in hand below the stream's
+                    # buffer), and is cancelled, if at all, before the result is handed over.
+                    await sink.send(result)
+                except BaseException:
+                    self.processor.unreported.append(result)
+                    raise
                 self._idle += 1
 
     @staticmethod
@@ -239,11 +294,20 @@ class Runner:
         pending: dict[int, JobResult] = {}
         next_index = 0
         async with done:
-            async for result in done:
-                pending[result.index] = result
-                while next_index in pending:
-                    await out.send(pending.pop(next_index))
-                    next_index += 1
+            try:
+                async for result in done:
+                    pending[result.index] = result
+                    while next_index in pending:
+                        await out.send(pending[next_index])
+                        del pending[next_index]
+                        next_index += 1
+            finally:
+                # Cancelled: what waited for its turn was never handed over.
+                waiting = list(pending.values())
+                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                    while True:
+                        waiting.append(done.receive_nowait())
+                self.processor.unreported.extend(waiting)
 
 
 _CLAIM_CHUNK = 64
@@ -280,9 +344,10 @@ class Collector:
         self._permits = permits
 
     async def send(self, item: JobResult, /) -> None:
+        # The checkpoint first: a result is handed over whole, or not at all when cancelled.
+        await anyio.lowlevel.checkpoint()
         self.results.append(item)
         self._permits.release()
-        await anyio.lowlevel.checkpoint()
 
     def clone(self) -> Collector:
         return self
@@ -323,6 +388,7 @@ class _InputFeed(_Feed):
     """
 
     def __init__(self, runner: Runner, jobs: JobInput) -> None:
+        self._runner = runner
         self._pricing = runner.sender.pricing
         wants_ids = runner.store is not None or runner.download_dir is not None
         self._ids = JobIds() if wants_ids else None
@@ -340,6 +406,9 @@ class _InputFeed(_Feed):
     async def next(self) -> Item | None:
         if self.done:
             return None
+        if self._runner.stopping:
+            self.done = True  # stopped: the rest of the input is not run
+            return None
         lock = self._lock
         try:
             if lock is None:
@@ -352,7 +421,11 @@ class _InputFeed(_Feed):
                     if self.done:
                         return None
                     assert self._async is not None
-                    raw = await anext(self._async)
+                    pulled = await self._runner.wait_for_job(anext, self._async)
+                    if pulled is None:
+                        self.done = True
+                        return None
+                    (raw,) = pulled
         except (StopIteration, StopAsyncIteration):
             self.done = True
             return None
@@ -410,7 +483,7 @@ class _ClaimFeed(_Feed):
                 if not runner.options.follow:
                     self.done = True
                     return None
-                await anyio.sleep(runner.options.poll_interval)
+                await runner.wait_for_job(anyio.sleep, runner.options.poll_interval)
             # Checked again after the claim too: a job skipped for the budget meanwhile went
             # back to pending, and this claim may hold it again (claimed rows still in the
             # deque go back to pending when the session closes).

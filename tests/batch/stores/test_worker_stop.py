@@ -1,6 +1,9 @@
-"""A worker whose budget runs out ends, leaves the jobs it could not afford pending, and reports
-each job it touched once.
+"""Workers that stop: when their budget runs out, and when asked to (SIGTERM's
+``BatchRun.stop``). Either way the worker ends, what it did not start stays pending, and each
+job it touched is reported once.
 
+A worker whose budget runs out ends, leaves the jobs it could not afford pending, and reports
+each job it touched once.
 The budget is the client's limits' (``LocalLimits`` or ``RedisLimits`` ``max_credits``, whose
 admission raises ``BudgetExceededError`` before an attempt) or the worker's own
 ``max_credits``. Before, a worker on the client's limits skipped a job, released it to pending,
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import pathlib
 from collections import Counter
+from typing import Any
 
 import anyio
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, Job, LocalLimits, open_store
+from nanobanana_async import AsyncNanoBanana, Job, JobResult, LocalLimits, open_store
+from nanobanana_async.batch import BatchRun
 from nanobanana_async.batch.stores import SqlStore
 from nanobanana_async.emulator import Emulator, Faults
 from tests.support.redis_server import RedisServer
@@ -96,3 +101,63 @@ async def test_shared_redis_budget_ends_the_worker(
     async with AsyncNanoBanana(KEY, transport=emulator.transport(), limits=limits) as client:
         ids = await _work(client, url)
     await _check(url, emulator, ids, 5)
+
+
+# -- stopped workers ------------------------------------------------------------------------
+
+
+async def test_a_stopped_worker_gives_back_what_it_did_not_start(store_url: str) -> None:
+    emulator = Emulator(keys={KEY: BALANCE}, faults=Faults(latency=0.2), seed=5)
+    store = open_store(store_url)
+    assert isinstance(store, SqlStore)
+    await store.add(Job(f"a worker's job {i}", id=f"w-{i}") for i in range(30))
+    async with client(emulator) as api:
+        run = api.worker(store, concurrency=4)
+        results: list[JobResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume, run, results)
+            await until(lambda: len(results) >= 4 and emulator.stats.in_flight == 4)
+            run.stop("SIGTERM: stopped taking jobs", grace=60)
+    status = await store.status()
+    done = status.counts.get("done", 0)
+    assert done == emulator.stats.generations == len([r for r in results if r.ok])
+    assert status.counts.get("pending", 0) == 30 - done  # claimed, not started: given back
+    assert status.unfinished == 30 - done  # nothing left claimed or sending
+    assert spent(emulator) == status.credits_spent == done * PRICE
+    assert run.stats.stop_cause == "stopped"
+
+
+async def test_a_following_worker_stops_while_it_polls(store_url: str) -> None:
+    emulator = Emulator(keys={KEY: BALANCE})
+    store = open_store(store_url)
+    assert isinstance(store, SqlStore)
+    await store.add([Job("the only job", id="only")])
+    async with client(emulator) as api:
+        run = api.worker(store, follow=True, poll_interval=3600)
+        results: list[JobResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume, run, results)
+            await until(lambda: len(results) == 1)
+            run.stop("test")  # no grace: the hour-long poll is cut short
+    assert results[0].ok
+    assert (await store.status()).counts == {"done": 1}
+
+
+def client(emulator: Emulator) -> AsyncNanoBanana:
+    return AsyncNanoBanana(KEY, transport=emulator.transport())
+
+
+def spent(emulator: Emulator) -> int:
+    return BALANCE - emulator.balance(KEY)
+
+
+async def until(condition: Any) -> None:
+    with anyio.fail_after(30):  # a guard against a hang, not a timing assertion
+        while not condition():  # noqa: ASYNC110 - polls counters
+            await anyio.sleep(0.005)
+
+
+async def consume(run: BatchRun, results: list[JobResult]) -> None:
+    async with run:
+        async for result in run:
+            results.append(result)
