@@ -102,14 +102,20 @@ async def stop_on_signals(
     """
     stopping = GracefulStop(grace)
     with anyio.open_signal_receiver(*(signal.Signals(s) for s in signals)) as received:
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
 
-            async def forward() -> None:
-                async for signum in received:
-                    stopping.request(signum)
+                async def forward() -> None:
+                    async for signum in received:
+                        stopping.request(signum)
 
-            tg.start_soon(forward)
-            try:
-                yield stopping
-            finally:
-                tg.cancel_scope.cancel()
+                tg.start_soon(forward)
+                try:
+                    yield stopping
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The block's own error, as itself: the forwarding task never fails.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
