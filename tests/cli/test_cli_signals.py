@@ -299,3 +299,51 @@ def test_a_worker_whose_budget_runs_out_exits_3(
     assert spent(server) == after.credits_spent == 4
     # Ended at once: never claimed the skipped jobs again and again.
     assert server.emulator.stats.generate_requests == 2
+
+
+@pytest.mark.parametrize("emulator_faults", [Faults(latency=0.4, charge_on_hangup_rate=1.0)])
+def test_sigkill_with_the_default_journal_never_pays_twice(
+    tmp_path: pathlib.Path, server: RunningEmulator
+) -> None:
+    # The default journal (DIR/journal.db) records "sending" before a request leaves: a
+    # SIGKILL (no handling of any kind) leaves the jobs in flight ambiguous, and the rerun
+    # does not send them again. (The JSONL journal, the old default, paid for them twice.)
+    jobs = 30
+    write(tmp_path / "p.txt", "".join(f"a killed prompt {i}\n" for i in range(jobs)))
+    args = ["batch", "p.txt", "--base-url", server.base_url, "-o", "out", "--yes", "-c", "4"]
+    proc = start(args, tmp_path)
+    wait_for_done(tmp_path / "out" / "journal.db", 4, proc)
+    wait_until(lambda: server.emulator.stats.in_flight >= 2, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    idle(server)
+    rerun = subprocess.run(command(*args), cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert rerun.returncode == 1, rerun.stderr  # the ambiguous jobs are reported skipped
+    stats = server.emulator.stats
+    assert stats.generate_requests == jobs  # every job sent once, the killed ones included
+    assert stats.duplicate_charges == 0
+    journal = status("sqlite:///" + str(tmp_path / "out" / "journal.db"))
+    ambiguous = journal.counts.get("ambiguous", 0)
+    assert 1 <= ambiguous <= 4
+    assert journal.counts.get("done", 0) == jobs - ambiguous
+    # Charged on hang-up: the ledger is what was spent plus what may have been.
+    assert spent(server) == journal.credits_spent + journal.credits_may_have_been_spent
+
+
+def test_a_journal_jsonl_left_in_the_output_directory_is_resumed(
+    tmp_path: pathlib.Path, server: RunningEmulator
+) -> None:
+    # An earlier version journaled to DIR/journal.jsonl: the new default must not pay again.
+    write(tmp_path / "p.txt", "".join(f"an older prompt {i}\n" for i in range(5)))
+    base = ["batch", "p.txt", "--base-url", server.base_url, "-o", "out", "--yes"]
+    older = subprocess.run(
+        command(*base, "--journal", "out/journal.jsonl"),
+        cwd=tmp_path, env=env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert older.returncode == 0, older.stderr
+    newer = subprocess.run(command(*base), cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert newer.returncode == 0, newer.stderr
+    assert "Resuming from out/journal.jsonl" in newer.stderr
+    assert "5 of 5 jobs already done" in newer.stderr
+    assert server.emulator.stats.generations == 5
+    assert not (tmp_path / "out" / "journal.db").exists()
