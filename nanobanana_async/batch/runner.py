@@ -39,7 +39,7 @@ from .stores import StoredJob, StoreSession, open_store
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
 
-__all__ = ["Collector", "ResultSink", "Runner"]
+__all__ = ["Collector", "ResultSink", "Runner", "single_error"]
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -168,14 +168,15 @@ class Runner:
             await self._run_jobs(out)
             return
         # Leases are renewed while the run goes on, and other runs' expired ones handed back.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_maintain, store)
-            await self._run_jobs(out)
-            tg.cancel_scope.cancel()
+        with single_error():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_maintain, store)
+                await self._run_jobs(out)
+                tg.cancel_scope.cancel()
 
     async def _run_jobs(self, out: ResultSink) -> None:
         feed: _Feed = _ClaimFeed(self) if self.jobs is None else _InputFeed(self, self.jobs)
-        try:
+        with single_error():
             try:
                 async with anyio.create_task_group() as tg:
                     if self.options.ordered and self.jobs is not None:
@@ -192,11 +193,6 @@ class Runner:
                         tg.start_soon(self._worker, feed, sink.clone(), tg)
             finally:
                 await feed.aclose()
-        except BaseExceptionGroup as group:
-            # One failure (say, a job store failing) is reported as itself.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
         if feed.error is not None:
             raise feed.error
         over_budget = self.processor.over_budget
@@ -311,6 +307,18 @@ class Runner:
 
 
 _CLAIM_CHUNK = 64
+
+
+@contextlib.contextmanager
+def single_error() -> Iterator[None]:
+    """One failure in a task group (say, a job store failing) is raised as itself, not as an
+    ExceptionGroup around it: callers (and the command line) catch it by its type."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 class ResultSink(Protocol):

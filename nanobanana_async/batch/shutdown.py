@@ -21,6 +21,7 @@ import anyio
 
 from ..errors import InvalidRequestError
 from .run import BatchRun
+from .runner import single_error
 
 __all__ = ["DEFAULT_GRACE", "GracefulStop", "stop_on_signals"]
 
@@ -101,21 +102,17 @@ async def stop_on_signals(
     Afterwards the signals' handling is back to the default. Needs the main thread.
     """
     stopping = GracefulStop(grace)
-    with anyio.open_signal_receiver(*(signal.Signals(s) for s in signals)) as received:
-        try:
-            async with anyio.create_task_group() as tg:
+    # The block's own error comes out as itself: the forwarding task never fails.
+    signums = [signal.Signals(s) for s in signals]
+    with anyio.open_signal_receiver(*signums) as received, single_error():
+        async with anyio.create_task_group() as tg:
 
-                async def forward() -> None:
-                    async for signum in received:
-                        stopping.request(signum)
+            async def forward() -> None:
+                async for signum in received:
+                    stopping.request(signum)
 
-                tg.start_soon(forward)
-                try:
-                    yield stopping
-                finally:
-                    tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The block's own error, as itself: the forwarding task never fails.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+            tg.start_soon(forward)
+            try:
+                yield stopping
+            finally:
+                tg.cancel_scope.cancel()

@@ -11,6 +11,7 @@ Mounting needs root (CI runs as root); elsewhere the tests are skipped, saying s
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import subprocess
@@ -30,25 +31,37 @@ PROMPTS = [f"a prompt on a full disk, number {i}" for i in range(12)]
 
 
 class TinyDisk:
-    """A tmpfs of two pages; ``fill()`` leaves one page free for the journal."""
+    """A small tmpfs; ``fill()`` leaves one page free (or none: ``to_the_brim``)."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
         self.filler = path / "filler"
 
-    def fill(self) -> None:
-        self.filler.write_bytes(b"x" * PAGE)
+    def fill(self, *, to_the_brim: bool = False) -> None:
+        if not to_the_brim:
+            free = os.statvfs(self.path).f_bavail * os.statvfs(self.path).f_frsize
+            self.filler.write_bytes(b"x" * (free - PAGE))
+            return
+        # While a run writes beside it: a page at a time, until nothing fits.
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"x" * PAGE)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        finally:
+            os.close(fd)
 
     def free(self) -> None:
         self.filler.unlink()
 
 
-@pytest.fixture
-def disk(tmp_path: pathlib.Path) -> Iterator[TinyDisk]:
+def mount_tmpfs(tmp_path: pathlib.Path, size: int) -> Iterator[TinyDisk]:
     path = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     path.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={2 * PAGE}", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
         capture_output=True,
         text=True,
         check=False,
@@ -62,6 +75,18 @@ def disk(tmp_path: pathlib.Path) -> Iterator[TinyDisk]:
         yield TinyDisk(path)
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def disk(tmp_path: pathlib.Path) -> Iterator[TinyDisk]:
+    """Two pages: one for the journal once filled."""
+    yield from mount_tmpfs(tmp_path, 2 * PAGE)
+
+
+@pytest.fixture
+def roomy_disk(tmp_path: pathlib.Path) -> Iterator[TinyDisk]:
+    """4 MiB: a SQLite journal (its WAL grows by pages) runs until the test fills it."""
+    yield from mount_tmpfs(tmp_path, 4 << 20)
 
 
 def client(emulator: Emulator) -> AsyncNanoBanana:
@@ -124,3 +149,53 @@ def test_the_cli_on_a_full_disk_says_so_in_one_line(tmp_path: pathlib.Path, disk
         for leftover in disk.path.iterdir():
             if leftover != disk.filler:
                 os.unlink(leftover)
+
+
+@pytest.mark.slow
+def test_the_default_sqlite_journal_on_a_disk_that_fills_mid_run(
+    tmp_path: pathlib.Path, roomy_disk: TinyDisk
+) -> None:
+    pytest.importorskip("uvicorn")
+    from nanobanana_async.emulator import Faults, serve
+    from tests.cli.test_cli import command, store_counts, wait_for_done
+
+    # The server charges requests whose client went away: what the run could not record
+    # may still have been paid for, and must then never be paid again.
+    emulator = Emulator(
+        keys={KEY: 10_000}, faults=Faults(latency=0.2, charge_on_hangup_rate=1.0), seed=9
+    )
+    prompts = write(tmp_path / "p.txt", "".join(f"{p}\n" for p in PROMPTS * 2))
+    journal = roomy_disk.path / "run.db"
+    env = cli_env(NANOBANANA_API_KEY=KEY)
+    with serve(emulator) as server:
+        args = ["batch", str(prompts), "--base-url", server.base_url, "--yes", "-c", "2"]
+        args += ["--journal", f"sqlite:///{journal}"]
+        proc = subprocess.Popen(
+            command(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for_done(journal, 3, proc)
+        roomy_disk.fill(to_the_brim=True)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1, err
+        assert "database or disk is full" in errors[0]
+
+        roomy_disk.free()
+        rerun = subprocess.run(
+            command(*args), cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+        )
+        assert "Traceback" not in rerun.stderr
+        counts = store_counts(journal)
+        stats = emulator.stats
+        # No job paid twice: each was sent at most once over both runs, and the ledger is
+        # what the journal says was spent plus what may have been.
+        assert stats.duplicate_charges == 0
+        assert stats.generate_requests <= len(PROMPTS) * 2
+        assert sum(counts.values()) == len(PROMPTS) * 2
+        assert set(counts) <= {"done", "ambiguous", "claimed", "sending"}
+        charged = 10_000 - emulator.balance(KEY)
+        assert charged >= 2 * counts["done"]
+        print(f"\nfull disk, SQLite: {errors[0]}; after the rerun {counts}, {charged} charged")
