@@ -199,3 +199,24 @@ def test_the_default_sqlite_journal_on_a_disk_that_fills_mid_run(
         charged = 10_000 - emulator.balance(KEY)
         assert charged >= 2 * counts["done"]
         print(f"\nfull disk, SQLite: {errors[0]}; after the rerun {counts}, {charged} charged")
+
+
+@pytest.mark.anyio
+async def test_a_full_disk_under_the_images_fails_those_jobs_only(
+    anyio_backend: str, tmp_path: pathlib.Path, roomy_disk: TinyDisk
+) -> None:
+    emulator = Emulator(keys={KEY: 10_000}, seed=10)
+    journal = f"sqlite:///{tmp_path / 'run.db'}"
+    roomy_disk.fill(to_the_brim=True)
+    async with client(emulator) as api:
+        report = await api.run_batch(PROMPTS[:4], journal=journal, download_dir=roomy_disk.path)
+    assert report.failed == 4
+    assert all("No space left on device" in str(r.error) for r in report.results)
+    # Generated and paid for: counted, and journaled with their URLs.
+    assert report.credits_spent == 10_000 - emulator.balance(KEY) == 8
+    roomy_disk.free()
+    async with client(emulator) as api:
+        again = await api.run_batch(PROMPTS[:4], journal=journal, download_dir=roomy_disk.path)
+    assert again.succeeded == again.resumed == 4
+    assert emulator.stats.generations == 4
+    assert len([p for p in roomy_disk.path.iterdir() if p.suffix == ".png"]) == 4
