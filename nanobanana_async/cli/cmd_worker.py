@@ -14,7 +14,6 @@ import attrs
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_STOPPED,
     ClientConfig,
     add_limits,
     add_store,
@@ -27,6 +26,7 @@ from .common import (
     pricing_of,
     setup_logging,
 )
+from .exits import EXIT_STOPPED
 from .stopping import Stop, add_grace
 
 if TYPE_CHECKING:

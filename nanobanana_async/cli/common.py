@@ -20,16 +20,7 @@ import attrs
 
 from ..models import DEFAULT_MODEL
 from ..pricing import CreditEstimate, PricingTable, resolve_pricing
-from .exits import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_STOPPED,
-    EXIT_TERMINATED,
-    EXIT_USAGE,
-    PROG,
-    CLIError,
-)
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, CLIError
 from .inputs import FORMATS, SourcedJob, read_jobs
 
 if TYPE_CHECKING:
@@ -44,8 +35,6 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
-    "EXIT_STOPPED",
-    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "PROG",
     "CLIError",

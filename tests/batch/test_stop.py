@@ -18,10 +18,11 @@ import anyio
 import httpx
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, InvalidRequestError, Job, JobResult, RetryPolicy
-from nanobanana_async.batch import BatchRun, GracefulStop
+from nanobanana_async import AsyncNanoBanana, InvalidRequestError, Job, RetryPolicy
+from nanobanana_async.batch import GracefulStop
 from nanobanana_async.batch.stores import SqlStore, open_store
 from nanobanana_async.emulator import Emulator, Faults
+from tests.support.batches import consuming, until
 
 pytestmark = pytest.mark.anyio
 
@@ -68,18 +69,6 @@ def spent(emulator: Emulator) -> int:
     return BALANCE - emulator.balance(KEY)
 
 
-async def until(condition: Any) -> None:
-    with anyio.fail_after(30):  # a guard against a hang, not a timing assertion
-        while not condition():  # noqa: ASYNC110 - polls counters
-            await anyio.sleep(0.005)
-
-
-async def consume(run: BatchRun, results: list[JobResult]) -> None:
-    async with run:
-        async for result in run:
-            results.append(result)
-
-
 @pytest.fixture(params=["jsonl", "sqlite"])
 def journal(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
     if request.param == "jsonl":
@@ -114,17 +103,16 @@ async def test_cancelled_downloads_are_counted_in_report_stats_and_store(
     emulator = Emulator(keys={KEY: BALANCE}, image_base_url=CDN, seed=1)
     transport = SlowImages(emulator)
     jobs = [Job(f"a slow image {i}", id=f"slow-{i}") for i in range(8)]
-    results: list[JobResult] = []
     async with client(emulator, transport) as api:
         run = api.batch(jobs, concurrency=4, journal=journal, download_dir=tmp_path / "out")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
-            # Four generated and paid for, their images downloading.
-            await until(lambda: transport.waiting == 4)
-            if how == "cancel":
-                tg.cancel_scope.cancel()  # the scope around the batch: Ctrl-C, before
-            else:
-                run.stop("test", grace=0)  # a grace period that ran out
+        with anyio.CancelScope() as scope:
+            async with consuming(run) as results:
+                # Four generated and paid for, their images downloading.
+                await until(lambda: transport.waiting == 4)
+                if how == "cancel":
+                    scope.cancel()  # the scope around the batch: Ctrl-C, before
+                else:
+                    run.stop("test", grace=0)  # a grace period that ran out
         report = run.report(results)
     assert emulator.stats.generations == 4
     assert spent(emulator) == 4 * PRICE
@@ -151,11 +139,9 @@ async def test_cancelled_requests_are_counted_as_may_have_been_spent(journal: st
         keys={KEY: BALANCE}, faults=Faults(latency=30.0, charge_on_hangup_rate=1.0), seed=2
     )
     jobs = [Job(f"a long wait {i}", id=f"wait-{i}") for i in range(6)]
-    results: list[JobResult] = []
     async with client(emulator) as api:
         run = api.batch(jobs, concurrency=3, journal=journal)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
+        async with consuming(run) as results:
             await until(lambda: emulator.stats.in_flight == 3)
             run.stop("test", grace=0)
         report = run.report(results)
@@ -181,11 +167,9 @@ async def test_cancelled_requests_are_counted_as_may_have_been_spent(journal: st
 async def test_stop_lets_jobs_in_flight_finish_and_runs_nothing_more(journal: str) -> None:
     emulator = Emulator(keys={KEY: BALANCE}, faults=Faults(latency=0.2), seed=3)
     jobs = [Job(f"a gentle stop {i}", id=f"gentle-{i}") for i in range(20)]
-    results: list[JobResult] = []
     async with client(emulator) as api:
         run = api.batch(jobs, concurrency=4, journal=journal)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
+        async with consuming(run) as results:
             await until(lambda: len(results) >= 4 and emulator.stats.in_flight == 4)
             requests = emulator.stats.generate_requests
             run.stop("asked to stop", grace=60)
@@ -212,9 +196,7 @@ async def test_a_grace_period_that_runs_out_cancels_what_is_left(journal: str) -
     jobs = [Job(f"some slow {i}", id=f"some-{i}") for i in range(12)]
     async with client(emulator) as api:
         run = api.batch(jobs, concurrency=4, journal=journal)
-        results: list[JobResult] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
+        async with consuming(run) as results:
             await until(lambda: emulator.stats.generate_requests >= 4)
             run.stop("test", grace=0.3)
         report = run.report(results)
@@ -262,9 +244,7 @@ async def test_stop_cuts_short_a_wait_for_the_next_input() -> None:
 
     async with client(emulator) as api:
         run = api.batch(stalling(), concurrency=2)
-        results: list[JobResult] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
+        async with consuming(run) as results:
             await stalled.wait()
             await until(lambda: len(results) == 1)
             run.stop("test")  # no grace: it ends only because the wait is cut short
@@ -277,9 +257,7 @@ async def test_graceful_stop_stops_at_once_the_second_time() -> None:
     stopping = GracefulStop(grace=60)
     async with client(emulator) as api:
         run = stopping.watch(api.batch([f"long {i}" for i in range(4)], concurrency=2))
-        results: list[JobResult] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
+        async with consuming(run) as results:
             await until(lambda: emulator.stats.in_flight == 2)
             stopping.request(signal.SIGTERM)
             assert stopping.signal is signal.SIGTERM

@@ -30,6 +30,7 @@ from nanobanana_async.batch.stores import SqlStore, StoreStatus
 from nanobanana_async.cli.stopping import DEFAULT_GRACE as CLI_DEFAULT_GRACE
 from nanobanana_async.emulator import Emulator, Faults, RunningEmulator, serve
 from tests.cli.test_cli import cli_env, command, stored_rows, wait_for_done, write
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +77,29 @@ def idle(server: RunningEmulator) -> None:
     wait_until(lambda: server.emulator.stats.in_flight == 0)
 
 
+def signalled(
+    proc: subprocess.Popen[str], server: RunningEmulator, signum: int = signal.SIGTERM
+) -> str:
+    """Send ``signum``; once the command has ended and the server is idle, its stderr (after
+    checking it ended with 128 + the signal, its summary, and no traceback)."""
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    idle(server)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert "Summary" in err
+    return err
+
+
+def store_of(tmp_path: pathlib.Path, jobs: list[Job]) -> str:
+    """The URL of a SQLite store in ``tmp_path`` holding ``jobs``, pending."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(url)
+    assert isinstance(store, SqlStore)
+    anyio.run(store.add, jobs)
+    return url
+
+
 def status(url: str) -> StoreStatus:
     store = open_store(url)
     assert isinstance(store, SqlStore)
@@ -107,13 +131,7 @@ def test_sigterm_settles_the_batch_in_flight_and_writes_everything(
     wait_until(lambda: server.emulator.stats.in_flight >= 2, proc)
     before = server.emulator.stats.generations
     in_flight = server.emulator.stats.in_flight
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    idle(server)
-
-    assert proc.returncode == 143, err
-    assert "Traceback" not in err
-    assert "Summary" in err
+    err = signalled(proc, server)
     assert "Terminated (SIGTERM)" in err
     # The requests in flight at the signal were answered and kept; no new job was started.
     rows = stored_rows(tmp_path / "out")
@@ -153,12 +171,7 @@ def test_a_grace_that_runs_out_keeps_the_jobs_in_flight_as_ambiguous(
     args += ["--grace", "0.5", "--metrics-json", "out/metrics.json"]
     proc = start(args, tmp_path)
     wait_until(lambda: server.emulator.stats.in_flight == 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    idle(server)
-
-    assert proc.returncode == 143, err
-    assert "Traceback" not in err
+    err = signalled(proc, server)
     assert f"{3 * PRICE} more may have been spent" in err
     journal = status("sqlite:///" + str(tmp_path / "out" / "journal.db"))
     assert journal.counts == {"ambiguous": 3}
@@ -222,19 +235,11 @@ def _worker_command(url: str, base_url: str, grace: str) -> list[str]:
 def test_sigterm_stops_a_worker_and_gives_back_what_it_did_not_start(
     tmp_path: pathlib.Path, server: RunningEmulator
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    store = open_store(url)
-    assert isinstance(store, SqlStore)
-    anyio.run(store.add, [Job(f"a worker's prompt {i}", id=f"w{i}") for i in range(40)])
+    url = store_of(tmp_path, [Job(f"a worker's prompt {i}", id=f"w{i}") for i in range(40)])
     proc = start(_worker_command(url, server.base_url, "60"), tmp_path)
     wait_for_done(tmp_path / "jobs.db", 4, proc)
     wait_until(lambda: server.emulator.stats.in_flight >= 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    idle(server)
-    assert proc.returncode == 143, err
-    assert "Traceback" not in err
-    assert "Summary" in err
+    signalled(proc, server)
     after = status(url)
     done = after.counts.get("done", 0)
     assert done == server.emulator.stats.generations
@@ -247,10 +252,7 @@ def test_sigterm_stops_run_worker_with_stop_on_signals(
     tmp_path: pathlib.Path, server: RunningEmulator, backend: str
 ) -> None:
     # The SDK's own way, for workers run from Python: stop_on_signals around run_worker.
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    store = open_store(url)
-    assert isinstance(store, SqlStore)
-    anyio.run(store.add, [Job(f"a python worker's prompt {i}", id=f"p{i}") for i in range(40)])
+    url = store_of(tmp_path, [Job(f"a python worker's prompt {i}", id=f"p{i}") for i in range(40)])
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.batch.stores.graceful_worker", url, server.base_url, backend],
         cwd=ROOT,
@@ -275,15 +277,21 @@ def test_sigterm_stops_run_worker_with_stop_on_signals(
     assert spent(server) == after.credits_spent == report["credits_spent"]
 
 
+@pytest.mark.parametrize("budget", ["--max-credits", "--limits"])
 def test_a_worker_whose_budget_runs_out_exits_3(
-    tmp_path: pathlib.Path, server: RunningEmulator
+    tmp_path: pathlib.Path, server: RunningEmulator, budget: str, request: pytest.FixtureRequest
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    store = open_store(url)
-    assert isinstance(store, SqlStore)
-    anyio.run(store.add, [Job(f"an expensive prompt {i}", id=f"e{i}") for i in range(6)])
+    # Its own budget, or the shared one of RedisLimits (whose admission refuses the job
+    # before it is sent: the worker used to claim it again and again, without end).
+    if budget == "--limits":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        limits = f"{request.getfixturevalue('redis_url')}?namespace={redis.namespace()}"
+        budget_args = ["--limits", f"{limits}&max_credits=5"]
+    else:
+        budget_args = ["--max-credits", "5"]
+    url = store_of(tmp_path, [Job(f"an expensive prompt {i}", id=f"e{i}") for i in range(6)])
     proc = subprocess.run(
-        command(*_worker_command(url, server.base_url, "5"), "--max-credits", "5"),
+        command(*_worker_command(url, server.base_url, "5"), *budget_args),
         cwd=tmp_path,
         env=env(),
         capture_output=True,

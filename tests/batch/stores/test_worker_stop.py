@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import pathlib
 from collections import Counter
-from typing import Any
 
 import anyio
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, Job, JobResult, LocalLimits, open_store
-from nanobanana_async.batch import BatchRun
+from nanobanana_async import AsyncNanoBanana, Job, LocalLimits, open_store
 from nanobanana_async.batch.stores import SqlStore
 from nanobanana_async.emulator import Emulator, Faults
+from tests.support.batches import consuming, until
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -113,9 +112,7 @@ async def test_a_stopped_worker_gives_back_what_it_did_not_start(store_url: str)
     await store.add(Job(f"a worker's job {i}", id=f"w-{i}") for i in range(30))
     async with client(emulator) as api:
         run = api.worker(store, concurrency=4)
-        results: list[JobResult] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
+        async with consuming(run) as results:
             await until(lambda: len(results) >= 4 and emulator.stats.in_flight == 4)
             run.stop("SIGTERM: stopped taking jobs", grace=60)
     status = await store.status()
@@ -134,9 +131,7 @@ async def test_a_following_worker_stops_while_it_polls(store_url: str) -> None:
     await store.add([Job("the only job", id="only")])
     async with client(emulator) as api:
         run = api.worker(store, follow=True, poll_interval=3600)
-        results: list[JobResult] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume, run, results)
+        async with consuming(run) as results:
             await until(lambda: len(results) == 1)
             run.stop("test")  # no grace: the hour-long poll is cut short
     assert results[0].ok
@@ -149,15 +144,3 @@ def client(emulator: Emulator) -> AsyncNanoBanana:
 
 def spent(emulator: Emulator) -> int:
     return BALANCE - emulator.balance(KEY)
-
-
-async def until(condition: Any) -> None:
-    with anyio.fail_after(30):  # a guard against a hang, not a timing assertion
-        while not condition():  # noqa: ASYNC110 - polls counters
-            await anyio.sleep(0.005)
-
-
-async def consume(run: BatchRun, results: list[JobResult]) -> None:
-    async with run:
-        async for result in run:
-            results.append(result)
