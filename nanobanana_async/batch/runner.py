@@ -127,7 +127,7 @@ class Runner:
         if stats.stopped_reason is None:
             stats.stopped_reason = reason
             stats.stop_cause = "stopped"
-            logger.warning("batch stopping: %s", reason)
+            logger.info("batch stopping: %s", reason)
         for scope in self._waits:
             scope.cancel()
 
