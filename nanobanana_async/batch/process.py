@@ -256,27 +256,8 @@ class JobProcessor:
                         await self.store.unsettled(item.id, money.uncertain)
                     else:  # every attempt sent got a clear answer: nothing was charged
                         await self.store.release(item.id)
-            if call.attempts:
-                self._cancelled(
-                    JobResult(
-                        item.index,
-                        job,
-                        "failed",
-                        item.id,
-                        error=NanoBananaError(
-                            f"cancelled after {call.attempts} attempt(s)"
-                            + (
-                                f": {money.uncertain} credits may have been spent (the answer "
-                                "never came back); not sent again unless asked"
-                                if money.uncertain
-                                else ""
-                            )
-                        ),
-                        attempts=call.attempts,
-                        elapsed=time.perf_counter() - started,
-                        credits_may_have_been_spent=money.uncertain,
-                    )
-                )
+            if call.attempts:  # sent: reported, with what it may have cost
+                self._cancelled(_cancelled_send(item, job, call.attempts, money, started))
             raise
         else:
             money.succeeded(generation.credits)
@@ -399,6 +380,26 @@ class JobProcessor:
         )
         # The files changed: record them so the next run need not download again.
         return await self._journal(result)
+
+
+def _cancelled_send(
+    item: Item, job: Job, attempts: int, money: JobMoney, started: float
+) -> JobResult:
+    lost = (
+        f": the answer never came back, so {money.uncertain} credits may have been spent"
+        if money.uncertain
+        else ""
+    )
+    return JobResult(
+        item.index,
+        job,
+        "failed",
+        item.id,
+        error=NanoBananaError(f"cancelled after {attempts} attempt(s){lost}"),
+        attempts=attempts,
+        elapsed=time.perf_counter() - started,
+        credits_may_have_been_spent=money.uncertain,
+    )
 
 
 def _saved(paths: tuple[pathlib.Path, ...], urls: tuple[str, ...], directory: pathlib.Path) -> bool:

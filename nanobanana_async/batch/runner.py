@@ -6,15 +6,7 @@ import contextlib
 import logging
 import math
 import pathlib
-from collections import deque
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-)
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -24,17 +16,14 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import InvalidRequestError
-from ..models import Job
-from ..pricing import PricingTable, as_job
-from .files import file_stem
-from .journal import JobIds
+from .feeds import ClaimFeed, Feed, InputFeed
 from .money import CreditBudget
 from .options import BatchOptions, JobInput
-from .process import Item, JobProcessor
+from .process import JobProcessor
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
-from .stores import StoredJob, StoreSession, open_store
+from .stores import StoreSession, open_store
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
@@ -175,7 +164,7 @@ class Runner:
                 tg.cancel_scope.cancel()
 
     async def _run_jobs(self, out: ResultSink) -> None:
-        feed: _Feed = _ClaimFeed(self) if self.jobs is None else _InputFeed(self, self.jobs)
+        feed: Feed = ClaimFeed(self) if self.jobs is None else InputFeed(self, self.jobs)
         with single_error():
             try:
                 async with anyio.create_task_group() as tg:
@@ -204,7 +193,7 @@ class Runner:
             )
             self.stats.stop_cause = "budget"
 
-    async def _worker(self, feed: _Feed, sink: ResultSink, tg: anyio.abc.TaskGroup) -> None:
+    async def _worker(self, feed: Feed, sink: ResultSink, tg: anyio.abc.TaskGroup) -> None:
         """Take a permit, pull the next job from the feed, process it, hand its result over.
 
         Each worker pulls its own jobs: no producer task and no hand-over between tasks, so a
@@ -244,47 +233,6 @@ class Runner:
                     raise
                 self._idle += 1
 
-    @staticmethod
-    def _stored_item(stored: StoredJob, pricing: PricingTable, names: bool) -> Item:
-        try:
-            job = Job(
-                stored.prompt,
-                stored.model,
-                stored.image_size,
-                stored.num,
-                stored.id,
-                pricing=pricing,
-            )
-            cost = pricing.credits(job)
-        except InvalidRequestError as exc:
-            return Item(stored.index, None, stored.id, error=exc, claimed=True)
-        return Item(
-            stored.index,
-            job,
-            stored.id,
-            cost,
-            stem=file_stem(stored.id) if names else None,
-            claimed=True,
-            idempotency_key=stored.idempotency_key,
-        )
-
-    @staticmethod
-    def _item(
-        index: int,
-        raw: Job | str,
-        pricing: PricingTable,
-        ids: JobIds | None,
-        names: bool,
-    ) -> Item:
-        try:
-            job = as_job(raw, pricing)
-            cost = pricing.credits(job)
-            job_id = ids.assign(job) if ids is not None else job.id
-            stem = file_stem(job_id) if names and job_id is not None else None
-            return Item(index, job, job_id, cost, stem=stem)
-        except InvalidRequestError as exc:
-            return Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
-
     async def _reorder(self, done: MemoryObjectReceiveStream[JobResult], out: ResultSink) -> None:
         # Bounded by the permits: at most ``concurrency`` results wait here for their turn.
         pending: dict[int, JobResult] = {}
@@ -304,9 +252,6 @@ class Runner:
                     while True:
                         waiting.append(done.receive_nowait())
                 self.processor.unreported.extend(waiting)
-
-
-_CLAIM_CHUNK = 64
 
 
 @contextlib.contextmanager
@@ -372,141 +317,6 @@ class Collector:
         return None
 
 
-class _Feed:
-    """The jobs of a batch, pulled by the workers one at a time; None at the end."""
-
-    done = False
-    error: Exception | None = None
-
-    async def next(self) -> Item | None:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        return None
-
-
-class _InputFeed(_Feed):
-    """The caller's iterable or async iterable, consumed lazily.
-
-    A plain iterable is advanced without awaiting (no two workers are ever inside ``next`` at
-    once); an async iterable under a lock. The input failing is kept in ``error``, not
-    raised: raising would cancel the jobs in flight, whose generations may already be paid
-    for, and drop results that had finished. Pulling stops instead, the jobs handed out finish
-    and are reported, and the batch then ends with the input's error.
-    """
-
-    def __init__(self, runner: Runner, jobs: JobInput) -> None:
-        self._runner = runner
-        self._pricing = runner.sender.pricing
-        wants_ids = runner.store is not None or runner.download_dir is not None
-        self._ids = JobIds() if wants_ids else None
-        self._names = runner.download_dir is not None
-        self._index = 0
-        self._sync: Iterator[Job | str] | None = None
-        self._async: AsyncGenerator[Job | str, None] | None = None
-        self._lock: anyio.Lock | None = None
-        if isinstance(jobs, AsyncIterable):
-            self._async = _aiter(jobs)
-            self._lock = anyio.Lock()
-        else:
-            self._source: Iterable[Job | str] = jobs
-
-    async def next(self) -> Item | None:
-        if self.done:
-            return None
-        if self._runner.stopping:
-            self.done = True  # stopped: the rest of the input is not run
-            return None
-        lock = self._lock
-        try:
-            if lock is None:
-                iterator = self._sync
-                if iterator is None:
-                    iterator = self._sync = iter(self._source)
-                raw = next(iterator)
-            else:
-                async with lock:
-                    if self.done:
-                        return None
-                    assert self._async is not None
-                    pulled = await self._runner.wait_for_job(anext, self._async)
-                    if pulled is None:
-                        self.done = True
-                        return None
-                    (raw,) = pulled
-        except (StopIteration, StopAsyncIteration):
-            self.done = True
-            return None
-        except Exception as exc:
-            logger.warning("batch input failed; finishing the jobs already started: %r", exc)
-            self.done = True
-            self.error = exc
-            return None
-        index = self._index
-        self._index += 1
-        return Runner._item(index, raw, self._pricing, self._ids, self._names)
-
-    async def aclose(self) -> None:
-        # The batch consumes its input: an async one is closed when the batch ends.
-        self.done = True
-        generator, self._async = self._async, None
-        if generator is not None:
-            await generator.aclose()
-
-
-class _ClaimFeed(_Feed):
-    """A store worker's input: pending jobs claimed from the store, a chunk at a time.
-
-    Claimed jobs not yet handed out when the run ends go back to pending when the session
-    closes; a chunk is never larger than the concurrency.
-    """
-
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
-        self._pricing = runner.sender.pricing
-        self._names = runner.download_dir is not None
-        self._chunk = min(_CLAIM_CHUNK, runner.options.concurrency)
-        self._claimed: deque[StoredJob] = deque()
-        self._lock = anyio.Lock()
-
-    async def next(self) -> Item | None:
-        runner = self._runner
-        async with self._lock:
-            if self.done:
-                return None
-            store = runner.processor.store
-            assert store is not None
-            claimed = self._claimed
-            while not claimed:
-                if self._stopping():
-                    return None
-                claimed.extend(await store.claim(self._chunk))
-                if claimed:
-                    break
-                # Nothing pending: hand back what dead or expired runs hold, then look again.
-                await store.maintain()
-                claimed.extend(await store.claim(self._chunk))
-                if claimed:
-                    break
-                if not runner.options.follow:
-                    self.done = True
-                    return None
-                await runner.wait_for_job(anyio.sleep, runner.options.poll_interval)
-            # Checked again after the claim too: a job skipped for the budget meanwhile went
-            # back to pending, and this claim may hold it again (claimed rows still in the
-            # deque go back to pending when the session closes).
-            if self._stopping():
-                return None
-            return Runner._stored_item(claimed.popleft(), self._pricing, self._names)
-
-    def _stopping(self) -> bool:
-        runner = self._runner
-        if runner.stats.stopped_reason is not None or runner.processor.over_budget is not None:
-            # What is left stays pending for other workers (or this one, rerun).
-            self.done = True
-        return self.done
-
-
 async def _maintain(store: StoreSession) -> None:
     while True:
         await anyio.sleep(store.lease / 3)
@@ -531,20 +341,3 @@ async def _make_directory(directory: pathlib.Path) -> None:
             f"cannot create download_dir {str(directory)!r}: {exc.strerror or exc}",
             param="download_dir",
         ) from None
-
-
-async def _aiter(jobs: JobInput) -> AsyncGenerator[Job | str, None]:
-    if isinstance(jobs, AsyncIterable):
-        iterator = aiter(jobs)
-        try:
-            async for job in iterator:
-                yield job
-        finally:
-            # The batch consumes its input: an async generator left half-read would only be
-            # finalised by the garbage collector (Trio warns about exactly that).
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-    else:
-        for job in jobs:
-            yield job
