@@ -257,8 +257,10 @@ class BatchRun:
         generation journaled for a rerun, and :meth:`report` still counts them. ``reason``
         becomes ``stats.stopped_reason`` (``stop_cause`` ``"stopped"``). Call it again with
         a shorter grace (0: at once) to cut the wait. :func:`stop_on_signals` calls it on
-        SIGTERM and SIGINT.
+        SIGTERM and SIGINT. A batch that has ended is left as it is.
         """
+        if self._state is not None and self._state.finished.is_set():
+            return
         if grace is not None:
             if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
                 raise InvalidRequestError(f"grace must be seconds >= 0, got {grace!r}")

@@ -216,9 +216,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from rich.text import Text
 
-    from .gallery import GallerySummary, write_gallery
-    from .metrics import metrics_document, write_metrics_json
-    from .progress import BatchUI, print_summary
+    from .progress import BatchUI
 
     pricing = pricing_of(args)
     jobs = load_jobs(args, pricing)
@@ -264,22 +262,49 @@ def cmd_batch(args: argparse.Namespace) -> int:
             asyncio.run(_run_batch(args, config, jobs, out_dir, journal, ui, state))
     except KeyboardInterrupt:  # before the signals were handled, or after
         state.stop.interrupted = True
-    interrupted = state.stop.stopped
     report = state.report()
+    with state.stop.deferred():  # a signal now must not cut the files short
+        _write_outputs(args, state, report, len(jobs), label, out_dir, journal, config, err)
+    if state.stop.stopped:
+        return state.stop.exit_status
+    return (
+        EXIT_OK if report is not None and report.total == len(jobs) and report.ok else EXIT_FAILED
+    )
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    state: _BatchState,
+    report: BatchReport | None,
+    total: int,
+    label: str,
+    out_dir: pathlib.Path | None,
+    journal: JobStore | None,
+    config: ClientConfig,
+    err: Console,
+) -> None:
+    """The gallery, the summary and ``--metrics-json``, interrupted or not."""
+    from .gallery import GallerySummary, write_gallery
+    from .metrics import metrics_document, write_metrics_json
+    from .progress import print_summary
+
+    # Read once: a signal noted while the files are written changes only the exit status.
+    stopped = state.stop.label if state.stop.stopped else None
+    signal_name = state.stop.signal_name
     gallery = None
     if out_dir is not None and report is not None:
         summary = GallerySummary(
             source=label,
-            total=len(jobs),
+            total=total,
             succeeded=report.succeeded,
             failed=report.failed,
             skipped=report.skipped,
             credits_spent=report.credits_spent,
             elapsed=report.elapsed,
             note=(
-                f"{state.stop.label}: {report.total} of {len(jobs)} jobs finished. Run the same "
-                "command again to resume."
-                if interrupted
+                f"{stopped}: {report.total} of {total} jobs finished. Run the same command "
+                "again to resume."
+                if stopped
                 else None
             ),
         )
@@ -287,8 +312,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print_summary(
         err,
         report,
-        len(jobs),
-        state.stop.label if interrupted else None,
+        total,
+        stopped,
         gallery,
         journal.url if journal else None,
         state.recorder,
@@ -298,14 +323,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
             report,
             state.recorder,
             source=label,
-            jobs=len(jobs),
-            interrupted=interrupted,
+            jobs=total,
+            interrupted=stopped is not None,
             emulator=config.emulator,
-            signal=state.stop.signal_name,
+            signal=signal_name,
         )
         write_metrics_json(pathlib.Path(args.metrics_json), document)
-    if interrupted:
-        return state.stop.exit_status
-    return (
-        EXIT_OK if report is not None and report.total == len(jobs) and report.ok else EXIT_FAILED
-    )

@@ -138,10 +138,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop = state.stop
     report = state.run.report(state.results) if state.run is not None else None
     label = stop.label if stop.stopped else None
-    print_summary(err, report, len(report.results) if report else 0, label, None, store.url)
-    after = asyncio.run(store.status())
-    left = ", ".join(f"{n} {s}" for s, n in after.counts.items() if n and s != "done")
-    err.print(Text(f"Store: {after.counts.get('done', 0)} done" + (f", {left}" if left else "")))
+    with stop.deferred():  # a signal now must not cut the summary short
+        print_summary(err, report, len(report.results) if report else 0, label, None, store.url)
+        after = asyncio.run(store.status())
+        left = ", ".join(f"{n} {s}" for s, n in after.counts.items() if n and s != "done")
+        done = after.counts.get("done", 0)
+        err.print(Text(f"Store: {done} done" + (f", {left}" if left else "")))
     if stop.stopped:
         return stop.exit_status
     if report is not None and report.stop_cause in ("budget", "insufficient_credits"):

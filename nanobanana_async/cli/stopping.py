@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -58,6 +58,7 @@ class Stop:
 
     stopping: GracefulStop | None = None
     interrupted: bool = False
+    late: signal.Signals | None = None  # came while the summary and files were written
 
     @contextlib.asynccontextmanager
     async def signals(self, grace: float) -> AsyncIterator[GracefulStop]:
@@ -68,9 +69,36 @@ class Stop:
             self.stopping = stopping
             yield stopping
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """While the summary, metrics and gallery are written, SIGINT and SIGTERM are noted
+        (for the exit status) instead of cutting the files short; a second one acts at once.
+        """
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {signum: signal.getsignal(signum) for signum in handled}
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        def note(signum: int, _frame: object) -> None:
+            if self.late is None:
+                self.late = signal.Signals(signum)
+                return
+            restore()
+            signal.raise_signal(signum)
+
+        for signum in handled:
+            signal.signal(signum, note)
+        try:
+            yield
+        finally:
+            restore()
+
     @property
     def signal(self) -> signal.Signals | None:
-        return self.stopping.signal if self.stopping is not None else None
+        received = self.stopping.signal if self.stopping is not None else None
+        return received or self.late
 
     @property
     def signal_name(self) -> str | None:

@@ -271,3 +271,17 @@ async def test_graceful_stop_stops_at_once_the_second_time() -> None:
     # A run watched after the request is stopped as it is watched.
     late = stopping.watch(api.batch(["late"]))
     assert late.stats.stopped_reason is not None
+
+
+async def test_stop_after_the_batch_ended_changes_nothing() -> None:
+    # A signal that comes once the batch is over (while its summary is written) must not
+    # make a finished batch look stopped.
+    emulator = Emulator(keys={KEY: BALANCE})
+    async with client(emulator) as api:
+        run = api.batch(["done already"])
+        async with run:
+            results = [r async for r in run]
+        run.stop("too late", grace=0)
+    assert results[0].ok
+    assert run.stats.stopped_reason is None
+    assert run.report(results).stop_cause is None

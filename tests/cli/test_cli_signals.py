@@ -355,3 +355,38 @@ def test_a_journal_jsonl_left_in_the_output_directory_is_resumed(
     assert "5 of 5 jobs already done" in newer.stderr
     assert server.emulator.stats.generations == 5
     assert not (tmp_path / "out" / "journal.db").exists()
+
+
+DEFERRED = """
+import os, signal, sys
+from nanobanana_async.cli.stopping import Stop
+
+stop = Stop()
+with stop.deferred():  # the summary, metrics and gallery being written
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("survived", stop.late.name, stop.exit_status, stop.label, flush=True)
+print("restored", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+with Stop().deferred():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the second one acts at once
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+with Stop().deferred():
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("never", flush=True)
+"""
+
+
+def test_a_signal_while_the_files_are_written_is_noted_not_obeyed() -> None:
+    # In a process of its own: the last SIGTERM ends it, as a second one must.
+    proc = subprocess.run(
+        [sys.executable, "-c", DEFERRED], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.stdout.splitlines() == [
+        "survived SIGTERM 143 Terminated (SIGTERM)",
+        "restored True",
+        "interrupted",
+    ], proc.stderr
+    assert proc.returncode == -signal.SIGTERM
