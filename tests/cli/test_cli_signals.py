@@ -390,3 +390,27 @@ def test_a_signal_while_the_files_are_written_is_noted_not_obeyed() -> None:
         "interrupted",
     ], proc.stderr
     assert proc.returncode == -signal.SIGTERM
+
+
+def test_a_worker_whose_account_runs_out_of_credits_exits_3(
+    tmp_path: pathlib.Path, server: RunningEmulator
+) -> None:
+    poor = "sk-poor-0123456789abcdef"
+    server.emulator.set_balance(poor, 4)  # two jobs' worth
+    url = store_of(tmp_path, [Job(f"a costly prompt {i}", id=f"c{i}") for i in range(6)])
+    proc = subprocess.run(
+        command("worker", "--store", url, "--base-url", server.base_url, "-c", "1"),
+        cwd=tmp_path,
+        env=cli_env(NANOBANANA_API_KEY=poor),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "insufficient credits" in proc.stderr
+    after = status(url)
+    # The refused job failed (jobs retry --failed); the rest wait, pending, for credits.
+    assert after.counts == {"done": 2, "failed": 1, "pending": 3}
+    assert server.emulator.balance(poor) == 0
