@@ -15,7 +15,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, NanoBananaError
 from .feeds import ClaimFeed, Feed, InputFeed
 from .money import CreditBudget
 from .options import BatchOptions, JobInput
@@ -256,14 +256,23 @@ class Runner:
 
 @contextlib.contextmanager
 def single_error() -> Iterator[None]:
-    """One failure in a task group (say, a job store failing) is raised as itself, not as an
-    ExceptionGroup around it: callers (and the command line) catch it by its type."""
+    """A failure in a task group (say, a job store failing) is raised as itself, not as an
+    ExceptionGroup around it: callers (and the command line) catch it by its type. Several
+    SDK errors at once (the same full disk under two jobs' writes) come out as the first."""
     try:
         yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+        leaves = _leaves(group)
+        if len(leaves) == 1 or all(isinstance(e, NanoBananaError) for e in leaves):
+            raise leaves[0] from None
         raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 class ResultSink(Protocol):

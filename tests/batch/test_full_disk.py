@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from nanobanana_async import AsyncNanoBanana, NanoBananaError, RetryPolicy
+from nanobanana_async.batch.runner import single_error
 from nanobanana_async.batch.stores import StoreError
 from nanobanana_async.emulator import Emulator
 from tests.cli.test_cli import cli_env, run_cli, write
@@ -220,3 +221,17 @@ async def test_a_full_disk_under_the_images_fails_those_jobs_only(
     assert again.succeeded == again.resumed == 4
     assert emulator.stats.generations == 4
     assert len([p for p in roomy_disk.path.iterdir() if p.suffix == ".png"]) == 4
+
+
+def test_several_jobs_failing_on_one_full_disk_are_one_error() -> None:
+    # Two jobs' journal writes fail together (concurrency 2 on a full disk): the caller gets
+    # one StoreError, as it would for one, never an ExceptionGroup (a traceback in the CLI).
+    def full(job: str) -> StoreError:
+        return StoreError(f"cannot write the journal: No space left on device ({job})")
+
+    nested = ExceptionGroup("run", [full("a"), ExceptionGroup("workers", [full("b")])])
+    with pytest.raises(StoreError, match=r"\(a\)"), single_error():
+        raise nested
+    mixed = ExceptionGroup("run", [full("a"), ValueError("a bug")])
+    with pytest.raises(ExceptionGroup), single_error():
+        raise mixed  # not all the SDK's: nothing is hidden
