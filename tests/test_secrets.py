@@ -520,7 +520,7 @@ def test_the_cli_never_prints_or_stores_the_key(tmp_path: pathlib.Path) -> None:
     assert any("401" in text or "key" in text.lower() for _, text in outputs)
     written = list(every_file(tmp_path))
     names = {p.relative_to(tmp_path).as_posix() for p, _ in written}
-    assert {"out/index.html", "out/journal.jsonl", "wrong/journal.jsonl"} <= names
+    assert {"out/index.html", "out/journal.db", "wrong/journal.db"} <= names
     for secret in (KEY, wrong):
         for where, text in outputs:
             assert_no_key(text, where, key=secret)

@@ -12,9 +12,14 @@ import attrs
 from ..errors import NanoBananaError
 from ..models import Generation, Job
 
-__all__ = ["BatchReport", "BatchStats", "JobResult", "Status"]
+__all__ = ["BatchReport", "BatchStats", "JobResult", "Status", "StopCause"]
 
 Status = Literal["succeeded", "failed", "skipped"]
+StopCause = Literal["authentication", "insufficient_credits", "budget", "stopped"]
+"""Why a batch or worker stopped early: the key was rejected; the account has no credits
+left; the budget (``max_credits`` of the batch or of the client's limits) has no room for the
+next job (workers: the jobs not run stay pending); :meth:`BatchRun.stop` was called (a
+signal, in the command line)."""
 
 
 @attrs.frozen
@@ -105,6 +110,7 @@ class BatchStats:
     partial: int = 0
     retries: int = 0
     stopped_reason: str | None = None
+    stop_cause: StopCause | None = None
 
     @property
     def finished(self) -> int:
@@ -159,7 +165,8 @@ class BatchReport:
     ``credits_spent + credits_may_have_been_spent``, and that never exceeds ``max_credits``.
     ``partial`` counts jobs answered with fewer images than asked (charged per image). Latency
     percentiles are over jobs that made requests. ``stopped_reason`` says why dispatch stopped
-    early (an invalid key, insufficient credits), if it did.
+    early (an invalid key, insufficient credits, a worker's budget, :meth:`BatchRun.stop`), if
+    it did, and ``stop_cause`` says it in one word (:data:`StopCause`).
 
     ``repr()`` and ``str()`` stay short whatever the size of the batch: the counts, the
     credits and the first failures (every result is in ``results``).
@@ -180,6 +187,7 @@ class BatchReport:
     stopped_reason: str | None
     credits_may_have_been_spent: int = 0
     partial: int = 0
+    stop_cause: StopCause | None = None
 
     @property
     def total(self) -> int:
@@ -253,4 +261,5 @@ class BatchReport:
             stopped_reason=stats.stopped_reason,
             credits_may_have_been_spent=stats.credits_may_have_been_spent,
             partial=stats.partial,
+            stop_cause=stats.stop_cause,
         )

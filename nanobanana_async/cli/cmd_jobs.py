@@ -290,9 +290,8 @@ async def _download(
 ) -> tuple[int, int, int]:
     import asyncio
 
-    from ..batch.files import FileNames, image_filename
+    from ..batch.files import file_stem, image_filename
 
-    names = FileNames()
     fetched = present = failed = 0
     limit = asyncio.Semaphore(concurrency)
 
@@ -318,7 +317,7 @@ async def _download(
 
     pending: set[asyncio.Task[None]] = set()
     async for row in store.rows(done_only=True):
-        stem = names.claim(row["id"], row["num"])
+        stem = file_stem(row["id"])
         task = asyncio.create_task(one(row, stem))
         pending.add(task)
         task.add_done_callback(pending.discard)
