@@ -76,7 +76,8 @@ class LimitsStatus:
     ``max_per_second`` / ``max_credits`` are ``None`` when not capped. ``spent`` are credits of
     attempts that generated; ``uncertain`` are kept for attempts whose answer was lost (or
     whose holder died: an expired lease), so they may have been spent; ``reserved`` are held by
-    attempts in flight; ``left`` is what remains of ``max_credits``.
+    attempts in flight; ``left`` is what remains of ``max_credits``. ``ledger`` is the identity
+    of a shared credit ledger (:class:`~nanobanana_async.RedisLimits`), None without one.
     """
 
     max_per_second: float | None
@@ -86,6 +87,7 @@ class LimitsStatus:
     reserved: int
     cooldown: float
     in_flight: int = 0
+    ledger: str | None = None
 
     @property
     def left(self) -> int | None:

@@ -12,9 +12,11 @@ import sys
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
+from nanobanana_async import RedisLimits
 from nanobanana_async.emulator import Emulator, Faults, serve
 from tests.support.redis_server import RedisServer
 
@@ -42,6 +44,11 @@ def finish(worker: subprocess.Popen[str]) -> dict[str, Any]:
     assert err == ""
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
+
+
+def create_ledger(limits: str) -> None:
+    """Create the credit ledger of the limits URL ``limits`` (as an operator does, once)."""
+    anyio.run(RedisLimits.from_url(limits).create)
 
 
 def server_stats(base_url: str) -> dict[str, Any]:
@@ -74,6 +81,7 @@ def test_the_ledger_stays_within_the_shared_budget_after_a_kill(
     budget = 60  # 30 generations at 2 credits
     ns = redis_server.namespace()
     limits = f"{redis_url}?namespace={ns}&max_credits={budget}&lease=3"
+    create_ledger(limits)
     with serve(Emulator(faults=Faults(latency=1.0))) as server:
         doomed = start_worker("trio", server.base_url, limits, jobs=40, concurrency=8, tag="k")
         deadline = time.monotonic() + 30
@@ -124,6 +132,48 @@ def test_one_process_429_pauses_the_others(redis_server: RedisServer, redis_url:
     during = [t for t in starts if told_at + 0.2 < t < told_at + 1.8]
     assert during == []
     assert any(t >= told_at + 1.8 for t in starts)
+
+
+def test_no_process_starts_inside_a_pause_another_was_told(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    # Four processes share 20 starts a second, each with more jobs in flight than the cap
+    # lets start: their start slots are queued seconds ahead. A fifth is told to wait 2 s by a
+    # 429: a slot taken before the pause began must not be used inside it (a process looks
+    # again at the cool-down when its slot comes).
+    ns = redis_server.namespace()
+    limits = f"{redis_url}?namespace={ns}&max_per_second=20"
+    with (
+        serve(Emulator(faults=Faults(rate_limit_rate=1.0, retry_after=2.0))) as limited,
+        serve(Emulator(faults=Faults(latency=0.02))) as healthy,
+    ):
+        start_at = time.time() + 3
+        streaming = [
+            start_worker(
+                backend,
+                healthy.base_url,
+                limits,
+                jobs=30,
+                concurrency=8,
+                tag=f"s{i}",
+                start_at=start_at,
+            )
+            for i, backend in enumerate(BACKENDS)
+        ]
+        told = start_worker(
+            "asyncio", limited.base_url, limits, jobs=1, max_retries=0, start_at=start_at + 2
+        )
+        assert finish(told)["errors"] == ["RateLimitError"]
+        assert sum(finish(worker)["succeeded"] for worker in streaming) == 120
+        told_at = server_stats(limited.base_url)["request_start_times"][0]
+        starts = server_stats(healthy.base_url)["request_start_times"]
+    # The pause begins when the 429 reaches Redis, a few milliseconds after its request
+    # started; a process may have asked Redis just before, and start one round trip later.
+    during = [round(t - told_at, 3) for t in starts if told_at + 0.1 < t < told_at + 1.95]
+    print(f"starts inside the pause: {during}")
+    assert during == []
+    assert any(told_at - 1 < t < told_at for t in starts)  # the cap was binding before
+    assert any(t >= told_at + 1.95 for t in starts)
 
 
 def _status(redis_url: str, namespace: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ crowd shares a round trip. Operations keep their order.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,8 +19,6 @@ from ...errors import LimitsUnavailableError
 
 __all__ = ["Coalescer"]
 
-logger = logging.getLogger("nanobanana_async")
-
 # Operations per script call at most (ARGV stays small; Lua's unpack has limits).
 MAX_OPS = 256
 
@@ -30,10 +27,23 @@ Failure = Callable[[BaseException, str], LimitsUnavailableError]
 
 
 class _Op:
-    __slots__ = ("abandoned", "args", "consequence", "done", "error", "on_reply", "reply")
+    __slots__ = (
+        "abandoned",
+        "args",
+        "consequence",
+        "done",
+        "error",
+        "on_error",
+        "on_reply",
+        "reply",
+    )
 
     def __init__(
-        self, args: list[Any], consequence: str, on_reply: Callable[[Any], None] | None = None
+        self,
+        args: list[Any],
+        consequence: str,
+        on_reply: Callable[[Any], None] | None = None,
+        on_error: Callable[[LimitsUnavailableError], None] | None = None,
     ) -> None:
         self.args = args
         self.consequence = consequence
@@ -42,13 +52,15 @@ class _Op:
         self.error: LimitsUnavailableError | None = None
         self.abandoned = False
         self.on_reply = on_reply
+        self.on_error = on_error
 
     def finish(self) -> None:
         self.done.set()
         if self.on_reply is None:  # awaited: the caller sees the outcome
             return
         if self.error is not None:
-            logger.warning("%s", self.error)
+            if self.on_error is not None:
+                self.on_error(self.error)
         else:
             self.on_reply(self.reply)
 
@@ -65,10 +77,16 @@ class Coalescer:
         self._idle = anyio.Event()
         self._idle.set()
 
-    def post(self, args: list[Any], consequence: str, on_reply: Callable[[Any], None]) -> None:
-        """Queue one operation without waiting for it: ``on_reply`` gets its reply, a failure
-        is logged. Sent with the next batch; :meth:`drain` waits for it."""
-        self._queue(_Op(args, consequence, on_reply))
+    def post(
+        self,
+        args: list[Any],
+        consequence: str,
+        on_reply: Callable[[Any], None],
+        on_error: Callable[[LimitsUnavailableError], None],
+    ) -> None:
+        """Queue one operation without waiting for it: ``on_reply`` gets its reply, or
+        ``on_error`` the failure. Sent with the next batch; :meth:`drain` waits for it."""
+        self._queue(_Op(args, consequence, on_reply, on_error))
 
     def _queue(self, op: _Op) -> None:
         self._pending.append(op)
