@@ -48,6 +48,14 @@ def redis_server() -> Iterator[str]:
 LimitsMaker = Callable[[], Limits]
 
 
+async def _ready(make: LimitsMaker) -> Limits:
+    """New limits; a budget gets its ledger first, as an operator creates it."""
+    limits = make()
+    if isinstance(limits, RedisLimits) and limits.max_credits is not None:
+        await limits.create()
+    return limits
+
+
 def _makers(url: str) -> dict[str, LimitsMaker]:
     def redis(**caps: float) -> LimitsMaker:
         return lambda: RedisLimits(url, namespace=f"bench-{uuid.uuid4().hex[:8]}", **caps)  # type: ignore[arg-type]
@@ -72,7 +80,7 @@ async def _sequential(make: LimitsMaker, n: int) -> float:
     times = []
     async with AsyncNanoBanana(
         "nb-bench-0123456789", base_url="http://127.0.0.1:1", transport=trivial_transport(),
-        limits=make(),
+        limits=await _ready(make),
     ) as nb:  # fmt: skip
         for i in range(n):
             started = time.perf_counter()
@@ -84,7 +92,7 @@ async def _sequential(make: LimitsMaker, n: int) -> float:
 async def _cpu(make: LimitsMaker, n: int) -> float:
     async with AsyncNanoBanana(
         "nb-bench-0123456789", base_url="http://127.0.0.1:1", transport=trivial_transport(),
-        limits=make(),
+        limits=await _ready(make),
     ) as nb:  # fmt: skip
         await nb.generate("warm up")
         cpu = time.process_time()
@@ -97,7 +105,7 @@ async def _cpu(make: LimitsMaker, n: int) -> float:
 
 async def _throughput(make: LimitsMaker, base_url: str, n: int) -> float:
     async with AsyncNanoBanana(
-        f"nb-bench-{uuid.uuid4().hex}", base_url=base_url, limits=make(), max_retries=0
+        f"nb-bench-{uuid.uuid4().hex}", base_url=base_url, limits=await _ready(make), max_retries=0
     ) as nb:
         started = time.perf_counter()
         report = await nb.run_batch(jobs(n), concurrency=128)

@@ -29,7 +29,6 @@ async def redis_state(server: RedisServer, namespace: str) -> dict[str, Any]:
         return {
             "state": _pairs(server.cli("HGETALL", f"{tag}:state")),
             "leases": server.cli("ZRANGE", f"{tag}:leases", "0", "-1").split(),
-            "costs": _pairs(server.cli("HGETALL", f"{tag}:costs")),
             "keys": server.cli("--scan", "--pattern", f"*{namespace}*").split(),
         }
 

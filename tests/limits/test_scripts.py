@@ -209,9 +209,7 @@ async def test_every_key_shares_one_hash_tag(redis_server: RedisServer, redis_ur
         await limits.acquire(2)
         await limits.settle(await limits.acquire(2), outcome=RateLimitError("x", status_code=429))
     state = await redis_state(redis_server, ns)
-    assert sorted(state["keys"]) == [
-        f"nanobanana:{{{ns}}}:{name}" for name in ("costs", "leases", "state")
-    ]
+    assert sorted(state["keys"]) == [f"nanobanana:{{{ns}}}:{name}" for name in ("leases", "state")]
 
 
 async def test_concurrent_calls_of_one_process_share_round_trips(

@@ -44,12 +44,12 @@ def _free_port() -> int:
 
 
 def _ping(port: int, timeout: float = 0.2) -> bool:
-    # Raw RESP: the fixture needs no client library. Any answer (+PONG, or -NOAUTH from a
-    # server with a password) means it is up.
+    # Raw RESP: the fixture needs no client library. Up: +PONG, or -NOAUTH from a server
+    # with a password (not -LOADING: still reading its append-only file).
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return s.recv(64)[:1] in (b"+", b"-")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 

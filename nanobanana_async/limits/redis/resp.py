@@ -58,6 +58,18 @@ class _More(Exception):
 
 def encode(args: Sequence[Arg]) -> bytes:
     """``args`` as one RESP command (an array of bulk strings)."""
+    # The common case, ASCII text and numbers, built as one string: lengths in characters
+    # are lengths in bytes there. (A script call carries hundreds of arguments.)
+    parts = [f"*{len(args)}\r\n"]
+    for arg in args:
+        text = arg if type(arg) is str else None if type(arg) is bytes else str(arg)
+        if text is None or not text.isascii():
+            return _encode_bytes(args)
+        parts.append(f"${len(text)}\r\n{text}\r\n")
+    return "".join(parts).encode()
+
+
+def _encode_bytes(args: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
@@ -112,6 +124,8 @@ class Connection:
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self._stream = stream
         self._buffer = bytearray()
+        # Looked up once: anyio builds every extra attribute of a stream on each lookup.
+        self._socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
 
     @classmethod
     async def open(cls, target: Target) -> Connection:
@@ -148,11 +162,10 @@ class Connection:
         """Whether Redis closed this idle connection (it has something to read: an EOF, as
         after a restart). Asked before reuse: a command sent on it would fail after it left,
         and then nobody knows whether it ran."""
-        sock = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-        if sock is None:
+        if self._socket is None:
             return False
         try:
-            return bool(select.select([sock], [], [], 0)[0])
+            return bool(select.select([self._socket], [], [], 0)[0])
         except (OSError, ValueError):  # closed: no file descriptor
             return True
 

@@ -34,8 +34,11 @@ __all__ = ["RedisLimits"]
 logger = logging.getLogger("nanobanana_async")
 
 _US = 1_000_000
-# How late a start slot may be used: well within the spacing's margin (limits.spacing.MARGIN).
+# How late a start slot may be used, and how early: well within the spacing's margin
+# (limits.spacing.MARGIN, 50 ms a window). Sleeping for less than a millisecond costs an event
+# loop turn per start, which a fast rate would pay for nothing.
 _LATE = 0.02
+_EARLY = 0.001
 # The most a new slot is taken ahead, for an answer that was slow to arrive.
 _MAX_LEAD = 1.0
 # How often open limits try again to send settlements that met an outage.
@@ -94,7 +97,7 @@ class RedisLimits:
         )
         self._refusals = Refusals(self._config)
         tag = "nanobanana:{" + namespace + "}"
-        self._keys = [f"{tag}:state", f"{tag}:leases", f"{tag}:costs"]
+        self._keys = [f"{tag}:state", f"{tag}:leases"]
         self._interval_us = math.ceil(start_interval(max_per_second) * _US) if max_per_second else 0
         self._per_second_text = format(max_per_second, "g") if max_per_second else ""
         self._lease_us = math.ceil(self._config.lease * _US)
@@ -231,8 +234,15 @@ class RedisLimits:
         session = self._session
         if session is None:
             raise RuntimeError("the limits were closed")
-        replies: list[Any] = await session.channel.run(_BATCH, self._keys, [count, *args])
+        replies: list[Any] = await session.channel.run(
+            _BATCH, self._keys, [count, *self._header(), *args]
+        )
         return replies
+
+    def _header(self) -> list[Any]:
+        """What every operation of a script call shares (see ``scripts.BATCH``)."""
+        lease = self._lease_us if self._session is not None else self._unrenewed_lease_us
+        return [self._ledger, self._seq, self._interval_us, lease, self._per_second_text]
 
     async def _verify(self, call: Call) -> None:
         """Check a new connection: persistence where a budget is used, the ledger's identity
@@ -267,7 +277,7 @@ class RedisLimits:
             if not ops:
                 await self._call_session(session, "PING", consequence=consequence)
                 return []
-            return [await self._submit(session, op, consequence) for op in ops]
+            return [await session.coalescer.submit(op, consequence) for op in ops]
         unsent = list(self._unsent.values())
         sent = [*unsent, *ops]
 
@@ -280,9 +290,8 @@ class RedisLimits:
         replies: list[Any] = []
         try:
             if sent:
-                replies = await channel.run(
-                    _BATCH, self._keys, [len(sent), *(a for op in sent for a in op)]
-                )
+                args = [len(sent), *self._header(), *(a for op in sent for a in op)]
+                replies = await channel.run(_BATCH, self._keys, args)
             else:
                 await channel.call("PING")
         except UNAVAILABLE as exc:
@@ -292,14 +301,6 @@ class RedisLimits:
         for op, reply in zip(unsent, replies, strict=False):
             self._settled(op[1], reply)
         return replies[len(unsent) :]
-
-    async def _submit(self, session: Session, op: list[Any], consequence: str) -> Any:
-        try:
-            # Queued behind at most one batch in flight: two calls' time at most.
-            with anyio.fail_after(2 * self._config.timeout):
-                return await session.coalescer.submit(op, consequence)
-        except TimeoutError:
-            raise self._refusals.unavailable("no answer within the timeout", consequence) from None
 
     async def _call_session(self, session: Session, *args: Any, consequence: str) -> Any:
         try:
@@ -364,7 +365,7 @@ class RedisLimits:
         )
 
     async def _renew(self) -> None:
-        ops = [["r", token, self._lease_us] for token in self._held]
+        ops = [["r", token] for token in self._held]
         if ops:
             try:
                 await self._batches(ops)
@@ -404,9 +405,12 @@ class RedisLimits:
                 raise self._refusals.lost(older=value == 1)
 
     async def _admit(self, cost: int, *, lead: float = 0.0) -> tuple[int, int, str]:
-        lease = self._lease_us if self._session is not None else self._unrenewed_lease_us
-        op = ["a", cost, self._ledger, self._seq, self._interval_us, lease]
-        op += [self._per_second_text, math.ceil(lead * _US)]
+        session = self._session
+        op = ["a", cost, math.ceil(lead * _US)]
+        if session is not None:
+            # A reservation whose answer nobody waits for any more is released when it comes.
+            abandoned = functools.partial(self._abandoned, session) if cost > 0 else None
+            return self._admitted(await session.coalescer.submit(op, _ADMIT, abandoned))
         if cost <= 0:  # nothing can be reserved
             (reply,) = await self._ops([op])
             return self._admitted(reply)
@@ -423,11 +427,16 @@ class RedisLimits:
             raise
         return status, value, token
 
+    def _abandoned(self, session: Session, reply: list[Any]) -> None:
+        _, _, token = self._admitted(reply)
+        if token:
+            self._post(session, ["s", token, "release", 0, 0])
+
     def _admitted(self, reply: list[Any]) -> tuple[int, int, str]:
         status, value, token = int(reply[0]), int(reply[1]), str(reply[2])
         if token:
             self._held.add(token)
-            ledger, _, seq = token.rpartition(":")
+            ledger, seq, _ = token.split(":")
             self._ledger = self._ledger or ledger
             self._seq = max(self._seq, int(seq))
         return status, value, token
@@ -436,10 +445,11 @@ class RedisLimits:
         """Start at the slot ``wait_us`` after Redis's clock read it (between ``asked`` and
         ``answered``); returns the seconds spent waiting out a cool-down meanwhile.
 
-        A slot queued for (more than 20 ms ahead: the cap binds, slots are taken back to
-        back) must be used within 20 ms of it, or it is left unused and a new one taken, far
-        enough ahead for its answer to arrive first: a later start (a slow answer, a process
-        starved of CPU) would crowd the slots after it, in other processes too.
+        A start is never more than 1 ms before its slot. A slot queued for (more than 20 ms
+        ahead: the cap binds, slots are taken back to back) must be used within 20 ms of it,
+        or it is left unused and a new one taken, far enough ahead for its answer to arrive
+        first: a later start (a slow answer, a process starved of CPU) would crowd the slots
+        after it, in other processes too.
 
         A 429 seen by another process may pause everyone after Redis admitted this attempt:
         a start more than one round trip after the admission asks Redis again whether a
@@ -448,7 +458,7 @@ class RedisLimits:
         """
         cooled = 0.0
         while True:
-            if wait_us > 0:
+            if wait_us > _EARLY * _US:
                 await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
             now = anyio.current_time()
             late = wait_us > _LATE * _US and now - (asked + wait_us / _US) > _LATE
@@ -504,12 +514,7 @@ class RedisLimits:
         op = ["s", token or "", kind, spent, pause_us]
         session = self._session
         if session is not None and not pause_us:
-            session.coalescer.post(
-                op,
-                _SETTLE,
-                functools.partial(self._settled, token),
-                functools.partial(self._unsettled, op),
-            )
+            self._post(session, op)
             return
         with anyio.CancelScope(shield=True):
             try:
@@ -518,6 +523,12 @@ class RedisLimits:
                 self._unsettled(op, exc)
                 raise
         self._settled(token, reply)
+
+    def _post(self, session: Session, op: list[Any]) -> None:
+        """Send the settlement ``op`` with the next script call, without waiting for it."""
+        token = op[1] or None
+        on_reply = functools.partial(self._settled, token)
+        session.coalescer.post(op, _SETTLE, on_reply, functools.partial(self._unsettled, op))
 
     def _settled(self, token: str | None, reply: list[Any]) -> None:
         if token:
