@@ -371,8 +371,8 @@ def _pause(exc: BaseException, policy: RetryPolicy) -> float | None:
 
 async def _settle(limits: Limits, permit: Permit, what: str, **how: Any) -> None:
     # Shielded: a cancelled call still settles what it reserved. A settle that fails (shared
-    # limits unreachable) never replaces the call's own outcome: the reservation then stays
-    # held until its lease expires, counted as may-have-been-spent.
+    # limits unreachable) never replaces the call's own outcome: the limits send it again once
+    # they can (RedisLimits does), the reservation held meanwhile.
     with anyio.CancelScope(shield=True):
         try:
             await limits.settle(permit, **how)

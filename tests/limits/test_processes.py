@@ -109,24 +109,41 @@ def test_the_ledger_stays_within_the_shared_budget_after_a_kill(
     assert charged <= state["spent"] + state["may_have_been_spent"]
 
 
-def test_one_process_429_pauses_the_others(redis_server: RedisServer, redis_url: str) -> None:
-    ns = redis_server.namespace()
-    limits = f"{redis_url}?namespace={ns}"
+def told_to_wait(limits: str, streaming: list[tuple[str, int, int]]) -> tuple[float, list[float]]:
+    """Processes (backend, jobs, concurrency) stream requests under ``limits`` while another
+    is told by a 429 to wait 2 s: when the 429's request started, and when theirs did (one
+    clock: both emulators run in this process)."""
     with (
         serve(Emulator(faults=Faults(rate_limit_rate=1.0, retry_after=2.0))) as limited,
         serve(Emulator(faults=Faults(latency=0.02))) as healthy,
     ):
         start_at = time.time() + 3
-        streaming = start_worker(
-            "trio", healthy.base_url, limits, jobs=600, concurrency=2, start_at=start_at
-        )
+        workers = [
+            start_worker(
+                backend,
+                healthy.base_url,
+                limits,
+                jobs=jobs,
+                concurrency=concurrency,
+                tag=f"s{i}",
+                start_at=start_at,
+            )
+            for i, (backend, jobs, concurrency) in enumerate(streaming)
+        ]
         told = start_worker(
-            "asyncio", limited.base_url, limits, jobs=1, max_retries=0, start_at=start_at + 1
+            "asyncio", limited.base_url, limits, jobs=1, max_retries=0, start_at=start_at + 2
         )
         assert finish(told)["errors"] == ["RateLimitError"]
-        assert finish(streaming)["succeeded"] == 600
+        succeeded = sum(finish(worker)["succeeded"] for worker in workers)
+        assert succeeded == sum(jobs for _, jobs, _ in streaming)
         told_at = server_stats(limited.base_url)["request_start_times"][0]
         starts = server_stats(healthy.base_url)["request_start_times"]
+    return told_at, starts
+
+
+def test_one_process_429_pauses_the_others(redis_server: RedisServer, redis_url: str) -> None:
+    limits = f"{redis_url}?namespace={redis_server.namespace()}"
+    told_at, starts = told_to_wait(limits, [("trio", 600, 2)])
     # Requests admitted before the 429 may still start a moment after it; then nothing until
     # its Retry-After (2 s) has passed.
     during = [t for t in starts if told_at + 0.2 < t < told_at + 1.8]
@@ -141,32 +158,8 @@ def test_no_process_starts_inside_a_pause_another_was_told(
     # lets start: their start slots are queued seconds ahead. A fifth is told to wait 2 s by a
     # 429: a slot taken before the pause began must not be used inside it (a process looks
     # again at the cool-down when its slot comes).
-    ns = redis_server.namespace()
-    limits = f"{redis_url}?namespace={ns}&max_per_second=20"
-    with (
-        serve(Emulator(faults=Faults(rate_limit_rate=1.0, retry_after=2.0))) as limited,
-        serve(Emulator(faults=Faults(latency=0.02))) as healthy,
-    ):
-        start_at = time.time() + 3
-        streaming = [
-            start_worker(
-                backend,
-                healthy.base_url,
-                limits,
-                jobs=30,
-                concurrency=8,
-                tag=f"s{i}",
-                start_at=start_at,
-            )
-            for i, backend in enumerate(BACKENDS)
-        ]
-        told = start_worker(
-            "asyncio", limited.base_url, limits, jobs=1, max_retries=0, start_at=start_at + 2
-        )
-        assert finish(told)["errors"] == ["RateLimitError"]
-        assert sum(finish(worker)["succeeded"] for worker in streaming) == 120
-        told_at = server_stats(limited.base_url)["request_start_times"][0]
-        starts = server_stats(healthy.base_url)["request_start_times"]
+    limits = f"{redis_url}?namespace={redis_server.namespace()}&max_per_second=20"
+    told_at, starts = told_to_wait(limits, [(backend, 30, 8) for backend in BACKENDS])
     # The pause begins when the 429 reaches Redis, a few milliseconds after its request
     # started; a process may have asked Redis just before, and start one round trip later.
     during = [round(t - told_at, 3) for t in starts if told_at + 0.1 < t < told_at + 1.95]

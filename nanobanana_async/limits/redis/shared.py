@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
 import random
 import secrets
@@ -12,26 +10,19 @@ from typing import Any, Self
 import anyio
 import anyio.lowlevel
 
-from ...errors import (
-    BudgetExceededError,
-    InvalidRequestError,
-    LimitsUnavailableError,
-    may_have_charged,
-)
+from ...errors import BudgetExceededError, InvalidRequestError, may_have_charged
 from ..base import LimitsStatus, Permit
 from ..cooldown import Cooldown
 from ..spacing import start_interval
 from . import scripts
-from .coalescing import MAX_OPS
 from .config import DEFAULT_LEASE, DEFAULT_NAMESPACE, UNRENEWED_LEASE, RedisConfig, split_url
 from .durability import read_durability
+from .holder import Holder
 from .ledger import Refusals, View
-from .link import UNAVAILABLE, Call, Channel, Script, Session, evaluate
+from .link import Call, Script, evaluate
 from .scripts import Admission
 
 __all__ = ["RedisLimits"]
-
-logger = logging.getLogger("nanobanana_async")
 
 _US = 1_000_000
 # How late a start slot may be used, and how early: well within the spacing's margin
@@ -41,11 +32,6 @@ _LATE = 0.02
 _EARLY = 0.001
 # The most a new slot is taken ahead, for an answer that was slow to arrive.
 _MAX_LEAD = 1.0
-# How often open limits try again to send settlements that met an outage.
-_RESEND_EVERY = 0.5
-_ADMIT = "nothing was sent"
-_SETTLE = "the attempt's settlement will be sent when Redis answers again"
-_BATCH = Script.of(scripts.BATCH)
 _VIEW = Script.of(scripts.VIEW)
 _CREATE = Script.of(scripts.CREATE)
 
@@ -106,15 +92,18 @@ class RedisLimits:
         # it saw there: a different ledger, or an older copy, is refused.
         self._ledger = ""
         self._seq = 0
-        self._checked = False  # by a call of limits not open (open ones check each connection)
         # A copy of the shared cool-down: waited out here without asking Redis, and kept if
         # Redis forgets it.
         self._cooldown = Cooldown()
-        self._held: set[str] = set()  # reservations admitted, not yet settled: renewed
-        self._unsent: dict[str, list[Any]] = {}  # settlements that met an outage, by id
-        self._session: Session | None = None
-        self._opens = 0
-        self._orphans: list[Session] = []  # stopped from another task, left by their opener
+        self._holder = Holder(
+            self._config,
+            self._keys,
+            self._refusals,
+            header=self._header,
+            verify=self._verify,
+            durable=self._check_durable,
+            learn=self._learn,
+        )
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> Self:
@@ -161,53 +150,12 @@ class RedisLimits:
         and the upkeep running until :meth:`aclose`, which the same task must call (the
         client's ``async with`` does). Raises :class:`LimitsUnavailableError` when Redis
         cannot be reached or refuses."""
-        await self._leave_orphans()
-        if self._session is not None:
-            self._opens += 1
-            return
-        channel = Channel(self._config.target, self._config.timeout, self._verify)
-        session = Session(
-            channel, self._send, self._failure, self._upkeep, 2 * self._config.timeout
-        )
-        try:
-            await channel.call("PING")
-        except UNAVAILABLE as exc:
-            await channel.aclose()
-            raise self._failure(exc, _ADMIT) from None
-        except BaseException:
-            await channel.aclose()
-            raise
-        await session.start()
-        self._session, self._opens = session, 1
+        await self._holder.open()
 
     async def aclose(self) -> None:
         """Send the settlements posted so far (a few seconds at most), stop the upkeep and
         close the connection; the limits may be opened again."""
-        session = self._session
-        if session is not None:
-            self._opens -= 1
-            if self._opens > 0:
-                return
-            try:
-                await session.stop()  # settlements posted meanwhile still go out
-            finally:
-                self._session = None
-            if self._unsent:
-                logger.warning(
-                    "shared limits at %s: %d settlement(s) could not be sent; their "
-                    "reservations stay held until their leases expire, then count as may "
-                    "have been spent",
-                    self.url,
-                    len(self._unsent),
-                )
-            self._orphans.append(session)
-        await self._leave_orphans()
-
-    async def _leave_orphans(self) -> None:
-        here = anyio.get_current_task().id
-        for session in [s for s in self._orphans if s.opener == here]:
-            self._orphans.remove(session)
-            await session.leave()
+        await self._holder.aclose()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -219,38 +167,21 @@ class RedisLimits:
     async def check(self) -> None:
         """Raise :class:`LimitsUnavailableError` now if these limits cannot admit anything
         (Redis unreachable or refusing): what a batch asks once before its first job."""
-        await self._ops([])
+        await self._holder.ops([])
 
-    # -- talking to Redis -------------------------------------------------------------------
+    # -- what Redis is told, and what is checked ---------------------------------------------
 
-    def _failure(self, exc: BaseException, consequence: str) -> LimitsUnavailableError:
-        if isinstance(exc, LimitsUnavailableError):
-            return exc
-        what = "no answer within the timeout" if isinstance(exc, TimeoutError) else repr(exc)
-        return self._refusals.unavailable(what, consequence)
-
-    async def _send(self, args: list[Any], count: int) -> list[Any]:
-        """The coalescer's way to Redis: ``count`` operations in one script call."""
-        session = self._session
-        if session is None:
-            raise RuntimeError("the limits were closed")
-        replies: list[Any] = await session.channel.run(
-            _BATCH, self._keys, [count, *self._header(), *args]
-        )
-        return replies
-
-    def _header(self) -> list[Any]:
+    def _header(self, open_: bool) -> list[Any]:
         """What every operation of a script call shares (see ``scripts.BATCH``)."""
-        lease = self._lease_us if self._session is not None else self._unrenewed_lease_us
+        lease = self._lease_us if open_ else self._unrenewed_lease_us
         return [self._ledger, self._seq, self._interval_us, lease, self._per_second_text]
 
     async def _verify(self, call: Call) -> None:
         """Check a new connection: persistence where a budget is used, the ledger's identity
         and cap (:mod:`.ledger`)."""
         view = View(await evaluate(call, _VIEW, self._keys, []))
-        await self._check_durability(
-            call, budget=bool(self._config.max_credits is not None or view.ledger or self._ledger)
-        )
+        if self._config.max_credits is not None or view.ledger or self._ledger:
+            await self._check_durable(call)
         refusals = self._refusals
         if self._ledger and view.ledger != self._ledger:
             raise refusals.lost(older=False)
@@ -263,114 +194,15 @@ class RedisLimits:
                 raise refusals.other_cap(view.max_credits)
         self._ledger = view.ledger
 
-    async def _check_durability(self, call: Call, *, budget: bool) -> None:
-        if budget and not self._config.allow_volatile:
+    async def _check_durable(self, call: Call) -> None:
+        if not self._config.allow_volatile:
             durability = await read_durability(call)
             if durability.problem is not None:
                 raise self._refusals.volatile(durability)
 
-    async def _ops(self, ops: list[list[Any]], consequence: str = _ADMIT) -> list[Any]:
-        """``ops`` in one script call: through the open session's coalescer (one each), or a
-        connection of their own (with any settlements that met an outage before them)."""
-        session = self._session
-        if session is not None:
-            if not ops:
-                await self._call_session(session, "PING", consequence=consequence)
-                return []
-            return [await session.coalescer.submit(op, consequence) for op in ops]
-        unsent = list(self._unsent.values())
-        sent = [*unsent, *ops]
-
-        async def verify(call: Call) -> None:
-            if not self._checked:
-                await self._verify(call)
-                self._checked = True
-
-        channel = Channel(self._config.target, self._config.timeout, verify)
-        replies: list[Any] = []
-        try:
-            if sent:
-                args = [len(sent), *self._header(), *(a for op in sent for a in op)]
-                replies = await channel.run(_BATCH, self._keys, args)
-            else:
-                await channel.call("PING")
-        except UNAVAILABLE as exc:
-            raise self._failure(exc, consequence) from None
-        finally:
-            await channel.aclose()
-        for op, reply in zip(unsent, replies, strict=False):
-            self._settled(op[1], reply)
-        return replies[len(unsent) :]
-
-    async def _call_session(self, session: Session, *args: Any, consequence: str) -> Any:
-        try:
-            return await session.channel.call(*args)
-        except UNAVAILABLE as exc:
-            raise self._failure(exc, consequence) from None
-
-    async def _script(self, script: Script, args: list[Any]) -> Any:
-        """A view or an administration script, on a connection of its own (checked for
-        persistence only: these work whatever the ledger), after the settlements posted."""
-        session = self._session
-        if session is not None:
-            with anyio.move_on_after(2 * self._config.timeout):
-                await session.coalescer.drain()
-
-        async def verify(call: Call) -> None:
-            if script is _CREATE:
-                await self._check_durability(call, budget=True)
-
-        channel = Channel(self._config.target, self._config.timeout, verify)
-        try:
-            return await channel.run(script, self._keys, args)
-        except UNAVAILABLE as exc:
-            raise self._failure(exc, "nothing was changed") from None
-        finally:
-            await channel.aclose()
-
-    # -- upkeep while open -------------------------------------------------------------------
-
-    async def _upkeep(self) -> None:
-        """Renew the leases of reservations held (every third of the lease), and send again
-        settlements that met an outage (every half second while there are any)."""
-        renew_every = self._config.lease / 3
-        renew_at = anyio.current_time() + renew_every
-        while True:
-            await anyio.sleep(min(_RESEND_EVERY, renew_every))
-            if self._unsent:
-                with anyio.move_on_after(2 * self._config.timeout):
-                    await self._resend()
-            if anyio.current_time() >= renew_at:
-                renew_at = anyio.current_time() + renew_every
-                with anyio.move_on_after(2 * self._config.timeout):
-                    await self._renew()
-
-    async def _batches(self, ops: list[list[Any]]) -> list[Any]:
-        replies: list[Any] = []
-        for start in range(0, len(ops), MAX_OPS):
-            chunk = ops[start : start + MAX_OPS]
-            replies += await self._send([a for op in chunk for a in op], len(chunk))
-        return replies
-
-    async def _resend(self) -> None:
-        ops = list(self._unsent.values())
-        try:
-            replies = await self._batches(ops)
-        except (*UNAVAILABLE, LimitsUnavailableError, RuntimeError):
-            return  # Redis still away: next time
-        for op, reply in zip(ops, replies, strict=True):
-            self._settled(op[1], reply)
-        logger.info(
-            "shared limits at %s: %d settlement(s) sent after an outage", self.url, len(ops)
-        )
-
-    async def _renew(self) -> None:
-        ops = [["r", token] for token in self._held]
-        if ops:
-            try:
-                await self._batches(ops)
-            except (*UNAVAILABLE, LimitsUnavailableError, RuntimeError) as exc:
-                logger.warning("shared limits at %s: could not renew leases: %r", self.url, exc)
+    def _learn(self, cooldown_us: int) -> None:
+        if cooldown_us > 0:
+            self._cooldown.pause(cooldown_us / _US)
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -405,37 +237,21 @@ class RedisLimits:
                 raise self._refusals.lost(older=value == 1)
 
     async def _admit(self, cost: int, *, lead: float = 0.0) -> tuple[int, int, str]:
-        session = self._session
-        op = ["a", cost, math.ceil(lead * _US)]
-        if session is not None:
-            # A reservation whose answer nobody waits for any more is released when it comes.
-            abandoned = functools.partial(self._abandoned, session) if cost > 0 else None
-            return self._admitted(await session.coalescer.submit(op, _ADMIT, abandoned))
-        if cost <= 0:  # nothing can be reserved
-            (reply,) = await self._ops([op])
-            return self._admitted(reply)
-        # Shielded: a reservation made by a script whose answer we stopped waiting for would
-        # be held until its lease expired. Cancellation is seen right after the answer.
-        with anyio.CancelScope(shield=True):
-            (reply,) = await self._ops([op])
-            status, value, token = self._admitted(reply)
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            if token:
-                await self._settle(Permit(cost, token), "release", 0, 0)
-            raise
-        return status, value, token
-
-    def _abandoned(self, session: Session, reply: list[Any]) -> None:
-        _, _, token = self._admitted(reply)
+        reply = await self._holder.admit(["a", cost, math.ceil(lead * _US)], reserves=cost > 0)
+        status, value, token = self._admitted(reply)
         if token:
-            self._post(session, ["s", token, "release", 0, 0])
+            # Cancelled while the answer came: released now, before any attempt is made.
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                await self._settle(Permit(cost, token), "release", 0, 0)
+                raise
+        return status, value, token
 
     def _admitted(self, reply: list[Any]) -> tuple[int, int, str]:
         status, value, token = int(reply[0]), int(reply[1]), str(reply[2])
         if token:
-            self._held.add(token)
+            self._holder.hold(token)
             ledger, seq, _ = token.split(":")
             self._ledger = self._ledger or ledger
             self._seq = max(self._seq, int(seq))
@@ -466,7 +282,7 @@ class RedisLimits:
                 return cooled  # Redis looked at the cool-down at most a round trip ago
             if not late:
                 if not self._cooldown.paused():
-                    (left,) = await self._ops([["c"]])
+                    (left,) = await self._holder.ops([["c"]])
                     if not left:
                         return cooled
                     self._cooldown.pause(int(left) / _US)
@@ -509,50 +325,14 @@ class RedisLimits:
     async def _settle(self, permit: Permit, kind: str, spent: int, pause_us: int) -> None:
         token = None if permit.settled else permit.token
         permit.settled = True
-        if token is None and not pause_us:
-            return
-        op = ["s", token or "", kind, spent, pause_us]
-        session = self._session
-        if session is not None and not pause_us:
-            self._post(session, op)
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                (reply,) = await self._ops([op], _SETTLE)
-            except LimitsUnavailableError as exc:
-                self._unsettled(op, exc)
-                raise
-        self._settled(token, reply)
-
-    def _post(self, session: Session, op: list[Any]) -> None:
-        """Send the settlement ``op`` with the next script call, without waiting for it."""
-        token = op[1] or None
-        on_reply = functools.partial(self._settled, token)
-        session.coalescer.post(op, _SETTLE, on_reply, functools.partial(self._unsettled, op))
-
-    def _settled(self, token: str | None, reply: list[Any]) -> None:
-        if token:
-            self._held.discard(token)
-            self._unsent.pop(token, None)
-        cooldown_us = int(reply[1])
-        if cooldown_us > 0:
-            self._cooldown.pause(cooldown_us / _US)
-
-    def _unsettled(self, op: list[Any], error: LimitsUnavailableError) -> None:
-        token = op[1]
-        if not token:
-            return  # a pause only: kept here (a 429 told the others, or will)
-        if not self._unsent:
-            logger.warning("%s", error)
-        # Sent again without the pause: its Retry-After counted from when Redis hears of it
-        # would pause everyone too late and too long.
-        self._unsent[token] = [*op[:4], 0]
+        if token is not None or pause_us:
+            await self._holder.settle(["s", token or "", kind, spent, pause_us])
 
     # -- views and administration -----------------------------------------------------------
 
     async def status(self) -> LimitsStatus:
         """The namespace's caps, credits by state, cool-down and ledger, as Redis has them."""
-        view = View(await self._script(_VIEW, []))
+        view = View(await self._holder.script(_VIEW, []))
         return LimitsStatus(
             max_per_second=view.max_per_second,
             max_credits=view.max_credits,
@@ -591,7 +371,7 @@ class RedisLimits:
     async def _create(self, cap: int, *, replace: bool) -> tuple[str, int]:
         ledger = secrets.token_hex(8)
         args = [ledger, cap, "1" if replace else "0", self._interval_us, self._per_second_text]
-        made, ledger, outstanding = await self._script(_CREATE, args)
+        made, ledger, outstanding = await self._holder.script(_CREATE, args, durable=True)
         if not made and not ledger:
             raise InvalidRequestError(
                 f"namespace {self.namespace!r} at {self.url} has no credit ledger to reset: "
@@ -605,8 +385,7 @@ class RedisLimits:
                 "was spent is forgotten)",
                 param="max_credits",
             )
-        self._ledger, self._seq, self._checked = str(ledger), 0, False
-        self._held.clear()
-        self._unsent.clear()
+        self._ledger, self._seq = str(ledger), 0
+        self._holder.forget()
         self._cooldown = Cooldown()
         return str(ledger), int(outstanding)
