@@ -83,7 +83,8 @@ class Coalescer:
     """Queues operations and sends them in batches: from the task that asks when nothing is
     in flight, else from one task (:meth:`run`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, linger: float = LINGER) -> None:
+        self._linger = linger
         self._pending: list[_Op] = []
         self._wake = anyio.Event()
         self._flush = False  # drain() asked: no lingering
@@ -178,7 +179,7 @@ class Coalescer:
                 if not self._flush and all(op.done is None for op in self._pending):
                     # Settlements alone: the next admission may take them along.
                     self._lingering = True
-                    with anyio.move_on_after(LINGER):
+                    with anyio.move_on_after(self._linger):
                         await self._wake.wait()
                     self._lingering = False
                     self._wake = anyio.Event()
