@@ -1,8 +1,10 @@
 """What RedisLimits cost per job against the default LocalLimits (``python -m benchmarks
---limits``): the latency one call gains (two round trips to a local Redis with a budget, one
-without), the client CPU per job at concurrency 64 (in-process transport), and batch
-throughput at concurrency 128 over loopback with 100 ms of server latency, on asyncio and
-Trio, caps set so high that none binds. Starts its own redis-server (Debian's package).
+--limits``): the latency one call gains (one round trip to a local Redis: its admission,
+which also carries the settlement of the call before), the client CPU per job at concurrency
+64 (in-process transport), and batch throughput at concurrency 128 over loopback with 100 ms
+of server latency, on asyncio and Trio, caps set so high that none binds, side by side in one
+run. Starts its own redis-server (Debian's package, with an append-only file); a budget's
+ledger is created first, as an operator does.
 """
 
 from __future__ import annotations

@@ -208,9 +208,7 @@ class Holder:
         (it goes with the next script call), unless it carries a pause: every process must
         see that before its 429 is returned. One that meets an outage is owed, and sent
         again once Redis answers."""
-        session = self._session
-        if session is not None and not op[4]:
-            self._post(session, op)
+        if not op[4] and self.post(op):
             return
         with anyio.CancelScope(shield=True):
             try:
@@ -219,6 +217,14 @@ class Holder:
                 self._unsettled(op, exc)
                 raise
         self.settled(op[1] or None, reply)
+
+    def post(self, op: list[Any]) -> bool:
+        """Post the settlement ``op`` (open only): it goes with the next script call."""
+        session = self._session
+        if session is None:
+            return False
+        self._post(session, op)
+        return True
 
     def _post(self, session: Session, op: list[Any]) -> None:
         on_reply = functools.partial(self.settled, op[1] or None)

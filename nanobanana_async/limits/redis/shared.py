@@ -314,13 +314,29 @@ class RedisLimits:
         pause_us = math.ceil(pause * _US) if pause is not None and pause > 0 else 0
         if pause_us:
             self._cooldown.pause(pause_us / _US)
-        if spent is not None:
-            kind = "spent"
-        elif outcome is not None and may_have_charged(outcome):
-            kind = "keep"
-        else:
-            kind = "release"
-        await self._settle(permit, kind, spent or 0, pause_us)
+        await self._settle(permit, _kind(spent, outcome), spent or 0, pause_us)
+
+    def settle_now(
+        self,
+        permit: Permit,
+        *,
+        spent: int | None = None,
+        outcome: BaseException | None = None,
+        pause: float | None = None,
+    ) -> bool:
+        """:meth:`settle` where it awaits nothing (open limits, no pause): True when done,
+        False when :meth:`settle` must be awaited. The retry loop's way around a shielded
+        await per attempt."""
+        if pause is not None and pause > 0:
+            return False
+        token = None if permit.settled else permit.token
+        if token is None:
+            permit.settled = True
+            return True
+        if not self._holder.post(["s", token, _kind(spent, outcome), spent or 0, 0]):
+            return False
+        permit.settled = True
+        return True
 
     async def _settle(self, permit: Permit, kind: str, spent: int, pause_us: int) -> None:
         token = None if permit.settled else permit.token
@@ -389,3 +405,13 @@ class RedisLimits:
         self._holder.forget()
         self._cooldown = Cooldown()
         return str(ledger), int(outstanding)
+
+
+def _kind(spent: int | None, outcome: BaseException | None) -> str:
+    """How an attempt's reservation ends: spent, kept (the server may have charged) or
+    released."""
+    if spent is not None:
+        return "spent"
+    if outcome is not None and may_have_charged(outcome):
+        return "keep"
+    return "release"
