@@ -31,6 +31,11 @@ class Limits(Protocol):
     :meth:`settle`. ``open`` / ``aclose`` follow the client's ``async with``.
     :class:`~nanobanana_async.LocalLimits` (the default) keeps them in this process,
     :class:`~nanobanana_async.RedisLimits` shares them across processes and machines.
+
+    Two methods are optional. ``async check()`` raises when nothing could be admitted now (a
+    batch asks once, before its first job, and fails as a whole instead of per job);
+    ``settle_now(permit, ...) -> bool`` settles without awaiting when it can (True), which
+    spares the retry loop a shielded await per attempt.
     """
 
     async def open(self) -> None:
