@@ -356,6 +356,14 @@ class AsyncNanoBanana:
             changes["retry_ambiguous"] = retry_ambiguous
         return attrs.evolve(policy, **changes) if changes else policy
 
+    async def ready(self) -> None:
+        """Raise now if no request could be admitted: the client's limits cannot be consulted
+        (shared limits unreachable, or refusing a budget). A batch asks once, before its first
+        job, so that it fails once instead of once per job."""
+        check = getattr(self._limits, "check", None)  # limits that can be unavailable have one
+        if check is not None:
+            await check()
+
     async def send_job(
         self,
         job: Job,

@@ -133,6 +133,8 @@ class Runner:
 
     async def run(self, out: ResultSink) -> None:
         async with out:
+            # Limits that cannot be consulted would fail every job the same way: fail once.
+            await self.sender.ready()
             if self.download_dir is not None:
                 await _make_directory(self.download_dir)
             if self.store is not None:

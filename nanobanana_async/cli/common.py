@@ -146,15 +146,15 @@ def add_limits(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def limits_from(args: argparse.Namespace) -> Any:
-    """The RedisLimits of ``--limits`` / ``$NANOBANANA_LIMITS``, or None (limits of this
-    process). Imported only when asked for: coredis stays out of other commands."""
+def limits_from(args: argparse.Namespace, **overrides: Any) -> Any:
+    """The RedisLimits of ``--limits`` / ``$NANOBANANA_LIMITS`` (``overrides`` replacing
+    options of the URL), or None (limits of this process). Imported only when asked for."""
     url = getattr(args, "limits", None) or os.environ.get("NANOBANANA_LIMITS")
     if not url:
         return None
     from ..limits.redis import RedisLimits
 
-    return RedisLimits.from_url(url)
+    return RedisLimits.from_url(url, **overrides)
 
 
 def add_job_defaults(parser: argparse.ArgumentParser, *, rows: bool) -> None:
