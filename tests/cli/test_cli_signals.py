@@ -287,6 +287,16 @@ def test_a_worker_whose_budget_runs_out_exits_3(
         redis: RedisServer = request.getfixturevalue("redis_server")
         limits = f"{request.getfixturevalue('redis_url')}?namespace={redis.namespace()}"
         budget_args = ["--limits", f"{limits}&max_credits=5"]
+        # A shared budget's ledger is made once, by an operator, before any worker runs.
+        created = subprocess.run(
+            command("limits", "create", *budget_args),
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert created.returncode == 0, created.stderr
     else:
         budget_args = ["--max-credits", "5"]
     url = store_of(tmp_path, [Job(f"an expensive prompt {i}", id=f"e{i}") for i in range(6)])

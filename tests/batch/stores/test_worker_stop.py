@@ -97,6 +97,7 @@ async def test_shared_redis_budget_ends_the_worker(
     emulator = Emulator(keys={KEY: BALANCE}, seed=3)
     await _store(url).add(Job(f"a paper lantern, take {i}", id=f"lantern-{i}") for i in range(JOBS))
     limits = RedisLimits(redis_url, namespace=redis_server.namespace(), max_credits=5)
+    await limits.create()  # a shared budget's ledger is made once, by an operator
     async with AsyncNanoBanana(KEY, transport=emulator.transport(), limits=limits) as client:
         ids = await _work(client, url)
     await _check(url, emulator, ids, 5)
