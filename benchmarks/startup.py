@@ -26,7 +26,7 @@ import attrs
 __all__ = ["OPTIONAL", "ModulesRow", "StartupRow", "loaded_modules", "startup_cases"]
 
 #: Optional packages the SDK must not import before they are used.
-OPTIONAL = ("aiohttp", "rich", "uvicorn", "coredis", "psycopg", "opentelemetry")
+OPTIONAL = ("aiohttp", "rich", "uvicorn", "psycopg", "opentelemetry")
 #: Also reported: what the SDK imports on the way to a request, and what httpx/httpcore bring.
 WATCHED = (
     *OPTIONAL,

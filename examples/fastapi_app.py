@@ -26,7 +26,9 @@ The pattern:
 - under several workers (``uvicorn --workers 4``, several pods), ``NANOBANANA_LIMITS`` (a
   ``redis://...?namespace=...&max_per_second=...&max_credits=...`` URL) gives every worker's
   client the same :class:`RedisLimits`: one rate, one budget and one 429 cool-down for the
-  account instead of one per process (docs/scaling.md).
+  account instead of one per process (docs/scaling.md). The budget's ledger is created once
+  beforehand (``nanobanana limits create``); a worker whose lifespan cannot open the limits
+  (Redis down, no ledger) does not start.
 
 ``create_app(client_factory=...)`` builds the app around another client (tests point it at
 the emulator); the default client reads ``NANOBANANA_API_KEY`` (and ``NANOBANANA_BASE_URL``)

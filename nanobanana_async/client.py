@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import pathlib
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -34,14 +34,14 @@ from .batch import (
     run_to_report,
 )
 from .download import MAX_DOWNLOAD_BYTES, download_image
-from .endpoint import DEFAULT_BASE_URL, Endpoint, env_proxy_applies
+from .endpoint import DEFAULT_BASE_URL, USER_AGENT, Endpoint, env_proxy_applies, user_agent_for
 from .errors import (
     InvalidRequestError,
     NanoBananaError,
 )
 from .generate_request import (
-    USER_AGENT,
     GenerateRequests,
+    checked_timeout,
     json_bytes,
     new_idempotency_key,
 )
@@ -80,6 +80,10 @@ class AsyncNanoBanana:
     consulted on every attempt of every call (cool-down, request starts, credits):
     :class:`LocalLimits` of this client by default, or :class:`RedisLimits` shared by every
     process on one namespace (opened and closed with the client).
+
+    :meth:`with_options` gives a copy with another timeout or retry policy that shares this
+    client's connection pool and limits. A caller's ``http_client`` still names the SDK in
+    ``User-Agent`` (``nanobanana-async/<version>``) unless its headers name their own.
 
     ``hooks`` (:class:`Hooks`) are called before each attempt, after each response, on each
     retry and on each job result of a batch. With OpenTelemetry (extra ``otel``), every call
@@ -122,7 +126,7 @@ class AsyncNanoBanana:
         self._generate_url = endpoint.generate_url
         # A plain number bounds connect, read and write; waiting for a pooled connection
         # still never times out (see DEFAULT_TIMEOUT).
-        self._timeout = _checked_timeout(timeout)
+        self._timeout = checked_timeout(timeout)
         self._policy = RetryPolicy()
         self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
@@ -169,6 +173,9 @@ class AsyncNanoBanana:
         self._closed = False
         self._transport_ready = self._fast_transport is None
         self._batches = BatchRegistry()
+        # with_options copies share what this client owns; it closes their batches with its own.
+        self._root = self
+        self._copies: weakref.WeakSet[BatchRegistry] = weakref.WeakSet()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
         if hooks is not None and not isinstance(hooks, Hooks):
             raise InvalidRequestError(
@@ -188,7 +195,8 @@ class AsyncNanoBanana:
         return f"AsyncNanoBanana(base_url={self.base_url!r}, api_key={self._endpoint.masked_key!r})"
 
     async def __aenter__(self) -> Self:
-        await self._limits.open()
+        if self._root is self:  # a copy's limits are its original's, opened and closed there
+            await self._limits.open()
         return self
 
     async def __aexit__(
@@ -204,10 +212,15 @@ class AsyncNanoBanana:
 
         Batches of this client still running (a loop left with ``break``, a consumer that was
         cancelled) are cancelled and awaited first: closing the pool under them would strand
-        the connections they were still opening.
+        the connections they were still opening. A copy from :meth:`with_options` closes only
+        its own batches: the pool and the limits are its original's.
         """
         self._closed = True
         await self._batches.close()
+        if self._root is not self:
+            return
+        for registry in list(self._copies):
+            await registry.close()
         client, self._own_client = self._own_client, None
         try:
             if client is not None:
@@ -244,8 +257,34 @@ class AsyncNanoBanana:
         """The retry budget shared by every call of this client."""
         return self._budget
 
+    def with_options(
+        self,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int | None = None,
+        retry_ambiguous: bool | None = None,
+    ) -> Self:
+        """A copy of this client with another ``timeout`` or retry policy (as openai-python's
+        ``with_options``); what is not given stays as it is here.
+
+        The copy shares this client's connection pool, limits (rate, credit budget,
+        cool-down), retry budget, pricing, hooks and telemetry. Closing the copy (or leaving
+        its ``async with``) stops its own batches and closes nothing shared; closing this
+        client stops the copy's batches too, and the copy can send no more.
+        """
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy._closed = False
+        copy._batches = BatchRegistry()
+        self._root._copies.add(copy._batches)
+        if timeout is not None:
+            copy._timeout = checked_timeout(timeout)
+            copy._requests = self._requests.with_timeout(copy._timeout)
+        copy._policy = self.policy_for(max_retries, retry_ambiguous)
+        return copy
+
     def _http(self) -> httpx.AsyncClient:
-        if self._closed:
+        if self._closed or self._root._closed:
             raise NanoBananaError("this AsyncNanoBanana client is closed; create a new one")
         if self._user_client is not None:
             return self._user_client
@@ -284,15 +323,22 @@ class AsyncNanoBanana:
         num: int = 1,
         max_retries: int | None = None,
         retry_ambiguous: bool | None = None,
+        timeout: float | httpx.Timeout | None = None,
     ) -> Generation:
         """Generate ``num`` images for ``prompt`` (a string or a :class:`Job`).
 
         Invalid input raises :class:`InvalidRequestError` before anything is sent. Retryable
         failures are retried per the client's policy (``max_retries`` and ``retry_ambiguous``
         override it for this call) with one ``Idempotency-Key`` for every attempt.
+        ``timeout`` replaces the client's for each attempt of this call.
         """
         job = self.make_job(prompt, model=model, image_size=image_size, num=num)
-        return await self.send_job(job, self.policy_for(max_retries, retry_ambiguous), CallStats())
+        return await self.send_job(
+            job,
+            self.policy_for(max_retries, retry_ambiguous),
+            CallStats(),
+            timeout=None if timeout is None else checked_timeout(timeout),
+        )
 
     def policy_for(
         self,
@@ -310,6 +356,14 @@ class AsyncNanoBanana:
             changes["retry_ambiguous"] = retry_ambiguous
         return attrs.evolve(policy, **changes) if changes else policy
 
+    async def ready(self) -> None:
+        """Raise now if no request could be admitted: the client's limits cannot be consulted
+        (shared limits unreachable, or refusing a budget). A batch asks once, before its first
+        job, so that it fails once instead of once per job."""
+        check = getattr(self._limits, "check", None)  # limits that can be unavailable have one
+        if check is not None:
+            await check()
+
     async def send_job(
         self,
         job: Job,
@@ -318,11 +372,13 @@ class AsyncNanoBanana:
         hooks: AttemptHooks | None = None,
         *,
         idempotency_key: str | None = None,
+        timeout: httpx.Timeout | None = None,
     ) -> Generation:
         """Generate a validated ``job`` under ``policy`` (the batch runner's way in).
 
         ``stats`` counts the attempts; ``hooks`` are called around each one. Every attempt
-        carries ``idempotency_key`` (a job store keeps one per job), else a fresh one.
+        carries ``idempotency_key`` (a job store keeps one per job), else a fresh one, and
+        ``timeout`` if given (else the client's).
         """
         started = time.perf_counter()
         idempotency_key = idempotency_key or new_idempotency_key()
@@ -341,8 +397,10 @@ class AsyncNanoBanana:
             await self._fast_transport.prepare()
             self._transport_ready = True
 
+        requests = self._requests if timeout is None else self._requests.with_timeout(timeout)
+
         async def post() -> tuple[str, ...]:
-            return await self._requests.post(self._http(), body, headers, call)
+            return await requests.post(self._http(), body, headers, call)
 
         def charged(urls: tuple[str, ...]) -> int:
             # Credits are charged per image generated: a partial answer costs what it returned.
@@ -383,7 +441,10 @@ class AsyncNanoBanana:
 
     def _headers_for(self, url: httpx.URL) -> dict[str, str]:
         # The key is for the API only: image hosts on another origin never see it.
-        return self._auth_headers if self._endpoint.is_api_origin(url) else {}
+        named = user_agent_for(self._http().headers)
+        if self._endpoint.is_api_origin(url):
+            return {**self._auth_headers, **named} if named else self._auth_headers
+        return named
 
     async def download(
         self, url: str, path: str | os.PathLike[str], *, max_bytes: int = MAX_DOWNLOAD_BYTES
@@ -545,27 +606,3 @@ def _refuse_overrides(job: Job, **fields: object) -> None:
             "Job (attrs.evolve(job, ...)) or pass a prompt string",
             param=clashes[0],
         )
-
-
-def _checked_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
-    """The timeout as httpx takes it; a plain number bounds connect, read and write.
-
-    Waiting for a pooled connection still never times out (see DEFAULT_TIMEOUT). Each bound
-    must be a positive finite number or None: NaN or a negative value would only fail later,
-    deep in a request.
-    """
-    spec = timeout if isinstance(timeout, httpx.Timeout) else None
-    if spec is None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidRequestError(
-                f"timeout must be a number of seconds or an httpx.Timeout, got {timeout!r}",
-                param="timeout",
-            )
-        spec = httpx.Timeout(timeout, pool=None)
-    for name, value in spec.as_dict().items():
-        if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
-            raise InvalidRequestError(
-                f"timeout {name} must be a positive number of seconds or None, got {value!r}",
-                param="timeout",
-            )
-    return spec

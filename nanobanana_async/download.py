@@ -16,7 +16,7 @@ import httpx
 from ._http.body import declared_length
 from ._http.failures import connection_error
 from .endpoint import check_http_url
-from .errors import APIError, MalformedResponseError
+from .errors import APIError, HTTPExchange, MalformedResponseError
 
 __all__ = ["MAX_DOWNLOAD_BYTES", "download_image"]
 
@@ -52,10 +52,23 @@ async def download_image(
         try:
             response = await http.send(request, stream=True, follow_redirects=True)
         except httpx.HTTPError as exc:
-            raise connection_error(exc, shown, sent=False) from None
+            failure = connection_error(exc, shown, sent=False)
+            failure.exchange = HTTPExchange("GET", shown, request.headers.multi_items(), b"")
+            raise failure from None
         try:
             if response.status_code >= 400:
-                raise APIError(f"downloading {shown} failed", status_code=response.status_code)
+                # The URL without its query, which may hold a signed URL's token; the body
+                # (an error page) is not read.
+                refused = APIError(f"downloading {shown} failed", status_code=response.status_code)
+                refused.exchange = HTTPExchange(
+                    "GET",
+                    shown,
+                    request.headers.multi_items(),
+                    b"",
+                    status_code=response.status_code,
+                    response_headers=response.headers.multi_items(),
+                )
+                raise refused
             await _stream_to(response, tmp, max_bytes)
         except httpx.HTTPError as exc:
             raise connection_error(exc, shown, sent=False) from None

@@ -9,19 +9,33 @@ import urllib.request
 import attrs
 import httpx
 
+from ._version import __version__
 from .errors import InvalidRequestError
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "GENERATE_PATH",
+    "USER_AGENT",
     "Endpoint",
     "check_http_url",
     "env_proxy_applies",
     "is_loopback",
+    "user_agent_for",
 ]
 
 DEFAULT_BASE_URL = "https://api.nanobananaapi.dev"
 GENERATE_PATH = "/v1/images/generate"
+USER_AGENT = f"nanobanana-async/{__version__}"
+_HTTPX_USER_AGENT = f"python-httpx/{httpx.__version__}"
+_NAMES_SDK = {"User-Agent": USER_AGENT}
+
+
+def user_agent_for(client_headers: httpx.Headers) -> dict[str, str]:
+    """The ``User-Agent`` a request through a client with ``client_headers`` must add: the
+    SDK's, unless the client names its own (httpx's default names only httpx)."""
+    agent = client_headers.get("user-agent")
+    return _NAMES_SDK if agent is None or agent == _HTTPX_USER_AGENT else {}
+
 
 Origin = tuple[str, str, int | None]
 

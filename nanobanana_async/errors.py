@@ -6,7 +6,11 @@ import functools
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "APIConnectionError",
@@ -15,6 +19,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BudgetExceededError",
+    "HTTPExchange",
     "InsufficientCreditsError",
     "InvalidRequestError",
     "LimitsUnavailableError",
@@ -31,7 +36,128 @@ __all__ = [
 
 
 class NanoBananaError(Exception):
-    """Base class of every error this SDK raises."""
+    """Base class of every error this SDK raises: the one class to catch for any failure,
+    whether the API answered (:class:`APIError`) or not (:class:`APIConnectionError`)."""
+
+
+_MASKED = "Bearer ***"
+
+
+class HTTPExchange:
+    """The request an error is about, and the answer if one came, as an error shows them.
+
+    Plain data, kept only when a call fails (the requests that succeed never build it): the
+    ``httpx.Request`` and ``httpx.Response`` are built from it on first access. The
+    ``Authorization`` header is masked and the API key redacted from the body, whatever
+    encoding the server echoed it in.
+    """
+
+    __slots__ = (
+        "_request",
+        "_response",
+        "content",
+        "method",
+        "request_content",
+        "request_headers",
+        "response_headers",
+        "status_code",
+        "url",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        request_headers: Iterable[tuple[str, str]],
+        request_content: bytes,
+        *,
+        status_code: int | None = None,
+        response_headers: Iterable[tuple[str, str]] = (),
+        content: bytes | None = None,
+        secret: str | None = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.request_headers = [
+            (name, _MASKED if name.lower() == "authorization" else value)
+            for name, value in request_headers
+        ]
+        self.request_content = request_content
+        self.status_code = status_code
+        self.response_headers = [
+            (name, value)
+            for name, value in response_headers
+            # The body kept is the decoded one: a response built with this header would be
+            # decoded a second time.
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        if content is not None and secret:
+            text = content.decode("utf-8", "replace")
+            if _secret_pattern(secret).search(text):
+                content = redact(text, secret).encode()
+        self.content = content
+        self._request: httpx.Request | None = None
+        self._response: httpx.Response | None = None
+
+    def __repr__(self) -> str:
+        status = "no answer" if self.status_code is None else f"HTTP {self.status_code}"
+        return f"<HTTPExchange {self.method} {self.url}: {status}>"
+
+    @property
+    def request(self) -> httpx.Request:
+        """The request, as an ``httpx.Request`` (``Authorization`` masked)."""
+        if self._request is None:
+            import httpx
+
+            self._request = httpx.Request(
+                self.method, self.url, headers=self.request_headers, content=self.request_content
+            )
+        return self._request
+
+    @property
+    def response(self) -> httpx.Response | None:
+        """The answer, as a read ``httpx.Response``; None when none came."""
+        if self._response is None and self.status_code is not None:
+            import httpx
+
+            self._response = httpx.Response(
+                self.status_code,
+                headers=self.response_headers,
+                content=self.content or b"",
+                request=self.request,
+            )
+        return self._response
+
+    @property
+    def body(self) -> object | None:
+        """The answer's body: its JSON parsed, else its text; None when no body was read."""
+        if self.content is None:
+            return None
+        text = self.content.decode("utf-8", "replace")
+        try:
+            parsed: object = json.loads(text)
+        except (ValueError, RecursionError):
+            return text
+        return parsed
+
+    @property
+    def request_id(self) -> str | None:
+        """The answer's ``x-request-id`` header, if it sent one."""
+        for name, value in self.response_headers:
+            if name.lower() == "x-request-id":
+                return value
+        return None
+
+
+class _HTTPDetails:
+    # What openai-python's errors carry, read from the exchange the SDK attached (None for an
+    # error built by hand, or one raised before any request was made).
+    exchange: HTTPExchange | None = None
+
+    @property
+    def request(self) -> httpx.Request | None:
+        """The ``httpx.Request`` that failed (``Authorization`` masked), if one was made."""
+        return None if self.exchange is None else self.exchange.request
 
 
 class InvalidRequestError(NanoBananaError, ValueError):
@@ -46,12 +172,15 @@ class InvalidRequestError(NanoBananaError, ValueError):
         self.param = param
 
 
-class APIError(NanoBananaError):
+class APIError(_HTTPDetails, NanoBananaError):
     """The API answered with an error.
 
     ``status_code`` is the HTTP status, ``code`` the ``code`` field of the JSON body (``None``
     when the body was not JSON), ``message`` the server's message, and ``retry_after`` the
-    delay in seconds the server asked for, if any.
+    delay in seconds the server asked for, if any. As with openai-python's
+    ``APIStatusError``: ``request`` and ``response`` are the ``httpx`` objects of the failed
+    attempt, ``body`` its parsed JSON (else its text) and ``request_id`` its ``x-request-id``
+    header; the key is masked or redacted in all of them.
     """
 
     def __init__(
@@ -71,6 +200,22 @@ class APIError(NanoBananaError):
     def __str__(self) -> str:
         code = "" if self.code is None or self.code == self.status_code else f", code {self.code}"
         return f"{self.message} (HTTP {self.status_code}{code})"
+
+    @property
+    def response(self) -> httpx.Response | None:
+        """The answer as a read ``httpx.Response`` (``.json()``, ``.headers``, ``.text``)."""
+        return None if self.exchange is None else self.exchange.response
+
+    @property
+    def body(self) -> object | None:
+        """The answer's body: its JSON parsed, else its text; None when it was not read (a
+        body over the size cap)."""
+        return None if self.exchange is None else self.exchange.body
+
+    @property
+    def request_id(self) -> str | None:
+        """The answer's ``x-request-id`` header (quote it to the API's support), if any."""
+        return None if self.exchange is None else self.exchange.request_id
 
 
 class BadRequestError(APIError):
@@ -100,12 +245,12 @@ class MalformedResponseError(APIError):
     """
 
 
-class APIConnectionError(NanoBananaError):
+class APIConnectionError(_HTTPDetails, NanoBananaError):
     """The request did not get an answer: connection failed, dropped, or timed out.
 
     ``may_have_been_charged`` is true when the request had been sent before the failure: the
     server may have generated and charged for it, so it is retried only on request
-    (``retry_ambiguous=True``).
+    (``retry_ambiguous=True``). ``request`` is the ``httpx.Request`` that failed.
     """
 
     def __init__(self, message: str, *, may_have_been_charged: bool = False) -> None:
@@ -203,22 +348,33 @@ def _error_for(
     return cls(message, status_code=status_code, code=code, retry_after=retry_after)
 
 
+# Named HTML entities a server's escaping may use for the characters of a key.
+_ENTITIES = {"&": ("amp",), "<": ("lt",), ">": ("gt",), '"': ("quot",), "'": ("apos",)}
+
+
+def _char_forms(char: str) -> str:
+    """A pattern for one character of a secret in any encoding a server may echo it in."""
+    code = ord(char)
+    forms = [
+        re.escape(char),
+        f"%(?:25)*{code:02x}",  # percent-encoded, once or more (quote, quote_plus, any safe=)
+        f"\\\\+u0*{code:x}",  # JSON or JavaScript \uXXXX, escaped once or more
+        f"\\\\+x{code:02x}",  # a Python or C \xXX
+        f"&(?:amp;)*#(?:0*{code}|x0*{code:x});",  # an HTML character reference
+    ]
+    forms += [f"&(?:amp;)*{name};" for name in _ENTITIES.get(char, ())]
+    if not char.isalnum():
+        forms.append(f"\\\\+{re.escape(char)}")  # backslash-escaped (JSON's \/ and \")
+    return "(?:" + "|".join(forms) + ")"
+
+
 @functools.lru_cache(maxsize=8)
 def _secret_pattern(secret: str) -> re.Pattern[str]:
-    # A server may echo the key transformed: upper- or lower-cased, percent-encoded (as in a
-    # query string), JSON-escaped (once more than its body needed). Any of these in a log line
-    # is as good as the key itself.
-    from urllib.parse import quote, quote_plus
-
-    forms = {
-        secret,
-        quote(secret, safe=""),
-        quote_plus(secret, safe=""),
-        json.dumps(secret)[1:-1],
-        secret.replace("/", "\\/"),
-    }
-    alternatives = sorted((re.escape(form) for form in forms), key=len, reverse=True)
-    return re.compile("|".join(alternatives), re.IGNORECASE)
+    # A server may echo the key transformed: upper- or lower-cased, percent-encoded with any
+    # set of characters left alone (urllib.parse.quote keeps "/"), escaped for JSON, HTML or
+    # a string literal, or several of these at once. Each character of the key matches any of
+    # its encodings, so every mix of them is caught; any one in a log line is the key itself.
+    return re.compile("".join(_char_forms(char) for char in secret), re.IGNORECASE)
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -216,6 +216,7 @@ class _Call(Generic[T]):
         "_local",
         "_on_cooldown",
         "_policy",
+        "_settle_now",
         "_stats",
         "_what",
         "permit",
@@ -238,6 +239,8 @@ class _Call(Generic[T]):
         self._limits = limits
         # The default limits settle without awaiting anything: no shielded scope, no await.
         self._local = limits if type(limits) is LocalLimits else None
+        # Others may, some of the time (RedisLimits when open: a settlement is posted).
+        self._settle_now = getattr(limits, "settle_now", None) if self._local is None else None
         self._stats = stats
         self._hooks = hooks
         self._what = what
@@ -298,10 +301,11 @@ class _Call(Generic[T]):
         local = self._local
         if local is not None:
             local.settle_now(permit, spent=spent, outcome=outcome, pause=pause)
-        else:
-            await _settle(
-                self._limits, permit, self.what, spent=spent, outcome=outcome, pause=pause
-            )
+            return
+        now = self._settle_now
+        if now is not None and now(permit, spent=spent, outcome=outcome, pause=pause):
+            return
+        await _settle(self._limits, permit, self.what, spent=spent, outcome=outcome, pause=pause)
 
 
 async def _retry_after_failure(
@@ -371,8 +375,8 @@ def _pause(exc: BaseException, policy: RetryPolicy) -> float | None:
 
 async def _settle(limits: Limits, permit: Permit, what: str, **how: Any) -> None:
     # Shielded: a cancelled call still settles what it reserved. A settle that fails (shared
-    # limits unreachable) never replaces the call's own outcome: the reservation then stays
-    # held until its lease expires, counted as may-have-been-spent.
+    # limits unreachable) never replaces the call's own outcome: the limits send it again once
+    # they can (RedisLimits does), the reservation held meanwhile.
     with anyio.CancelScope(shield=True):
         try:
             await limits.settle(permit, **how)

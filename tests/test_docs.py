@@ -233,3 +233,31 @@ def test_tests_named_in_the_docs_exist() -> None:
             elif name and not re.search(rf"^(async )?def {name}\(", source.read_text(), re.M):
                 missing.append(f"{path.relative_to(ROOT)}: {file}::{name}")
     assert missing == []
+
+
+REPOSITORY = "https://github.com/nanobanana-async/nanobanana-async"
+
+
+def test_readme_links_work_on_pypi() -> None:
+    # PyPI shows the README without the repository around it: every link is absolute, and
+    # those into this repository (the one the package metadata names) point at files here.
+    import tomllib
+
+    links = re.findall(r"\]\(([^)\s]+)\)", README.read_text("utf-8"))
+    assert links
+    assert [link for link in links if not link.startswith("https://")] == []
+    missing = []
+    for link in links:
+        for prefix in (f"{REPOSITORY}/blob/main/", f"{REPOSITORY}/tree/main/"):
+            if link.startswith(prefix):
+                path = link.removeprefix(prefix).split("#", 1)[0]
+                if not (ROOT / path).exists():
+                    missing.append(link)
+    assert missing == []
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
+    urls = project["urls"]
+    assert all(url.startswith(REPOSITORY) for url in urls.values()), urls
+    for prefix in (f"{REPOSITORY}/tree/main/",):
+        for url in urls.values():
+            if url.startswith(prefix):
+                assert (ROOT / url.removeprefix(prefix)).exists(), url

@@ -1,7 +1,7 @@
 """What importing the SDK loads: nothing optional until it is used (issue 15).
 
 Each check runs in a fresh interpreter, so ``sys.modules`` is its own. Optional packages
-(aiohttp, rich, uvicorn, coredis, psycopg, opentelemetry) are all installed here, so a
+(aiohttp, rich, uvicorn, psycopg, opentelemetry) are all installed here, so a
 module that imported one eagerly would show.
 
 httpx imports ``click``, ``rich`` and ``pygments`` itself (``httpx._main``, its command line)
@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-OPTIONAL = ("aiohttp", "rich", "uvicorn", "coredis", "psycopg", "opentelemetry")
+OPTIONAL = ("aiohttp", "rich", "uvicorn", "psycopg", "opentelemetry")
 
 
 def loaded_after(code: str, *watched: str) -> list[str]:
@@ -59,7 +59,7 @@ def test_every_public_name_is_there_and_loads_on_first_use() -> None:
     assert AsyncNanoBanana.__module__ == "nanobanana_async.client"
     """
     # Asking for PostgresStore is using it: psycopg may load then, nothing else optional.
-    assert loaded_after(code, "aiohttp", "uvicorn", "coredis", "opentelemetry") == []
+    assert loaded_after(code, "aiohttp", "uvicorn", "opentelemetry") == []
 
 
 def test_help_loads_no_client_and_no_http_stack() -> None:

@@ -212,6 +212,33 @@ async def test_debug_logs_journal_and_report_never_hold_the_key(
             assert_no_key(error_texts(result.error), "a result's error")
 
 
+async def test_a_key_echoed_percent_encoded_keeping_slashes_never_reaches_the_retry_logs(
+    anyio_backend: str, all_logs: pytest.LogCaptureFixture
+) -> None:
+    # urllib.parse.quote keeps "/": the form a server writing the key into a query string or
+    # a path echoes. Every retry logs its cause, the server's message.
+    from urllib.parse import quote
+
+    key = "sk-live/SECRET+7f3a9c1e=5b2d8f4a/6c0e"
+    echoed = quote(key)
+    assert "/" in echoed
+    assert "%2B" in echoed
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"code": 503, "message": f"no upstream for ?key={echoed}"})
+
+    async with AsyncNanoBanana(
+        key, base_url=BASE, transport=httpx.MockTransport(handler), retry_policy=FAST
+    ) as client:
+        with pytest.raises(APIError) as info:
+            await client.generate("x")
+    assert any("retrying" in r.getMessage() for r in all_logs.records)
+    for text in (all_logs.text, error_texts(info.value), repr(info.value.body)):
+        assert echoed not in text
+        assert_no_key(text, "the logs or the error", key=key)
+        assert_no_key(text, "the logs or the error", key=echoed)
+
+
 # -- Authorization goes to the API's origin only ----------------------------------------------
 
 
@@ -493,7 +520,7 @@ def test_the_cli_never_prints_or_stores_the_key(tmp_path: pathlib.Path) -> None:
     assert any("401" in text or "key" in text.lower() for _, text in outputs)
     written = list(every_file(tmp_path))
     names = {p.relative_to(tmp_path).as_posix() for p, _ in written}
-    assert {"out/index.html", "out/journal.jsonl", "wrong/journal.jsonl"} <= names
+    assert {"out/index.html", "out/journal.db", "wrong/journal.db"} <= names
     for secret in (KEY, wrong):
         for where, text in outputs:
             assert_no_key(text, where, key=secret)

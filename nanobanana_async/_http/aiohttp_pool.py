@@ -9,13 +9,16 @@ a request is made on asyncio with aiohttp installed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 import httpx
 import yarl
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
@@ -24,6 +27,7 @@ from .body import read_capped
 from .encoding import read_encoded
 from .h11_pool import KEEPALIVE_EXPIRY
 from .idle import is_readable
+from .resend import replayable
 
 __all__ = ["AiohttpPool"]
 
@@ -49,6 +53,29 @@ def _map_aiohttp_error(exc: BaseException) -> httpx.TransportError:
 
 
 _AIOHTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+# What aiohttp raises when the server closed or reset a connection under a request.
+_CLOSED_UNDER = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+class _Handler(ResponseHandler):
+    """aiohttp's protocol, noting whether any byte of the current answer arrived."""
+
+    answered = False
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        super().data_received(data)
+
+
+# The connection _CheckedConnector handed out from its pool for the request running in this
+# task (set in the task's own context: the connector runs inside the request's await), and
+# whether the request must have a new connection.
+_reused: contextvars.ContextVar[_Handler | None] = contextvars.ContextVar(
+    "nanobanana_reused", default=None
+)
+_fresh_only: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "nanobanana_fresh_only", default=False
+)
 
 
 class _AiohttpStream(httpx.AsyncByteStream):
@@ -81,23 +108,70 @@ class _CheckedConnector(aiohttp.TCPConnector):
     with an EOF, a reset or stray bytes waiting, or that aiohttp itself marked for closing, is
     closed and the next one (or a new connection) is used.
 
-    ``_get`` is the step of ``BaseConnector.connect`` that takes a pooled connection: private,
-    but with this signature and role since aiohttp 3.11 (the minimum of the ``aiohttp`` extra).
+    It also records the pooled connection it hands out (see :func:`_resending`), and hands
+    out none when the request must go on a new connection.
+
+    ``_get`` is the step of ``BaseConnector.connect`` that takes a pooled connection, and
+    ``_factory`` builds each connection's protocol: private, but with this signature and role
+    since aiohttp 3.11 (the minimum of the ``aiohttp`` extra).
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        handler: Any = functools.partial(_Handler, loop=self._loop)
+        self._factory = handler
+
     async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        if _fresh_only.get():
+            return None
         while (conn := await super()._get(key, traces)) is not None:
             protocol = conn.protocol
             transport = None if protocol is None else protocol.transport
             if (
-                protocol is not None
+                isinstance(protocol, _Handler)
                 and transport is not None
                 and not protocol.should_close
                 and not is_readable(transport.get_extra_info("socket"))
             ):
+                protocol.answered = False
+                _reused.set(protocol)
                 return conn
             conn.close()  # back to the connector as "close it", never to the pool
         return None
+
+
+# Methods aiohttp itself sends again after a failure on a pooled connection.
+_AIOHTTP_RESENDS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+async def _resending(
+    request: Callable[[], Awaitable[aiohttp.ClientResponse]],
+    method: str,
+    header_names: Iterable[str],
+) -> aiohttp.ClientResponse:
+    """``request()``, sent once more on a new connection when the pooled connection it went
+    out on was closed under it before any byte of the answer (Go's rule, _http/resend.py).
+
+    aiohttp resends idempotent methods itself; others are resent here when they carry an
+    ``Idempotency-Key``.
+    """
+    _reused.set(None)
+    try:
+        return await request()
+    except _CLOSED_UNDER:
+        handler = _reused.get()
+        if (
+            handler is None
+            or handler.answered
+            or method in _AIOHTTP_RESENDS
+            or not replayable(method, header_names)
+        ):
+            raise
+    token = _fresh_only.set(True)
+    try:
+        return await request()
+    finally:
+        _fresh_only.reset(token)
 
 
 class AiohttpPool:
@@ -146,15 +220,20 @@ class AiohttpPool:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         timeout = self.timeout(request.extensions.get("timeout", {}))
         try:
-            response = await session.request(
+            response = await _resending(
+                functools.partial(
+                    session.request,
+                    request.method,
+                    yarl.URL(str(request.url), encoded=True),
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    compress=None,
+                    chunked=None,
+                ),
                 request.method,
-                yarl.URL(str(request.url), encoded=True),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                timeout=timeout,
-                compress=None,
-                chunked=None,
+                request.headers.keys(),
             )
         except _AIOHTTP_ERRORS as exc:
             raise _map_aiohttp_error(exc) from exc
@@ -187,12 +266,17 @@ class AiohttpPool:
         """
         session = self.session_for(loop)
         try:
-            response = await session.post(
-                yarl.URL(url, encoded=True),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=self.timeout(timeout),
+            response = await _resending(
+                functools.partial(
+                    session.post,
+                    yarl.URL(url, encoded=True),
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=self.timeout(timeout),
+                ),
+                "POST",
+                headers,
             )
             try:
                 if "Content-Encoding" in response.headers:

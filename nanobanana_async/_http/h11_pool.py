@@ -48,6 +48,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from .body import BodyTooLarge, declared_length, read_capped
 from .encoding import DECODE_SLICE, read_encoded
 from .idle import is_readable
+from .resend import NO_ANSWER, replayable
 from .tls import default_ssl_context
 from .wire import MAX_HEAD, IllegalHeader, PlainHead, ResponseHeaders, parse_head, request_bytes
 
@@ -98,7 +99,7 @@ def _holds_read_ahead(stream: object) -> bool:
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "origin", "sock", "stream")
+    __slots__ = ("answered", "h11", "idle_since", "origin", "sock", "stream")
 
     def __init__(self, stream: ByteStream, origin: Origin) -> None:
         self.stream = stream
@@ -106,6 +107,13 @@ class _Connection:
         self.h11 = h11.Connection(h11.CLIENT)
         self.sock: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
         self.idle_since = 0.0
+        #: Whether a byte of the current request's answer arrived (see _http/resend.py).
+        self.answered = False
+
+    def unanswered(self, exc: BaseException) -> bool:
+        """Whether ``exc`` ended the current request before any byte of its answer arrived,
+        in a way that says the server closed the connection (not a timeout)."""
+        return not self.answered and isinstance(exc, NO_ANSWER)
 
     def has_unread_input(self) -> bool:
         """Whether anything arrived that no response claims: then it must not carry a request."""
@@ -134,6 +142,8 @@ class _Connection:
             data = await _read_some(self.stream)
         if scope.cancelled_caught:
             raise httpx.ReadTimeout("timed out reading the response")
+        if data:
+            self.answered = True
         return data
 
     async def send_request(self, request: httpx.Request, timeout: float | None) -> None:
@@ -316,6 +326,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         while idle:
             conn = idle.pop()
             if not conn.has_unread_input():
+                conn.answered = False
                 return conn
             await conn.aclose()
         return None
@@ -367,14 +378,25 @@ class H11Transport(httpx.AsyncBaseTransport):
         write_timeout, read_timeout = timeouts.get("write"), timeouts.get("read")
 
         conn = await self._acquire(origin)
-        if conn is None:
-            conn = await self._connect(origin, timeouts.get("connect"))
-        try:
-            await conn.send_request(request, write_timeout)
-            event = await conn.receive_head(read_timeout)
-        except BaseException:
-            await conn.aclose()
-            raise
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(origin, timeouts.get("connect"))
+            try:
+                await conn.send_request(request, write_timeout)
+                event = await conn.receive_head(read_timeout)
+                break
+            except BaseException as exc:
+                await conn.aclose()
+                # Once more on a new connection, by Go's rule (_http/resend.py).
+                if not (
+                    reused
+                    and conn.unanswered(exc)
+                    and hasattr(request, "_content")  # the body can be sent again
+                    and replayable(request.method, request.headers.keys())
+                ):
+                    raise
+                conn, reused = None, False
         return httpx.Response(
             status_code=event.status_code,
             headers=event.headers.raw_items(),
@@ -424,12 +446,23 @@ class H11Transport(httpx.AsyncBaseTransport):
         except IllegalHeader as exc:
             raise httpx.LocalProtocolError(str(exc)) from None
         conn = await self._acquire(origin)
+        reused = conn is not None
         if conn is None:
             conn = await self._connect(origin, timeout.get("connect"))
         try:
-            status, response_headers, content, reusable = await self._exchange(
-                conn, data, timeout.get("write"), timeout.get("read"), limit
-            )
+            try:
+                status, response_headers, content, reusable = await self._exchange(
+                    conn, data, timeout.get("write"), timeout.get("read"), limit
+                )
+            except NO_ANSWER as exc:
+                # Once more on a new connection, by Go's rule (_http/resend.py).
+                if not (reused and conn.unanswered(exc) and replayable("POST", headers)):
+                    raise
+                await conn.aclose()
+                conn = await self._connect(origin, timeout.get("connect"))
+                status, response_headers, content, reusable = await self._exchange(
+                    conn, data, timeout.get("write"), timeout.get("read"), limit
+                )
         except _Fallback as fallback:
             return await self._post_with_h11(
                 conn,
@@ -490,6 +523,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                     raise httpx.RemoteProtocolError(
                         "Server disconnected without sending a response."
                     )
+                conn.answered = True
                 received += chunk
                 end = received.find(b"\r\n\r\n")
                 if end >= 0:

@@ -1,4 +1,4 @@
-"""Where a batch's images go: safe, collision-free file names and the downloads."""
+"""Where a batch's images go: safe file names, unique across processes, and the downloads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import re
 import anyio
 
 from ..errors import NanoBananaError
-from .digests import DigestSet
 from .sender import JobSender
 
 __all__ = [
-    "FileNames",
     "download_images",
     "file_stem",
     "image_filename",
@@ -21,37 +19,41 @@ __all__ = [
     "safe_filename",
 ]
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Lower case only: two ids that differ in case must not meet on a case-insensitive file system.
+_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 _MAX_NAME = 80
 
 
-def file_stem(job_id: str, salt: int = 0) -> str:
-    """The file-name stem for a job id: the id itself when it is a safe, short name, else a
-    sanitised prefix plus a hash of the id (``salt`` picks another hash)."""
-    stem = _UNSAFE.sub("_", job_id).strip("._") or "job"
-    if stem != job_id or len(stem) > _MAX_NAME or salt:
-        # Sanitising can map two ids to one name; a hash of the real id keeps them apart.
-        key = job_id if not salt else f"{job_id}\x00{salt}"
-        digest = hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
-        stem = f"{stem[:_MAX_NAME]}-{digest}"
+def file_stem(job_id: str) -> str:
+    """The file-name stem for a job id: the id itself when it is a safe, short, lower-case
+    name, else a sanitised prefix, ``~`` and a digest of the whole id.
+
+    No two job ids share a stem, whoever names them: a stem taken as is never contains ``~``
+    (nor ``+``, which numbers images), and a digest stem differs from every other one by its
+    64-bit digest. Workers in other processes writing into the same directory therefore never
+    take each other's names, without asking each other (or the directory) anything.
+    """
+    stem = _UNSAFE.sub("_", job_id.lower()).strip("._-") or "job"
+    if stem != job_id or len(stem) > _MAX_NAME:
+        # Sanitising maps many ids to one prefix; the digest of the real id keeps them apart.
+        key = job_id.encode("utf-8", "surrogatepass")
+        stem = f"{stem[:_MAX_NAME]}~{hashlib.blake2b(key, digest_size=8).hexdigest()}"
     return stem
-
-
-def _image_stems(stem: str, count: int) -> list[str]:
-    return [f"{stem}-{i + 1}" for i in range(count)] if count > 1 else [stem]
 
 
 def image_filename(stem: str, position: int, count: int, url: str) -> str:
     """The file name of image ``position`` of a job that asked for ``count`` images.
 
-    Images the API returned beyond ``count`` are named ``<stem>+<n>``: no stem contains a
-    ``+`` (:func:`file_stem` replaces it), so they can never take another job's name.
+    ``<stem>.png`` for a job of one image, ``<stem>+1.png``, ``<stem>+2.png``… for a job of
+    several, and for images the API returned beyond ``count``: no stem contains a ``+``, so
+    the images of one job never take another job's name (job ``two``'s first image is
+    ``two+1.png``; a job whose id is ``two-1`` saves ``two-1.png``).
     """
     suffix = pathlib.PurePosixPath(url.split("?", 1)[0]).suffix.lower()
     if suffix not in _IMAGE_SUFFIXES:
         suffix = ".png"
-    name = _image_stems(stem, count)[position] if position < count else f"{stem}+{position + 1}"
+    name = stem if count == 1 and position == 0 else f"{stem}+{position + 1}"
     return name + suffix
 
 
@@ -63,28 +65,6 @@ def in_directory(path: pathlib.Path, directory: pathlib.Path) -> bool:
 def safe_filename(job_id: str, position: int, count: int, url: str) -> str:
     """A file name for image ``position`` of a job that cannot escape the directory."""
     return image_filename(file_stem(job_id), position, count, url)
-
-
-class FileNames:
-    """Gives each job of a batch a stem no other image of the batch uses.
-
-    Job ``two`` with two images saves ``two-1.png`` and ``two-2.png``; a job whose id is
-    literally ``two-1`` must not overwrite the first, so it gets a hashed stem instead. Stems
-    are claimed in input order, so a rerun of the same input names every file the same way.
-    """
-
-    def __init__(self) -> None:
-        self._taken = DigestSet()  # 8 bytes a name: a million jobs stay small
-
-    def claim(self, job_id: str, count: int) -> str:
-        salt = 0
-        stem = file_stem(job_id)
-        while any(s in self._taken for s in _image_stems(stem, count)):
-            salt += 1
-            stem = file_stem(job_id, salt)
-        for taken in _image_stems(stem, count):
-            self._taken.add(taken)
-        return stem
 
 
 async def download_images(

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -129,18 +130,50 @@ def journal_line(entry: Mapping[str, Any]) -> bytes:
         return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
 
 
+# A job's line starts with its id (``JobResult.to_record``): enough of a torn line to say whose.
+_TORN_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")(?:[,}]|\Z)')
+
+TORN = (
+    "an earlier run stopped while writing its journal line (a full disk, a crash), so it may "
+    "have been charged"
+)
+# Why a job with an "ambiguous" line is not sent again, in every store: its request left and
+# no answer was read (lost, or the run stopped while sending it).
+UNSETTLED = (
+    "an earlier run lost its answer or stopped while sending it, so it may have been charged"
+)
+
+
+def _torn_id(line: bytes) -> str | None:
+    """The job id a line that does not parse starts with, if all of it is there."""
+    found = _TORN_ID.match(line)
+    if found is None:
+        return None
+    try:
+        job_id = json.loads(found.group(1))
+    except ValueError:
+        return None
+    return job_id if isinstance(job_id, str) else None
+
+
 class Journal:
     """Append-only JSONL file of finished jobs, held by one run at a time.
 
-    Each line is written with one ``write`` and flushed at once, so a killed process loses at
-    most the jobs that had not finished; a torn last line is skipped on the next open. The
-    file is locked (an OS advisory lock) while open: a second run on the same journal, in
-    this process or another, would otherwise pay for every job again.
+    Each line is written whole with unbuffered writes, so a killed process loses at most the
+    jobs that had not finished. A line that does not parse (torn by a full disk or a crash)
+    but names its job makes that job *ambiguous* on the next open, as does an explicit
+    ``"status": "ambiguous"`` line (a job whose answer was lost, or that was stopped while it
+    was being sent): it may have been charged, so a rerun does not send it again. After a
+    failed write the journal refuses further writes: a line appended to a torn one would be
+    lost with it. The file is locked (an OS advisory lock) while open: a second run on the
+    same journal, in this process or another, would otherwise pay for every job again.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.done: dict[str, JournalRecord] = {}
+        self.ambiguous: dict[str, str] = {}  # job id -> why it may have been charged
+        self.failed: OSError | None = None  # the write that failed; later ones are refused
         try:
             self._fh: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
         except OSError as exc:
@@ -154,8 +187,13 @@ class Journal:
             self._fh.close()
             raise
         if needs_newline:
-            self._fh.write(b"\n")
-            self._fh.flush()
+            try:
+                self._append(b"\n")
+            except OSError as exc:
+                self._fh.close()
+                raise InvalidRequestError(
+                    f"cannot write journal {self.path!r}: {exc.strerror or exc}", param="journal"
+                ) from None
 
     def _lock(self) -> None:
         if fcntl is None:  # pragma: no cover - Windows
@@ -197,18 +235,28 @@ class Journal:
                 # duplicate id): nothing to resume, and nothing wrong with the file.
                 continue
             if record is None:
-                if not (torn and number == len(lines)):
+                job_id = _torn_id(line)
+                if job_id is not None:
+                    self.ambiguous.setdefault(job_id, TORN)
+                    logger.warning(
+                        "journal %s: line %d (job %r) is torn; the job may have been charged",
+                        self.path,
+                        number,
+                        job_id,
+                    )
+                elif not (torn and number == len(lines)):
                     logger.warning(
                         "journal %s: line %d is not a job record; ignored", self.path, number
                     )
+                continue
+            if record.status == "ambiguous":
+                self.ambiguous.setdefault(record.id, UNSETTLED)
                 continue
             # A later line for the same id wins, but a generated job is never forgotten: a later
             # failure (say, of a re-download) must not make the next run pay for it again.
             previous = self.done.get(record.id)
             if previous is None or record.generated or not previous.generated:
                 self.done[record.id] = record
-        if torn:
-            logger.info("journal %s: ignoring a torn last line (an interrupted run)", self.path)
         return torn
 
     def resumable(self, job_id: str) -> JournalRecord | None:
@@ -216,10 +264,28 @@ class Journal:
         record = self.done.get(job_id)
         return record if record is not None and record.generated else None
 
+    def unsure(self, job_id: str) -> str | None:
+        """Why ``job_id`` may have been charged without a record of its answer, if it may."""
+        return self.ambiguous.get(job_id) if self.resumable(job_id) is None else None
+
     def write(self, entry: Mapping[str, Any]) -> None:
-        """Append ``entry`` as one line and flush it."""
-        self._fh.write(journal_line(entry))
-        self._fh.flush()
+        """Append ``entry`` as one line. Raises ``OSError`` (a full disk, an I/O error) when it
+        fails, leaving at most a torn line, and again for every later write."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self._append(journal_line(entry))
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def _append(self, data: bytes) -> None:
+        # Unbuffered: a failed write leaves nothing in a buffer to be written later, after
+        # (and glued to) a line that was torn.
+        view = memoryview(data)
+        fd = self._fh.fileno()
+        while view:
+            view = view[os.write(fd, view) :]
 
     def close(self) -> None:
         """Close the file, which releases the lock."""

@@ -166,9 +166,14 @@ class JobProcessor:
         self.budget = budget
         self.download_dir = download_dir
         self.store: StoreSession | None = None
-        self.over_budget = False  # a job did not fit max_credits (a worker stops claiming)
+        # Why a job did not fit max_credits (the batch's or the client's limits'): a worker
+        # stops claiming, since every job it claims next would be skipped and released again.
+        self.over_budget: str | None = None
         # The store stopped answering: no more jobs are taken, and the run ends with this.
         self.store_failure: StoreError | None = None
+        # Jobs that a cancellation (a grace period that ran out, Ctrl-C twice) ended after
+        # they were sent: counted in the stats at once, since no worker hands them over.
+        self.unreported: list[JobResult] = []
 
     def stop(self, error: NanoBananaError) -> None:
         if self.stats.stopped_reason is None:
@@ -178,6 +183,11 @@ class JobProcessor:
                 else "the API key was rejected"
             )
             self.stats.stopped_reason = f"{what}: {error}"
+            self.stats.stop_cause = (
+                "insufficient_credits"
+                if isinstance(error, InsufficientCreditsError)
+                else "authentication"
+            )
             logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
 
     def store_failed(self, error: StoreError) -> None:
@@ -238,7 +248,7 @@ class JobProcessor:
                 f"over budget: needs {item.cost} credits, {self.budget.left} of "
                 f"max_credits={self.budget.limit} left"
             )
-            self.over_budget = True
+            self.over_budget = self.over_budget or reason
             return await self._journal(
                 JobResult(item.index, job, "skipped", item.id, reason=reason)
             )
@@ -261,6 +271,7 @@ class JobProcessor:
             if isinstance(exc, BudgetExceededError) and call.attempts == 0:
                 # The client's limits (max_credits of LocalLimits or RedisLimits) can never
                 # hold this job: like the batch's own budget, it is skipped unsent.
+                self.over_budget = self.over_budget or str(exc)
                 return await self._journal(
                     JobResult(item.index, job, "skipped", item.id, reason=str(exc))
                 )
@@ -312,6 +323,8 @@ class JobProcessor:
                     # The row stays "sending" (counted as may-have-been-spent) until its
                     # lease runs out and it turns ambiguous: nothing is lost.
                     logger.warning("job %s: the store did not take its end: %s", item.id, exc)
+            if call.attempts:  # sent: reported, with what it may have cost
+                self._cancelled(_cancelled_send(item, job, call.attempts, money, started))
             raise
         else:
             money.succeeded(generation.credits)
@@ -358,9 +371,20 @@ class JobProcessor:
         # Journaled before the downloads: a run stopped while they go on must not pay again;
         # the next run downloads what is missing.
         await self._journal(result, status="generated")
-        paths, error = await download_images(
-            self.sender, self.download_dir, item.stem, generation.urls, job.num
-        )
+        try:
+            paths, error = await download_images(
+                self.sender, self.download_dir, item.stem, generation.urls, job.num
+            )
+        except BaseException:
+            # Cancelled mid-download: the generation is paid for and journaled; it is counted
+            # and reported as failed, and a rerun downloads its images without paying again.
+            cancelled = NanoBananaError(
+                f"generated ({generation.credits} credits), but its download was cancelled: "
+                "run again with the same journal to download it without paying again"
+            )
+            result = attrs.evolve(result, status="failed", error=cancelled)
+            self._cancelled(await self._journal(result))
+            raise
         result = attrs.evolve(
             result,
             status="failed" if error else "succeeded",
@@ -369,6 +393,10 @@ class JobProcessor:
             elapsed=time.perf_counter() - started,
         )
         return await self._journal(result)
+
+    def _cancelled(self, result: JobResult) -> None:
+        self.stats.count(result)
+        self.unreported.append(result)
 
     def _skipped_stopped(self, item: Item, job: Job) -> JobResult:
         reason = f"batch stopped: {self.stats.stopped_reason}"
@@ -419,6 +447,26 @@ class JobProcessor:
         )
         # The files changed: record them so the next run need not download again.
         return await self._journal(result)
+
+
+def _cancelled_send(
+    item: Item, job: Job, attempts: int, money: JobMoney, started: float
+) -> JobResult:
+    lost = (
+        f": the answer never came back, so {money.uncertain} credits may have been spent"
+        if money.uncertain
+        else ""
+    )
+    return JobResult(
+        item.index,
+        job,
+        "failed",
+        item.id,
+        error=NanoBananaError(f"cancelled after {attempts} attempt(s){lost}"),
+        attempts=attempts,
+        elapsed=time.perf_counter() - started,
+        credits_may_have_been_spent=money.uncertain,
+    )
 
 
 def _saved(paths: tuple[pathlib.Path, ...], urls: tuple[str, ...], directory: pathlib.Path) -> bool:

@@ -12,9 +12,14 @@ import attrs
 from ..errors import NanoBananaError
 from ..models import Generation, Job
 
-__all__ = ["BatchReport", "BatchStats", "JobResult", "Status"]
+__all__ = ["BatchReport", "BatchStats", "JobResult", "Status", "StopCause"]
 
 Status = Literal["succeeded", "failed", "skipped"]
+StopCause = Literal["authentication", "insufficient_credits", "budget", "stopped"]
+"""Why a batch or worker stopped early: the key was rejected; the account has no credits
+left; the budget (``max_credits`` of the batch or of the client's limits) has no room for the
+next job (workers: the jobs not run stay pending); :meth:`BatchRun.stop` was called (a
+signal, in the command line)."""
 
 
 @attrs.frozen
@@ -109,6 +114,7 @@ class BatchStats:
     partial: int = 0
     retries: int = 0
     stopped_reason: str | None = None
+    stop_cause: StopCause | None = None
 
     @property
     def finished(self) -> int:
@@ -137,7 +143,22 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[rank]
 
 
-@attrs.frozen
+_SHOWN_FAILURES = 3  # failures named in repr() and str(): the rest are in .results
+_SHOWN_CHARS = 160  # of each failure's message
+
+
+def _problem(result: JobResult) -> str:
+    what = result.reason
+    if result.error is not None:
+        what = f"{type(result.error).__name__}: {result.error}"
+    what = " ".join((what or result.status).split())
+    if len(what) > _SHOWN_CHARS:
+        what = what[: _SHOWN_CHARS - 3] + "..."
+    name = f" ({result.id})" if result.id else ""
+    return f"#{result.index + 1}{name} {result.status}: {what}"
+
+
+@attrs.frozen(repr=False)
 class BatchReport:
     """Everything about a finished batch: every result and the totals.
 
@@ -148,7 +169,11 @@ class BatchReport:
     ``credits_spent + credits_may_have_been_spent``, and that never exceeds ``max_credits``.
     ``partial`` counts jobs answered with fewer images than asked (charged per image). Latency
     percentiles are over jobs that made requests. ``stopped_reason`` says why dispatch stopped
-    early (an invalid key, insufficient credits), if it did.
+    early (an invalid key, insufficient credits, a worker's budget, :meth:`BatchRun.stop`), if
+    it did, and ``stop_cause`` says it in one word (:data:`StopCause`).
+
+    ``repr()`` and ``str()`` stay short whatever the size of the batch: the counts, the
+    credits and the first failures (every result is in ``results``).
     """
 
     results: tuple[JobResult, ...]
@@ -166,6 +191,7 @@ class BatchReport:
     stopped_reason: str | None
     credits_may_have_been_spent: int = 0
     partial: int = 0
+    stop_cause: StopCause | None = None
 
     @property
     def total(self) -> int:
@@ -176,6 +202,48 @@ class BatchReport:
     def ok(self) -> bool:
         """True when every job succeeded."""
         return self.succeeded == len(self.results)
+
+    def failures(self, limit: int | None = None) -> list[JobResult]:
+        """The results that did not succeed (failed or skipped), in input order; the first
+        ``limit`` of them if given."""
+        found: list[JobResult] = []
+        for result in self.results:
+            if limit is not None and len(found) >= limit:
+                break
+            if not result.ok:
+                found.append(result)
+        return found
+
+    def __repr__(self) -> str:
+        shown = self.failures(_SHOWN_FAILURES)
+        more = self.failed + self.skipped - len(shown)
+        failures = "; ".join(_problem(r) for r in shown) + (f"; {more} more" if more > 0 else "")
+        return (
+            f"<BatchReport {self.total} jobs: {self.succeeded} succeeded, {self.failed} failed, "
+            f"{self.skipped} skipped; credits {self.credits_spent} spent, "
+            f"{self.credits_estimated} estimated, {self.credits_may_have_been_spent} may have "
+            f"been spent; {self.elapsed:.1f} s"
+            + (f"; stopped: {self.stopped_reason}" if self.stopped_reason else "")
+            + (f"; first failures: {failures}" if shown else "")
+            + ">"
+        )
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.total} jobs in {self.elapsed:.1f} s: {self.succeeded} succeeded, "
+            f"{self.failed} failed, {self.skipped} skipped ({self.resumed} resumed, "
+            f"{self.partial} partial, {self.retries} retries)",
+            f"credits: {self.credits_spent} spent, {self.credits_estimated} estimated, "
+            f"{self.credits_may_have_been_spent} may have been spent",
+        ]
+        if self.stopped_reason:
+            lines.append(f"stopped: {self.stopped_reason}")
+        shown = self.failures(_SHOWN_FAILURES)
+        lines += [f"  {_problem(r)}" for r in shown]
+        more = self.failed + self.skipped - len(shown)
+        if more > 0:
+            lines.append(f"  ... and {more} more (report.failures())")
+        return "\n".join(lines)
 
     @classmethod
     def build(cls, results: Sequence[JobResult], stats: BatchStats, elapsed: float) -> BatchReport:
@@ -197,4 +265,5 @@ class BatchReport:
             stopped_reason=stats.stopped_reason,
             credits_may_have_been_spent=stats.credits_may_have_been_spent,
             partial=stats.partial,
+            stop_cause=stats.stop_cause,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -15,7 +16,7 @@ import attrs
 import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import NanoBananaError
+from ..errors import InvalidRequestError, NanoBananaError
 from .options import BatchOptions, JobInput
 from .results import BatchReport, BatchStats, JobResult
 from .runner import Collector, ResultSink, Runner
@@ -135,6 +136,8 @@ class BatchRun:
         self._state: _Background | None = None
         self._runner = Runner(sender, jobs, options, telemetry)
         self._registry = registry
+        self._deadline = math.inf  # when stop(grace=...) cancels what is still in flight
+        self._unread: list[JobResult] = []  # handed over, never read: closed with them queued
 
     @property
     def stats(self) -> BatchStats:
@@ -150,7 +153,10 @@ class BatchRun:
 
     def _new_state(self) -> _Background:
         state = self._state = _Background(
-            anyio.CancelScope(), anyio.Event(), time.perf_counter(), self._runner.stats
+            anyio.CancelScope(deadline=self._deadline),
+            anyio.Event(),
+            time.perf_counter(),
+            self._runner.stats,
         )
         # The client cancels and awaits its running batches before it closes its connections.
         self._registry.add(state)
@@ -202,7 +208,8 @@ class BatchRun:
         if state.failure is not None:
             failure, state.failure = state.failure, None
             raise failure from None
-        return collector.results
+        # Stopped with a grace period that ran out: the jobs it cancelled are results too.
+        return collector.results + self._runner.unreported
 
     def __aiter__(self) -> Self:
         return self
@@ -238,6 +245,30 @@ class BatchRun:
             self._cancel()
             raise
 
+    def stop(self, reason: str = "stopped by the caller", *, grace: float | None = None) -> None:
+        """Stop taking jobs and let the ones in flight settle; the batch then ends.
+
+        Nothing more is pulled from the input (a worker claims nothing more: what it claimed
+        and did not start goes back to pending), jobs not yet sent are reported ``skipped``
+        with ``reason``, and requests in flight finish, their downloads included; iterating
+        the batch then ends as usual. After ``grace`` seconds (None: no limit) whatever is
+        still in flight is cancelled: a request whose answer never came is kept as
+        may-have-been-spent (ambiguous in a store), a download cut short leaves its
+        generation journaled for a rerun, and :meth:`report` still counts them. ``reason``
+        becomes ``stats.stopped_reason`` (``stop_cause`` ``"stopped"``). Call it again with
+        a shorter grace (0: at once) to cut the wait. :func:`stop_on_signals` calls it on
+        SIGTERM and SIGINT. A batch that has ended is left as it is.
+        """
+        if self._state is not None and self._state.finished.is_set():
+            return
+        if grace is not None:
+            if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
+                raise InvalidRequestError(f"grace must be seconds >= 0, got {grace!r}")
+            self._deadline = min(self._deadline, anyio.current_time() + grace)
+            if self._state is not None:
+                self._state.scope.deadline = self._deadline
+        self._runner.stop(reason)
+
     def _cancel(self) -> None:
         if self._state is not None:
             self._state.scope.cancel()
@@ -248,8 +279,15 @@ class BatchRun:
         if self._state is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._state.finished.wait()
-        if self._receive is not None:
-            self._receive.close()
+        receive = self._receive
+        if receive is not None:
+            # Results handed over and never read are still this batch's: report() has them.
+            with contextlib.suppress(
+                anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError
+            ):
+                while True:
+                    self._unread.append(receive.receive_nowait())
+            receive.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -270,7 +308,17 @@ class BatchRun:
             self._receive.close()
 
     def report(self, results: Sequence[JobResult]) -> BatchReport:
-        """A :class:`BatchReport` over ``results`` with this batch's totals."""
+        """A :class:`BatchReport` over ``results`` with this batch's totals.
+
+        ``results`` are the ones the caller read; the report adds those it never got: left
+        unread when the batch was closed, or ended by a cancellation after they were sent (a
+        download cut short, a request whose answer never came), so every job that was, or
+        may have been, charged is in it and in its totals.
+        """
+        extra = [*self._unread, *self._runner.unreported]
+        if extra:
+            given = {id(r) for r in results}  # collect() returns the unreported ones already
+            results = [*results, *(r for r in extra if id(r) not in given)]
         return BatchReport.build(results, self.stats, self.elapsed)
 
 

@@ -6,35 +6,33 @@ import contextlib
 import logging
 import math
 import pathlib
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import InvalidRequestError
-from ..models import Job
-from ..pricing import PricingTable, as_job
-from .files import FileNames
-from .journal import JobIds
+from ..errors import InvalidRequestError, NanoBananaError
+from .feeds import ClaimFeed, Feed, InputFeed
 from .money import CreditBudget
 from .options import BatchOptions, JobInput
-from .process import Item, JobProcessor
+from .process import JobProcessor
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
-from .stores import StoredJob, StoreError, StoreSession, StoreUnavailableError, open_store
+from .stores import StoreError, StoreSession, StoreUnavailableError, open_store
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
 
-__all__ = ["Collector", "ResultSink", "Runner"]
+__all__ = ["Collector", "ResultSink", "Runner", "single_error"]
 
 logger = logging.getLogger("nanobanana_async")
+
+T = TypeVar("T")
 
 
 class Runner:
@@ -52,6 +50,12 @@ class Runner:
 
     With ``jobs=None`` the runner is a store's worker: jobs are claimed from the store
     (``options.journal``) in chunks, as permits allow, instead of pulled from an input.
+
+    :meth:`stop` ends dispatch: no job is pulled or claimed any more, jobs waiting to send
+    are skipped, and requests in flight finish. Jobs that finished or stopped without reaching
+    the consumer (the batch was cancelled: a download cut short, a result not yet handed
+    over) are kept in :attr:`unreported`, counted in :attr:`stats`, so a report still has
+    every job that was charged or may have been.
     """
 
     def __init__(
@@ -93,9 +97,44 @@ class Runner:
         self.store = open_store(options.journal) if options.journal is not None else None
         self._workers = 0  # started
         self._idle = 0  # started and not holding a job (waiting for a permit or a job)
+        # Waits for the next job (an async input, a worker's poll) that stop() cuts short.
+        self._waits: set[anyio.CancelScope] = set()
+        # stop() was called: the input is not read further. (A batch stopped by a 401 or
+        # "insufficient credits" reads it on, to report every job as skipped.)
+        self.stopping = False
+
+    @property
+    def unreported(self) -> list[JobResult]:
+        """Results no consumer received (the batch was cancelled), counted in the stats."""
+        return self.processor.unreported
+
+    def stop(self, reason: str) -> None:
+        """Stop dispatching: nothing more is pulled or claimed, and jobs not yet sent are
+        skipped with ``reason``; requests in flight go on (cancel the batch to end them)."""
+        self.stopping = True
+        stats = self.stats
+        if stats.stopped_reason is None:
+            stats.stopped_reason = reason
+            stats.stop_cause = "stopped"
+            logger.info("batch stopping: %s", reason)
+        for scope in self._waits:
+            scope.cancel()
+
+    async def wait_for_job(self, wait: Callable[..., Awaitable[T]], *args: Any) -> tuple[T] | None:
+        """``(await wait(*args),)``, or None when :meth:`stop` cuts the wait short."""
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                if not self.stopping:
+                    return (await wait(*args),)
+            finally:
+                self._waits.discard(scope)
+        return None
 
     async def run(self, out: ResultSink) -> None:
         async with out:
+            # Limits that cannot be consulted would fail every job the same way: fail once.
+            await self.sender.ready()
             if self.download_dir is not None:
                 await _make_directory(self.download_dir)
             if self.store is not None:
@@ -120,15 +159,15 @@ class Runner:
             await self._run_jobs(out)
             return
         # Leases are renewed while the run goes on, and other runs' expired ones handed back.
-        with _one_error():
+        with single_error():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_maintain, store, self.processor)
                 await self._run_jobs(out)
                 tg.cancel_scope.cancel()
 
     async def _run_jobs(self, out: ResultSink) -> None:
-        feed: _Feed = _ClaimFeed(self) if self.jobs is None else _InputFeed(self, self.jobs)
-        with _one_error():
+        feed: Feed = ClaimFeed(self) if self.jobs is None else InputFeed(self, self.jobs)
+        with single_error():
             try:
                 async with anyio.create_task_group() as tg:
                     if self.options.ordered and self.jobs is not None:
@@ -150,8 +189,16 @@ class Runner:
             raise self.processor.store_failure
         if feed.error is not None:
             raise feed.error
+        over_budget = self.processor.over_budget
+        if self.jobs is None and over_budget is not None and self.stats.stopped_reason is None:
+            # Said once the jobs in flight are settled: set earlier, it would stop their
+            # retries as a stopped batch does.
+            self.stats.stopped_reason = (
+                f"out of budget ({over_budget}): the jobs this worker did not run stay pending"
+            )
+            self.stats.stop_cause = "budget"
 
-    async def _worker(self, feed: _Feed, sink: ResultSink, tg: anyio.abc.TaskGroup) -> None:
+    async def _worker(self, feed: Feed, sink: ResultSink, tg: anyio.abc.TaskGroup) -> None:
         """Take a permit, pull the next job from the feed, process it, hand its result over.
 
         Each worker pulls its own jobs: no producer task and no hand-over between tasks, so a
@@ -181,68 +228,57 @@ class Runner:
                 # jobs in flight.
                 result = await self.processor.process(item)
                 self.stats.count(result)
-                if self.telemetry is not None and self.telemetry.wants_job_results:
-                    await self.telemetry.job_result(result)
-                await sink.send(result)
+                try:
+                    if self.telemetry is not None and self.telemetry.wants_job_results:
+                        await self.telemetry.job_result(result)
+                    # Never blocks (the permits keep results in hand below the stream's
+                    # buffer), and is cancelled, if at all, before the result is handed over.
+                    await sink.send(result)
+                except BaseException:
+                    self.processor.unreported.append(result)
+                    raise
                 self._idle += 1
-
-    @staticmethod
-    def _stored_item(stored: StoredJob, pricing: PricingTable, names: FileNames | None) -> Item:
-        try:
-            job = Job(
-                stored.prompt,
-                stored.model,
-                stored.image_size,
-                stored.num,
-                stored.id,
-                pricing=pricing,
-            )
-            cost = pricing.credits(job)
-        except InvalidRequestError as exc:
-            return Item(stored.index, None, stored.id, error=exc, claimed=True)
-        stem = names.claim(stored.id, job.num) if names is not None else None
-        return Item(
-            stored.index,
-            job,
-            stored.id,
-            cost,
-            stem=stem,
-            claimed=True,
-            idempotency_key=stored.idempotency_key,
-        )
-
-    @staticmethod
-    def _item(
-        index: int,
-        raw: Job | str,
-        pricing: PricingTable,
-        ids: JobIds | None,
-        names: FileNames | None,
-    ) -> Item:
-        try:
-            job = as_job(raw, pricing)
-            cost = pricing.credits(job)
-            job_id = ids.assign(job) if ids is not None else job.id
-            stem = (
-                names.claim(job_id, job.num) if names is not None and job_id is not None else None
-            )
-            return Item(index, job, job_id, cost, stem=stem)
-        except InvalidRequestError as exc:
-            return Item(index, raw if isinstance(raw, Job) else None, None, error=exc)
 
     async def _reorder(self, done: MemoryObjectReceiveStream[JobResult], out: ResultSink) -> None:
         # Bounded by the permits: at most ``concurrency`` results wait here for their turn.
         pending: dict[int, JobResult] = {}
         next_index = 0
         async with done:
-            async for result in done:
-                pending[result.index] = result
-                while next_index in pending:
-                    await out.send(pending.pop(next_index))
-                    next_index += 1
+            try:
+                async for result in done:
+                    pending[result.index] = result
+                    while next_index in pending:
+                        await out.send(pending[next_index])
+                        del pending[next_index]
+                        next_index += 1
+            finally:
+                # Cancelled: what waited for its turn was never handed over.
+                waiting = list(pending.values())
+                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                    while True:
+                        waiting.append(done.receive_nowait())
+                self.processor.unreported.extend(waiting)
 
 
-_CLAIM_CHUNK = 64
+@contextlib.contextmanager
+def single_error() -> Iterator[None]:
+    """A failure in a task group (say, a job store failing) is raised as itself, not as an
+    ExceptionGroup around it: callers (and the command line) catch it by its type. Several
+    SDK errors at once (the same full disk under two jobs' writes) come out as the first."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 or all(isinstance(e, NanoBananaError) for e in leaves):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 class ResultSink(Protocol):
@@ -276,9 +312,10 @@ class Collector:
         self._permits = permits
 
     async def send(self, item: JobResult, /) -> None:
+        # The checkpoint first: a result is handed over whole, or not at all when cancelled.
+        await anyio.lowlevel.checkpoint()
         self.results.append(item)
         self._permits.release()
-        await anyio.lowlevel.checkpoint()
 
     def clone(self) -> Collector:
         return self
@@ -293,140 +330,6 @@ class Collector:
         tb: TracebackType | None,
     ) -> None:
         return None
-
-
-class _Feed:
-    """The jobs of a batch, pulled by the workers one at a time; None at the end."""
-
-    done = False
-    error: Exception | None = None
-
-    async def next(self) -> Item | None:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        return None
-
-
-class _InputFeed(_Feed):
-    """The caller's iterable or async iterable, consumed lazily.
-
-    A plain iterable is advanced without awaiting (no two workers are ever inside ``next`` at
-    once); an async iterable under a lock. The input failing is kept in ``error``, not
-    raised: raising would cancel the jobs in flight, whose generations may already be paid
-    for, and drop results that had finished. Pulling stops instead, the jobs handed out finish
-    and are reported, and the batch then ends with the input's error.
-    """
-
-    def __init__(self, runner: Runner, jobs: JobInput) -> None:
-        self._pricing = runner.sender.pricing
-        wants_ids = runner.store is not None or runner.download_dir is not None
-        self._ids = JobIds() if wants_ids else None
-        self._names = FileNames() if runner.download_dir is not None else None
-        self._index = 0
-        self._sync: Iterator[Job | str] | None = None
-        self._async: AsyncGenerator[Job | str, None] | None = None
-        self._lock: anyio.Lock | None = None
-        if isinstance(jobs, AsyncIterable):
-            self._async = _aiter(jobs)
-            self._lock = anyio.Lock()
-        else:
-            self._source: Iterable[Job | str] = jobs
-
-    async def next(self) -> Item | None:
-        if self.done:
-            return None
-        lock = self._lock
-        try:
-            if lock is None:
-                iterator = self._sync
-                if iterator is None:
-                    iterator = self._sync = iter(self._source)
-                raw = next(iterator)
-            else:
-                async with lock:
-                    if self.done:
-                        return None
-                    assert self._async is not None
-                    raw = await anext(self._async)
-        except (StopIteration, StopAsyncIteration):
-            self.done = True
-            return None
-        except Exception as exc:
-            logger.warning("batch input failed; finishing the jobs already started: %r", exc)
-            self.done = True
-            self.error = exc
-            return None
-        index = self._index
-        self._index += 1
-        return Runner._item(index, raw, self._pricing, self._ids, self._names)
-
-    async def aclose(self) -> None:
-        # The batch consumes its input: an async one is closed when the batch ends.
-        self.done = True
-        generator, self._async = self._async, None
-        if generator is not None:
-            await generator.aclose()
-
-
-class _ClaimFeed(_Feed):
-    """A store worker's input: pending jobs claimed from the store, a chunk at a time.
-
-    Claimed jobs not yet handed out when the run ends go back to pending when the session
-    closes; a chunk is never larger than the concurrency.
-    """
-
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
-        self._pricing = runner.sender.pricing
-        self._names = FileNames() if runner.download_dir is not None else None
-        self._chunk = min(_CLAIM_CHUNK, runner.options.concurrency)
-        self._claimed: deque[StoredJob] = deque()
-        self._lock = anyio.Lock()
-
-    async def next(self) -> Item | None:
-        runner = self._runner
-        async with self._lock:
-            if self.done:
-                return None
-            if runner.stats.stopped_reason is not None or runner.processor.over_budget:
-                # What is left stays pending for other workers (or this one, rerun).
-                self.done = True
-                return None
-            store = runner.processor.store
-            assert store is not None
-            claimed = self._claimed
-            try:
-                while not claimed:
-                    claimed.extend(await store.claim(self._chunk))
-                    if claimed:
-                        break
-                    # Nothing pending: hand back what dead or expired runs hold, look again.
-                    await store.maintain()
-                    claimed.extend(await store.claim(self._chunk))
-                    if claimed:
-                        break
-                    if not runner.options.follow:
-                        self.done = True
-                        return None
-                    await anyio.sleep(runner.options.poll_interval)
-            except StoreError as exc:
-                # Raised at the end, once the jobs in flight are settled and reported.
-                self.done = True
-                self.error = exc
-                return None
-            return Runner._stored_item(claimed.popleft(), self._pricing, self._names)
-
-
-@contextlib.contextmanager
-def _one_error() -> Iterator[None]:
-    """One failure (the input's, a store's) is reported as itself, not as a group of one."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
 
 
 async def _maintain(store: StoreSession, processor: JobProcessor) -> None:
@@ -459,20 +362,3 @@ async def _make_directory(directory: pathlib.Path) -> None:
             f"cannot create download_dir {str(directory)!r}: {exc.strerror or exc}",
             param="download_dir",
         ) from None
-
-
-async def _aiter(jobs: JobInput) -> AsyncGenerator[Job | str, None]:
-    if isinstance(jobs, AsyncIterable):
-        iterator = aiter(jobs)
-        try:
-            async for job in iterator:
-                yield job
-        finally:
-            # The batch consumes its input: an async generator left half-read would only be
-            # finalised by the garbage collector (Trio warns about exactly that).
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-    else:
-        for job in jobs:
-            yield job

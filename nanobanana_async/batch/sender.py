@@ -29,6 +29,11 @@ class JobSender(Protocol):
         """The sender's retry policy with these overrides applied."""
         ...
 
+    async def ready(self) -> None:
+        """Raise if no job could be sent now (the sender's shared limits unreachable or
+        refusing): asked once before the first job."""
+        ...
+
     async def send_job(
         self,
         job: Job,

@@ -14,7 +14,6 @@ import attrs
 from ..errors import InvalidRequestError
 from .common import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     ClientConfig,
     CLIError,
@@ -35,6 +34,7 @@ from .common import (
 )
 from .inputs import SourcedJob
 from .metrics import RunRecorder
+from .stopping import Stop, add_grace
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -56,9 +56,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="run every job of a file, with progress, budget and resume",
         description="Run every job of FILE. Prints the credit estimate and asks before spending "
-        "unless --yes or --max-credits. With -o DIR, images, the journal and an index.html "
-        "gallery go to DIR, and running the same command again resumes. Exit status: 0 all "
-        "succeeded, 1 some failed or were skipped, 2 usage or input error, 130 interrupted.",
+        "unless --yes or --max-credits. With -o DIR, images, the journal (DIR/journal.db) and "
+        "an index.html gallery go to DIR, and running the same command again resumes. SIGINT "
+        "(Ctrl-C) or SIGTERM stops taking jobs, lets the ones in flight finish for --grace "
+        "seconds, and still writes the summary, gallery and metrics; a second one stops at "
+        "once. Exit status: 0 all succeeded, 1 some failed or were skipped, 2 usage or input "
+        "error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).",
     )
     add_input(bat)
     add_job_defaults(bat, rows=True)
@@ -77,9 +80,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     bat.add_argument(
         "--journal",
         metavar="FILE|URL",
-        help="where finished jobs are recorded and resumed from: a JSONL file (default: "
-        "DIR/journal.jsonl) or a job store, sqlite:///run.db (flat memory at millions of jobs; "
-        "a kill leaves the jobs in flight as ambiguous instead of paying for them again)",
+        help="where jobs are recorded and resumed from: a job store, sqlite:///run.db (the "
+        "default, DIR/journal.db with -o: flat memory at millions of jobs, and a kill leaves "
+        "the jobs in flight as ambiguous instead of paying for them again), or a JSONL file "
+        "(run.jsonl: one line per job; a kill may pay for the jobs in flight again)",
     )
     bat.add_argument("-y", "--yes", action="store_true", help="do not ask before spending")
     bat.add_argument(
@@ -96,6 +100,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "latency percentiles and retries by reason",
     )
     add_limits(bat)
+    add_grace(bat)
 
     bat.set_defaults(run=cmd_batch)
 
@@ -103,7 +108,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def _already_done(journal: JobStore | None, jobs: Sequence[SourcedJob]) -> set[int]:
     """Indexes of the jobs an earlier run with this journal generated (the batch will not pay
     for them again). Ids are assigned exactly as the batch runner does."""
-    if journal is None:
+    where = getattr(journal, "path", None)
+    if journal is None or (where is not None and not pathlib.Path(where).exists()):
         return set()
     import asyncio
 
@@ -116,6 +122,28 @@ def _already_done(journal: JobStore | None, jobs: Sequence[SourcedJob]) -> set[i
     except InvalidRequestError as exc:
         raise CLIError(exc.message) from None
     return {i for i, job_id in enumerate(assigned) if job_id in done}
+
+
+def _journal(given: str | None, out_dir: pathlib.Path | None, err: Console) -> JobStore | None:
+    """The store ``--journal`` names; with ``-o DIR`` and none named, ``DIR/journal.db``.
+
+    A ``DIR/journal.jsonl`` left by an earlier version (which journaled there) is resumed from
+    as it is, never paid for again: the run says so.
+    """
+    from ..batch.stores import JsonlStore, SqliteStore, open_store
+
+    if given:
+        return open_store(given)
+    if out_dir is None:
+        return None
+    legacy = out_dir / "journal.jsonl"
+    store = SqliteStore(out_dir / "journal.db")
+    if legacy.exists() and not pathlib.Path(store.path).exists():
+        from rich.text import Text
+
+        err.print(Text(f"Resuming from {legacy} (an earlier run's JSONL journal)."))
+        return JsonlStore(legacy)
+    return store
 
 
 def _confirm(
@@ -140,7 +168,7 @@ def _confirm(
 class _BatchState:
     results: list[JobResult] = attrs.Factory(list)
     run: BatchRun | None = None
-    interrupted: bool = False
+    stop: Stop = attrs.Factory(Stop)
     recorder: RunRecorder = attrs.Factory(RunRecorder)
 
     def report(self) -> BatchReport | None:
@@ -157,7 +185,10 @@ async def _run_batch(
     state: _BatchState,
 ) -> None:
     print_urls = out_dir is None and not args.json
-    async with config.open(hooks=state.recorder.hooks()) as client:
+    async with (
+        state.stop.signals(args.grace) as stopping,
+        config.open(hooks=state.recorder.hooks()) as client,
+    ):
         run = client.batch(
             [s.job for s in jobs],
             concurrency=args.concurrency,
@@ -166,7 +197,7 @@ async def _run_batch(
             journal=journal,
             download_dir=out_dir,
         )
-        state.run = run
+        state.run = stopping.watch(run)
         async with run:
             async for result in run:
                 state.results.append(result)
@@ -185,20 +216,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from rich.text import Text
 
-    from ..batch.stores import JsonlStore, open_store
-    from .gallery import GallerySummary, write_gallery
-    from .metrics import metrics_document, write_metrics_json
-    from .progress import BatchUI, print_summary
+    from .progress import BatchUI
 
     pricing = pricing_of(args)
     jobs = load_jobs(args, pricing)
     config = ClientConfig.from_args(args, pricing)
     label = label_of(args.file)
     out_dir = pathlib.Path(args.output) if args.output else None
-    journal: JobStore | None = open_store(args.journal) if args.journal else None
-    if journal is None and out_dir is not None:
-        journal = JsonlStore(out_dir / "journal.jsonl")
     err = console(stderr=True)
+    journal = _journal(args.journal, out_dir, err)
     setup_logging(args.verbose, err)
 
     done = _already_done(journal, jobs)
@@ -225,31 +251,60 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if out_dir is not None:
         make_dir(str(out_dir))
-    if isinstance(journal, JsonlStore) and pathlib.Path(journal.path).parent != pathlib.Path():
-        make_dir(str(pathlib.Path(journal.path).parent))
+    where = getattr(journal, "path", None)
+    if where is not None and pathlib.Path(where).parent != pathlib.Path():
+        make_dir(str(pathlib.Path(where).parent))
 
     state = _BatchState()
     ui = BatchUI(err, jobs, len(done), label)
     try:
         with ui.progress:
             asyncio.run(_run_batch(args, config, jobs, out_dir, journal, ui, state))
-    except KeyboardInterrupt:
-        state.interrupted = True
+    except KeyboardInterrupt:  # before the signals were handled, or after
+        state.stop.interrupted = True
     report = state.report()
+    with state.stop.deferred():  # a signal now must not cut the files short
+        _write_outputs(args, state, report, len(jobs), label, out_dir, journal, config, err)
+    if state.stop.stopped:
+        return state.stop.exit_status
+    return (
+        EXIT_OK if report is not None and report.total == len(jobs) and report.ok else EXIT_FAILED
+    )
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    state: _BatchState,
+    report: BatchReport | None,
+    total: int,
+    label: str,
+    out_dir: pathlib.Path | None,
+    journal: JobStore | None,
+    config: ClientConfig,
+    err: Console,
+) -> None:
+    """The gallery, the summary and ``--metrics-json``, interrupted or not."""
+    from .gallery import GallerySummary, write_gallery
+    from .metrics import metrics_document, write_metrics_json
+    from .progress import print_summary
+
+    # Read once: a signal noted while the files are written changes only the exit status.
+    stopped = state.stop.label if state.stop.stopped else None
+    signal_name = state.stop.signal_name
     gallery = None
     if out_dir is not None and report is not None:
         summary = GallerySummary(
             source=label,
-            total=len(jobs),
+            total=total,
             succeeded=report.succeeded,
             failed=report.failed,
             skipped=report.skipped,
             credits_spent=report.credits_spent,
             elapsed=report.elapsed,
             note=(
-                f"Interrupted: {report.total} of {len(jobs)} jobs finished. Run the same command "
+                f"{stopped}: {report.total} of {total} jobs finished. Run the same command "
                 "again to resume."
-                if state.interrupted
+                if stopped
                 else None
             ),
         )
@@ -257,8 +312,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print_summary(
         err,
         report,
-        len(jobs),
-        state.interrupted,
+        total,
+        stopped,
         gallery,
         journal.url if journal else None,
         state.recorder,
@@ -268,13 +323,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
             report,
             state.recorder,
             source=label,
-            jobs=len(jobs),
-            interrupted=state.interrupted,
+            jobs=total,
+            interrupted=stopped is not None,
             emulator=config.emulator,
+            signal=signal_name,
         )
         write_metrics_json(pathlib.Path(args.metrics_json), document)
-    if state.interrupted:
-        return EXIT_INTERRUPTED
-    return (
-        EXIT_OK if report is not None and report.total == len(jobs) and report.ok else EXIT_FAILED
-    )

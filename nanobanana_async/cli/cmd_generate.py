@@ -102,6 +102,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "model": generation.model,
                     "image_size": generation.image_size,
                     "num": generation.num,
+                    "images": len(generation.urls),
+                    "partial": generation.partial,
                     "credits": generation.credits,
                     "elapsed": round(generation.elapsed, 3),
                 }
@@ -110,9 +112,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         for url in generation.urls:
             out(url)
-    images = "image" if generation.num == 1 else "images"
+    # What came back, not what was asked: the API may answer with fewer images (charged per
+    # image returned) or more.
+    got = len(generation.urls)
+    images = f"{got} image" if got == 1 else f"{got} images"
+    if generation.partial:
+        images += f" (partial: {generation.num} asked)"
     err.print(
-        f"{generation.num} {images} · {escape(generation.model)} · {generation.image_size} · "
+        f"{images} · {escape(generation.model)} · {generation.image_size} · "
         f"[bold]{generation.credits} credits[/] · {generation.elapsed:.1f} s"
         + (" (emulator)" if config.emulator else "")
     )

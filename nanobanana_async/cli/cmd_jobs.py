@@ -51,8 +51,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="add, inspect and manage the jobs of a store (for nanobanana worker)",
         description="A job store holds one row per job: pending, claimed, sending, done, "
-        "failed, skipped or ambiguous (a worker stopped while sending it: it may have been "
-        "charged). Workers (nanobanana worker) run its pending jobs.",
+        "failed, skipped or ambiguous (its answer was lost, or a worker stopped while sending "
+        "it: it may have been charged). Workers (nanobanana worker) run its pending jobs.",
     )
     commands = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
 
@@ -149,7 +149,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     pricing = pricing_of(args)
     jobs = load_jobs(args, pricing)
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store)  # created if missing: jobs are added to it
     added = asyncio.run(store.add((s.job for s in jobs), pricing=pricing))
     already = len(jobs) - added
     note = f" ({already} already in the store)" if already else ""
@@ -179,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from rich.text import Text
 
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
     status = asyncio.run(store.status())
     if args.json:
         out(json.dumps(status.to_dict()))
@@ -255,7 +255,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ..batch.journal import journal_line
 
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
 
     async def export(fh: IO[bytes]) -> int:
         count = 0
@@ -297,7 +297,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     states = [s for s in ("ambiguous", "failed", "skipped") if getattr(args, s)]
     if not states:
         raise CLIError("say which jobs to retry: --ambiguous, --failed and/or --skipped")
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
     if "ambiguous" in states and not args.yes:
         status = asyncio.run(store.status())
         count = status.counts.get("ambiguous", 0)
@@ -316,7 +316,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
     from rich.text import Text
 
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
     if args.spool is not None and not pathlib.Path(args.spool).is_file():
         raise CLIError(f"--spool {args.spool}: no such file")
     done = asyncio.run(store.recover(args.spool))
@@ -340,9 +340,8 @@ async def _download(
 ) -> tuple[int, int, int]:
     import asyncio
 
-    from ..batch.files import FileNames, image_filename
+    from ..batch.files import file_stem, image_filename
 
-    names = FileNames()
     fetched = present = failed = 0
     limit = asyncio.Semaphore(concurrency)
 
@@ -368,7 +367,7 @@ async def _download(
 
     pending: set[asyncio.Task[None]] = set()
     async for row in store.rows(done_only=True):
-        stem = names.claim(row["id"], row["num"])
+        stem = file_stem(row["id"])
         task = asyncio.create_task(one(row, stem))
         pending.add(task)
         task.add_done_callback(pending.discard)
@@ -386,7 +385,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     from ..client import AsyncNanoBanana
 
-    store = open_sql_store(args.store)
+    store = open_sql_store(args.store, existing=True)
     directory = make_dir(args.output).resolve()  # recorded paths work from anywhere
     # Image URLs are plain GETs: the key goes only to the API's own origin, if it is given.
     key = args.api_key or os.environ.get("NANOBANANA_API_KEY") or "download-only"

@@ -13,7 +13,6 @@ import attrs
 
 from .common import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     ClientConfig,
     add_limits,
@@ -27,6 +26,8 @@ from .common import (
     pricing_of,
     setup_logging,
 )
+from .exits import EXIT_STOPPED
+from .stopping import Stop, add_grace
 
 if TYPE_CHECKING:
     from ..batch import BatchRun, JobResult
@@ -45,8 +46,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Claim pending jobs from the store a few at a time, run them and record "
         "each result there, until none is pending (--follow: keep polling for new ones). "
         "Workers anywhere that reach the store share its jobs; a worker killed mid-run costs "
-        "at most the jobs it was sending, which the store keeps as ambiguous. Exit status: 0 "
-        "all of this worker's jobs succeeded, 1 some failed or were skipped, 130 interrupted.",
+        "at most the jobs it was sending, which the store keeps as ambiguous. SIGTERM or "
+        "Ctrl-C stops claiming, lets the jobs in flight finish for --grace seconds and gives "
+        "back the rest. Exit status: 0 all of this worker's jobs succeeded, 1 some failed or "
+        "were skipped, 3 stopped because the credits ran out (--max-credits, the --limits' "
+        "max_credits, or the account's): the jobs it could not pay for stay pending, 130 "
+        "interrupted (SIGINT), 143 terminated (SIGTERM).",
     )
     add_store(worker)
     worker.add_argument(
@@ -71,6 +76,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument("--timeout", type=positive_float, help="read timeout in seconds")
     # Shared limits across workers (rate, budget, cool-down), through ClientConfig.
     add_limits(worker)
+    add_grace(worker)
     worker.set_defaults(run=cmd_worker)
 
 
@@ -78,6 +84,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 class _WorkerState:
     results: list[JobResult] = attrs.Factory(list)
     run: BatchRun | None = None
+    stop: Stop = attrs.Factory(Stop)
 
 
 async def _work(
@@ -88,7 +95,7 @@ async def _work(
     ui: BatchUI,
     state: _WorkerState,
 ) -> None:
-    async with config.open() as client:
+    async with state.stop.signals(args.grace) as stopping, config.open() as client:
         run = client.worker(
             store,
             concurrency=args.concurrency,
@@ -98,7 +105,7 @@ async def _work(
             follow=args.follow,
             poll_interval=args.poll,
         )
-        state.run = run
+        state.run = stopping.watch(run)
         async with run:
             async for result in run:
                 state.results.append(result)
@@ -123,17 +130,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     err.print(Text(f"{pending} job(s) pending in {store.url}.", style="bold"))
     ui = BatchUI(err, None, 0, "worker", total=None if args.follow else pending)
     state = _WorkerState()
-    interrupted = False
     try:
         with ui.progress:
             asyncio.run(_work(args, config, store, out_dir, ui, state))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt:  # before the signals were handled, or after
+        state.stop.interrupted = True
+    stop = state.stop
     report = state.run.report(state.results) if state.run is not None else None
-    print_summary(err, report, len(state.results), interrupted, None, store.url)
-    after = asyncio.run(store.status())
-    left = ", ".join(f"{n} {s}" for s, n in after.counts.items() if n and s != "done")
-    err.print(Text(f"Store: {after.counts.get('done', 0)} done" + (f", {left}" if left else "")))
-    if interrupted:
-        return EXIT_INTERRUPTED
+    label = stop.label if stop.stopped else None
+    with stop.deferred():  # a signal now must not cut the summary short
+        print_summary(err, report, len(report.results) if report else 0, label, None, store.url)
+        after = asyncio.run(store.status())
+        left = ", ".join(f"{n} {s}" for s, n in after.counts.items() if n and s != "done")
+        done = after.counts.get("done", 0)
+        err.print(Text(f"Store: {done} done" + (f", {left}" if left else "")))
+    if stop.stopped:
+        return stop.exit_status
+    if report is not None and report.stop_cause in ("budget", "insufficient_credits"):
+        return EXIT_STOPPED
     return EXIT_OK if report is not None and report.ok else EXIT_FAILED

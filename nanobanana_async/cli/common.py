@@ -146,15 +146,15 @@ def add_limits(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def limits_from(args: argparse.Namespace) -> Any:
-    """The RedisLimits of ``--limits`` / ``$NANOBANANA_LIMITS``, or None (limits of this
-    process). Imported only when asked for: coredis stays out of other commands."""
+def limits_from(args: argparse.Namespace, **overrides: Any) -> Any:
+    """The RedisLimits of ``--limits`` / ``$NANOBANANA_LIMITS`` (``overrides`` replacing
+    options of the URL), or None (limits of this process). Imported only when asked for."""
     url = getattr(args, "limits", None) or os.environ.get("NANOBANANA_LIMITS")
     if not url:
         return None
     from ..limits.redis import RedisLimits
 
-    return RedisLimits.from_url(url)
+    return RedisLimits.from_url(url, **overrides)
 
 
 def add_job_defaults(parser: argparse.ArgumentParser, *, rows: bool) -> None:
@@ -308,15 +308,25 @@ def label_of(path: str) -> str:
     return "<stdin>" if path == "-" else path
 
 
-def open_sql_store(url: str) -> SqlStore:
-    """The SQLite or Postgres store ``--store`` names (a JSONL journal has no job rows)."""
-    from ..batch.stores import SqlStore, open_store
+def open_sql_store(url: str, *, existing: bool = False) -> SqlStore:
+    """The SQLite or Postgres store ``--store`` names (a JSONL journal has no job rows).
+
+    ``existing``: the command only reads or changes jobs already there, so a SQLite file
+    that does not exist is refused rather than created empty (a typo in the path would
+    otherwise report an empty store and succeed).
+    """
+    from ..batch.stores import SqliteStore, SqlStore, open_store
 
     store = open_store(url)
     if not isinstance(store, SqlStore):
         raise CLIError(
             f"--store {url}: a store is sqlite:///path or postgresql://... "
             "(a JSONL journal is only for nanobanana batch --journal)"
+        )
+    if existing and isinstance(store, SqliteStore) and not pathlib.Path(store.path).is_file():
+        raise CLIError(
+            f"--store {url}: no job store at {store.path} (nothing was created): check the "
+            "path, or add jobs to a new store with nanobanana jobs add FILE --store URL"
         )
     return store
 

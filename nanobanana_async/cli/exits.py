@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "PROG", "CLIError"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_STOPPED",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "PROG",
+    "CLIError",
+]
 
 PROG = "nanobanana"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A worker that stopped because the credits ran out (its budget, the shared limits' or the
+# account's): the jobs it could not pay for stay pending. Restarting it would not help.
+EXIT_STOPPED = 3
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
 class CLIError(Exception):

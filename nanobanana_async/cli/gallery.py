@@ -1,26 +1,54 @@
-"""The batch gallery: one self-contained ``index.html`` beside the downloaded images.
+"""The batch gallery: ``index.html`` beside the downloaded images, paged and filtered.
 
-Prompts, errors and ids are untrusted text and are always escaped. Images are referenced by
-relative paths inside the output directory, and the page loads nothing from the network, so
-the directory can be zipped, moved or opened offline.
+``index.html`` shows the totals, filters by status and by model, and the first page of jobs;
+``gallery/`` holds the rest: ``index.js`` (one character per job for its status and its model),
+the cards in chunks of :data:`CHUNK_SIZE` (``cards-NNNNN.js``), and ``app.js``
+(``gallery.js`` in this package), which shows any page of any filter by loading only the
+chunks that page needs. At 100,000 jobs a page is still one index and a few chunks, never the
+whole batch; without JavaScript the first page still shows.
+
+Prompts, errors and ids are untrusted text and are always escaped, here, before they become a
+card (the script inserts cards as Python wrote them). Images are referenced by relative paths
+inside the output directory, and the page loads nothing from the network, so the directory
+can be zipped, moved or opened offline.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import html
+import importlib.resources
+import json
 import os
 import pathlib
 import urllib.parse
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 if TYPE_CHECKING:
     from ..batch import JobResult
 
-__all__ = ["GallerySummary", "image_href", "paid", "render_gallery", "write_gallery"]
+__all__ = [
+    "CHUNK_SIZE",
+    "GALLERY_DIR",
+    "PAGE_SIZE",
+    "GallerySummary",
+    "image_href",
+    "paid",
+    "render_gallery",
+    "write_gallery",
+]
+
+#: Jobs on one page of the gallery.
+PAGE_SIZE = 100
+#: Cards in one chunk file (a page needs one or two chunks unfiltered, a few more filtered).
+CHUNK_SIZE = 500
+#: Where the gallery's data and script go, inside the output directory.
+GALLERY_DIR = "gallery"
+_STATUS_CODES = {"succeeded": "s", "failed": "f", "skipped": "k"}
 
 
 @attrs.frozen
@@ -79,6 +107,12 @@ header .note { color: var(--skip); }
 .skipped { background: var(--skip); }
 .error { margin: 0; color: var(--bad); font: 12px/1.4 ui-monospace, monospace;
   white-space: pre-wrap; overflow-wrap: anywhere; }
+.filters { display: flex; flex-wrap: wrap; gap: 12px; margin: 0 0 12px; color: var(--muted); }
+.filters select { margin-left: 4px; font: inherit; }
+#pager { display: flex; flex-wrap: wrap; gap: 14px; align-items: center; margin: 0 0 16px; }
+#pager .where { color: var(--muted); }
+#pager span:not(.where) { color: var(--line); }
+html:not(.scripted) .filters, html:not(.scripted) #pager { display: none; }
 """
 
 
@@ -120,8 +154,10 @@ def _card(result: JobResult, out_dir: pathlib.Path) -> str:
         meta.append("from an earlier run")
     problem = result.reason or (str(result.error) if result.error is not None else None)
     problem_html = f'<p class="error">{_esc(problem)}</p>' if problem else ""
+    model = job.model if job is not None else ""
     return (
-        f'<article class="card" id="job-{result.index + 1}" data-status="{_esc(result.status)}">'
+        f'<article class="card" id="job-{result.index + 1}" data-status="{_esc(result.status)}"'
+        f' data-model="{_esc(model)}">'
         f'<div class="thumbs">{"".join(thumbs)}</div>'
         '<div class="body">'
         f'<div><span class="status {_esc(result.status)}">{_esc(result.status)}</span> '
@@ -135,11 +171,48 @@ def _card(result: JobResult, out_dir: pathlib.Path) -> str:
     )
 
 
+def _index(ordered: Sequence[JobResult]) -> dict[str, Any]:
+    """What the script filters on: a character per job for its status and for its model."""
+    models = sorted({r.job.model if r.job is not None else "" for r in ordered})
+    code = {model: chr(48 + i) for i, model in enumerate(models)}
+    return {
+        "total": len(ordered),
+        "pageSize": PAGE_SIZE,
+        "chunkSize": CHUNK_SIZE,
+        "statusCodes": _STATUS_CODES,
+        "statuses": "".join(_STATUS_CODES[r.status] for r in ordered),
+        "models": models,
+        "modelOf": "".join(code[r.job.model if r.job is not None else ""] for r in ordered),
+    }
+
+
+def _filters(ordered: Sequence[JobResult]) -> str:
+    statuses = collections.Counter[str](r.status for r in ordered)
+    models = collections.Counter(r.job.model if r.job is not None else "" for r in ordered)
+    status_options = [f'<option value="">all ({len(ordered)})</option>'] + [
+        f'<option value="{status}">{status} ({statuses[status]})</option>'
+        for status in _STATUS_CODES
+    ]
+    model_options = ['<option value="">all models</option>'] + [
+        f'<option value="{_esc(model)}">{_esc(model or "(invalid job)")} ({count})</option>'
+        for model, count in sorted(models.items())
+    ]
+    return (
+        '<form class="filters" id="filters">'
+        f'<label>status<select id="filter-status">{"".join(status_options)}</select></label>'
+        f'<label>model<select id="filter-model">{"".join(model_options)}</select></label>'
+        "</form>\n"
+        '<nav id="pager"></nav>\n'
+    )
+
+
 def render_gallery(
     results: Sequence[JobResult], out_dir: pathlib.Path, summary: GallerySummary
 ) -> str:
-    """The gallery page for ``results`` (in input order), as HTML text."""
-    cards = "\n".join(_card(r, out_dir) for r in sorted(results, key=lambda r: r.index))
+    """The gallery's ``index.html`` for ``results``: the totals, the filters and the first
+    page of jobs in input order (the rest are in ``gallery/``, see :func:`write_gallery`)."""
+    ordered = sorted(results, key=lambda r: r.index)
+    cards = "\n".join(_card(r, out_dir) for r in ordered[:PAGE_SIZE])
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     total_paid = sum(paid(r) for r in results)
     credits = f"{total_paid} credits"
@@ -150,29 +223,65 @@ def render_gallery(
         f"{summary.skipped} skipped · {credits} · {summary.elapsed:.1f} s · {when}"
     )
     note = f'<p class="note">{_esc(summary.note)}</p>' if summary.note else ""
+    more = ""
+    if len(ordered) > PAGE_SIZE:
+        more = (
+            f'<noscript><p class="note">The first {PAGE_SIZE} of {len(ordered)} jobs: the '
+            "other pages and the filters need JavaScript.</p></noscript>\n"
+        )
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        # Nothing on this page may reach the network: it shows untrusted prompts offline.
+        # Nothing on this page may reach the network: it shows untrusted prompts offline. Its
+        # only scripts are the gallery's own files beside it.
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "img-src 'self' file: data:; style-src 'unsafe-inline'\">\n"
+        "script-src 'self' file:; img-src 'self' file: data:; style-src 'unsafe-inline'\">\n"
         f"<title>{_esc(summary.source)} · nanobanana gallery</title>\n"
         f"<style>{_CSS}</style></head>\n"
         f"<body><header><h1>{_esc(summary.source)}</h1><p>{_esc(line)}</p>{note}</header>\n"
-        f'<main class="grid">\n{cards}\n</main></body></html>\n'
+        f"{_filters(ordered)}{more}"
+        f'<main class="grid" id="cards">\n{cards}\n</main>\n'
+        f'<script src="{GALLERY_DIR}/index.js"></script>\n'
+        f'<script src="{GALLERY_DIR}/app.js"></script>\n'
+        "</body></html>\n"
     )
+
+
+def _write(target: pathlib.Path, text: str) -> None:
+    # Atomically: a gallery open in a browser never sees half a file.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_gallery(
     results: Sequence[JobResult], out_dir: pathlib.Path, summary: GallerySummary
 ) -> pathlib.Path:
-    """Write ``out_dir/index.html`` atomically and return its path."""
+    """Write ``out_dir/index.html`` and its ``gallery/`` folder; return the page's path.
+
+    The chunks and the index are written first and ``index.html`` last, each atomically;
+    chunks left by an earlier, longer run are removed.
+    """
+    ordered = sorted(results, key=lambda r: r.index)
+    folder = out_dir / GALLERY_DIR
+    folder.mkdir(exist_ok=True)
+    written = set()
+    for number, start in enumerate(range(0, len(ordered), CHUNK_SIZE)):
+        cards = [_card(r, out_dir) for r in ordered[start : start + CHUNK_SIZE]]
+        name = f"cards-{number:05d}.js"
+        # JSON with every non-ASCII character escaped is a JavaScript literal (U+2028 too).
+        _write(folder / name, f"nbGalleryCards({number}, {json.dumps(cards)});\n")
+        written.add(name)
+    for stale in folder.glob("cards-*.js"):
+        if stale.name not in written:
+            stale.unlink(missing_ok=True)
+    _write(folder / "index.js", f"window.nbGallery = {json.dumps(_index(ordered))};\n")
+    script = importlib.resources.files(__package__).joinpath("gallery.js").read_text("utf-8")
+    _write(folder / "app.js", script)
     target = out_dir / "index.html"
-    tmp = out_dir / f".index.html.{os.getpid()}.part"
-    try:
-        tmp.write_text(render_gallery(results, out_dir, summary), encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write(target, render_gallery(ordered, out_dir, summary))
     return target

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -18,10 +17,10 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``nanobanana`` argument parser."""
-    # The commands need rich, which main() checks for first.
+    """The ``nanobanana`` argument parser (built without rich: help and usage errors need none)."""
     from . import (
         cmd_batch,
+        cmd_demo,
         cmd_emulator,
         cmd_generate,
         cmd_info,
@@ -36,13 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Generate images with the Nano Banana API, one prompt or thousands.",
-        epilog="Try it offline: nanobanana batch examples/prompts.txt --emulator -o out --yes",
+        epilog="Try it offline: nanobanana demo (then open nanobanana-demo/index.html)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_common(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cmd_generate.add_parser(sub, common)
     cmd_batch.add_parser(sub, common)
+    cmd_demo.add_parser(sub, common)
     cmd_info.add_parsers(sub, common)
     cmd_jobs.add_parser(sub, common)
     cmd_worker.add_parser(sub, common)
@@ -59,9 +59,15 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    if importlib.util.find_spec("rich") is None:
-        return _fail("the command line needs rich: pip install 'nanobanana-async[cli]'", EXIT_USAGE)
     args = build_parser().parse_args(argv)
+    try:
+        import rich  # noqa: F401  (every command draws its output with it)
+    except ModuleNotFoundError:
+        return _fail(
+            f"{PROG} {args.command} draws its output with rich, which is not installed: "
+            "pip install 'nanobanana-async[cli]'",
+            EXIT_USAGE,
+        )
     try:
         return int(args.run(args))
     except CLIError as exc:

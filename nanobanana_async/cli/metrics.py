@@ -71,8 +71,10 @@ def metrics_document(
     jobs: int,
     interrupted: bool,
     emulator: bool,
+    signal: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of a finished (or interrupted) run."""
+    """The JSON document of a finished (or interrupted) run; ``signal`` is what stopped it
+    (``SIGINT``, ``SIGTERM``)."""
     return {
         "schema": SCHEMA,
         "source": source,
@@ -81,6 +83,7 @@ def metrics_document(
         "finished": report.total,
         "not_run": jobs - report.total,
         "interrupted": interrupted,
+        "signal": signal,
         "succeeded": report.succeeded,
         "failed": report.failed,
         "skipped": report.skipped,

@@ -120,11 +120,13 @@ def print_summary(
     err: Console,
     report: BatchReport | None,
     total: int,
-    interrupted: bool,
+    interrupted: str | None,
     gallery: os.PathLike[str] | None,
     journal: os.PathLike[str] | str | None,
     recorder: RunRecorder | None = None,
 ) -> None:
+    """The summary after a run; ``interrupted`` says how it was stopped (``Interrupted``,
+    ``Terminated (SIGTERM)``), None when it ran to its end."""
     table = Table(title="Summary", title_justify="left", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -160,6 +162,6 @@ def print_summary(
             if journal is not None
             else "no journal was kept: use -o DIR or --journal FILE to make a batch resumable"
         )
-        err.print(f"[bold yellow]Interrupted[/]: {hint}.")
+        err.print(Text.assemble((interrupted, "bold yellow"), f": {hint}."))
     elif report is not None and not report.ok and journal is not None:
         err.print("Run the same command again to retry what did not succeed; done jobs are kept.")

@@ -35,7 +35,9 @@ connection alive) come from a proxy in front of the served app:
 ``serve(emulator, wire=WireFaults(close_after_response_rate=0.5, seed=1))``.
 
 Routes: ``POST /v1/images/generate``, ``GET /images/<id>.png`` and ``GET /_emulator/stats``
-(the counters as JSON, for tests that run the emulator in another process).
+(the counters as JSON, for tests that run the emulator in another process: every counter, and
+the last 1,000 records of each list unless ``?offset=M&limit=N`` asks for another page). Other
+methods on these paths are answered 405 with ``Allow``.
 """
 
 from .app import GENERATE_PATH, STATS_PATH, Emulator

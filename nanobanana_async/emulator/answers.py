@@ -81,12 +81,14 @@ async def respond(
     headers: Sequence[tuple[bytes, bytes]] = (),
     exchange: Exchange | None = None,
 ) -> None:
-    """Send a complete response with its ``Content-Length``, counted by status."""
+    """Send a complete response with its ``Content-Length``, counted by status; a generate
+    request's answer carries ``x-request-id: req_<serial>``, as real APIs name theirs."""
     all_headers = [(b"content-length", str(len(body)).encode("ascii")), *headers]
     if content_type is not None:
         all_headers.append((b"content-type", content_type))
     stats.count_status(status)
     if exchange is not None:
+        all_headers.append((b"x-request-id", b"req_%d" % exchange.serial))
         exchange.status, exchange.answered = status, True
         exchange.finish(stats)
     await send({"type": "http.response.start", "status": status, "headers": all_headers})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Final, overload
 
 import anyio
 import httpx
@@ -28,13 +29,26 @@ from .faults import Fault, FaultDraws, Faults, Plan
 from .images import bad_url, image_urls, render_path, with_odd_text
 from .ledger import Ledger
 from .requests import Refused, validate
-from .stats import EmulatorStats
+from .stats import DEFAULT_PAGE, EmulatorStats
 from .transport import InProcessTransport
 
 __all__ = ["GENERATE_PATH", "STATS_PATH", "Emulator"]
 
 GENERATE_PATH: Final = "/v1/images/generate"
 STATS_PATH: Final = "/_emulator/stats"
+
+
+@overload
+def _count(query: dict[str, list[str]], name: str, default: int) -> int: ...
+@overload
+def _count(query: dict[str, list[str]], name: str, default: None) -> int | None: ...
+def _count(query: dict[str, list[str]], name: str, default: int | None) -> int | None:
+    values = query.get(name)
+    if not values:
+        return default
+    if len(values) > 1 or not values[0].isdigit():
+        raise ValueError(f"{name} must be one whole number >= 0, got {', '.join(values)!r}")
+    return int(values[0])
 
 
 class Emulator:
@@ -133,14 +147,44 @@ class Emulator:
             return
         self.stats.requests += 1
         method, path = scope["method"], scope["path"]
-        if path == GENERATE_PATH and method == "POST":
-            await self._generate(scope, receive, send)
-        elif path.startswith("/images/") and method in ("GET", "HEAD"):
-            await self._image(scope, send)
-        elif path == STATS_PATH and method == "GET":
-            await self._respond(send, 200, json_bytes(self.stats.to_dict()), b"application/json")
+        if path == GENERATE_PATH:
+            allowed: tuple[str, ...] = ("POST",)
+        elif path.startswith("/images/"):
+            allowed = ("GET", "HEAD")
+        elif path == STATS_PATH:
+            allowed = ("GET",)
         else:
             await respond_error(send, self.stats, 404, "not found", as_http_200=False)
+            return
+        if method not in allowed:
+            # A route that exists, asked with another method: HTTP says 405 and what is allowed.
+            await respond_error(
+                send,
+                self.stats,
+                405,
+                f"method {method} not allowed: use {' or '.join(allowed)}",
+                as_http_200=False,
+                headers=[(b"allow", ", ".join(allowed).encode("ascii"))],
+            )
+        elif path == GENERATE_PATH:
+            await self._generate(scope, receive, send)
+        elif path == STATS_PATH:
+            await self._stats(scope, send)
+        else:
+            await self._image(scope, send)
+
+    async def _stats(self, scope: Scope, send: Send) -> None:
+        # Bounded by default: every counter, and the last DEFAULT_PAGE records of each list
+        # (?limit=N&offset=M for another window; "page" in the answer says where it is).
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            limit = _count(query, "limit", DEFAULT_PAGE)
+            offset = _count(query, "offset", None)
+        except ValueError as exc:
+            await respond_error(send, self.stats, 400, str(exc), as_http_200=False)
+            return
+        body = json_bytes(self.stats.to_dict(offset=offset, limit=limit))
+        await self._respond(send, 200, body, b"application/json")
 
     async def _respond(
         self,

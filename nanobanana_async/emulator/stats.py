@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Final
 
@@ -9,10 +10,18 @@ import attrs
 
 from .faults import FAULT_KINDS
 
-__all__ = ["MAX_GENERATE_RECORDS", "MAX_REQUEST_START_TIMES", "EmulatorStats", "GenerateRecord"]
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_GENERATE_RECORDS",
+    "MAX_REQUEST_START_TIMES",
+    "EmulatorStats",
+    "GenerateRecord",
+]
 
 MAX_REQUEST_START_TIMES: Final = 100_000
 MAX_GENERATE_RECORDS: Final = 100_000
+#: Records per list that ``GET /_emulator/stats`` returns when not asked for a ``limit``.
+DEFAULT_PAGE: Final = 1_000
 
 
 @attrs.frozen
@@ -50,13 +59,23 @@ class GenerateRecord:
         return {**attrs.asdict(self), "faults": list(self.faults)}
 
 
+# What grows with every request: windowed by to_dict(limit=...).
+_WINDOWED = (
+    "generate_records",
+    "request_start_times",
+    "charged_idempotency_keys",
+    "credits_by_idempotency_key",
+)
+
+
 def _no_faults() -> dict[str, int]:
     return dict.fromkeys(FAULT_KINDS, 0)
 
 
 @attrs.define
 class EmulatorStats:
-    """Live counters of an :class:`Emulator` (``emulator.stats``; JSON at ``/_emulator/stats``).
+    """Live counters of an :class:`Emulator` (``emulator.stats``; JSON at ``/_emulator/stats``,
+    whose records come a page at a time: see :meth:`to_dict`).
 
     Attributes:
         requests: every HTTP request, whatever the route.
@@ -81,7 +100,8 @@ class EmulatorStats:
         by_status: responses by HTTP status. Dropped connections have none; a cut body
             (``faults["cut_success"]``) counts under the status it was sent with.
         charged_idempotency_keys: ``Idempotency-Key`` header -> number of charged
-            generations sent with it. More than 1 means a client paid twice.
+            generations sent with it. More than 1 means a client paid twice. (JSON also
+            carries ``idempotency_keys``, how many there are.)
         credits_by_idempotency_key: ``Idempotency-Key`` header -> credits charged under it.
         duplicate_charges: charged generations whose ``Idempotency-Key`` had already been
             charged before.
@@ -120,8 +140,38 @@ class EmulatorStats:
     request_start_times: list[float] = attrs.field(factory=list)
     generate_records: list[GenerateRecord] = attrs.field(factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready snapshot (``by_status`` keys become strings, as JSON needs)."""
+    def to_dict(self, *, offset: int | None = None, limit: int | None = None) -> dict[str, Any]:
+        """A JSON-ready snapshot (``by_status`` keys become strings, as JSON needs).
+
+        Every counter is complete. Without ``limit``, so are the four growing collections
+        (``generate_records``, ``request_start_times``, ``charged_idempotency_keys``,
+        ``credits_by_idempotency_key``). With it, each holds entries ``offset`` to ``offset +
+        limit`` in the order it grew (without ``offset``: its last ``limit``), and ``page``
+        says where that window is: ``offset``, ``limit``, ``sizes`` (each collection's
+        length) and ``next`` (the ``offset`` of the following window, or None).
+        """
+        full = self._snapshot()
+        if limit is None:
+            return full
+        sizes = {name: len(full[name]) for name in _WINDOWED}
+        largest = max(sizes.values())
+        start = max(0, largest - limit) if offset is None else offset
+        for name in _WINDOWED:
+            items = full[name]
+            if isinstance(items, dict):
+                full[name] = dict(itertools.islice(items.items(), start, start + limit))
+            else:
+                full[name] = items[start : start + limit]
+        following = start + limit
+        full["page"] = {
+            "offset": start,
+            "limit": limit,
+            "sizes": sizes,
+            "next": following if following < largest else None,
+        }
+        return full
+
+    def _snapshot(self) -> dict[str, Any]:
         # dict() and list() copy in one step under the GIL, so reading from another thread
         # while the server thread counts cannot fail with "changed size during iteration".
         return {
@@ -139,6 +189,7 @@ class EmulatorStats:
             "by_status": {str(k): v for k, v in dict(self.by_status).items()},
             "charged_idempotency_keys": dict(self.charged_idempotency_keys),
             "credits_by_idempotency_key": dict(self.credits_by_idempotency_key),
+            "idempotency_keys": len(self.charged_idempotency_keys),
             "duplicate_charges": self.duplicate_charges,
             "idempotent_replays": self.idempotent_replays,
             "images_served": self.images_served,

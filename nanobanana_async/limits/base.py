@@ -31,6 +31,11 @@ class Limits(Protocol):
     :meth:`settle`. ``open`` / ``aclose`` follow the client's ``async with``.
     :class:`~nanobanana_async.LocalLimits` (the default) keeps them in this process,
     :class:`~nanobanana_async.RedisLimits` shares them across processes and machines.
+
+    Two methods are optional. ``async check()`` raises when nothing could be admitted now (a
+    batch asks once, before its first job, and fails as a whole instead of per job);
+    ``settle_now(permit, ...) -> bool`` settles without awaiting when it can (True), which
+    spares the retry loop a shielded await per attempt.
     """
 
     async def open(self) -> None:
@@ -76,7 +81,8 @@ class LimitsStatus:
     ``max_per_second`` / ``max_credits`` are ``None`` when not capped. ``spent`` are credits of
     attempts that generated; ``uncertain`` are kept for attempts whose answer was lost (or
     whose holder died: an expired lease), so they may have been spent; ``reserved`` are held by
-    attempts in flight; ``left`` is what remains of ``max_credits``.
+    attempts in flight; ``left`` is what remains of ``max_credits``. ``ledger`` is the identity
+    of a shared credit ledger (:class:`~nanobanana_async.RedisLimits`), None without one.
     """
 
     max_per_second: float | None
@@ -86,6 +92,7 @@ class LimitsStatus:
     reserved: int
     cooldown: float
     in_flight: int = 0
+    ledger: str | None = None
 
     @property
     def left(self) -> int | None:

@@ -114,21 +114,23 @@ class LocalLimits:
         spent: int | None = None,
         outcome: BaseException | None = None,
         pause: float | None = None,
-    ) -> None:
-        """:meth:`settle`, which awaits nothing here: callable where awaiting is not wanted."""
+    ) -> bool:
+        """:meth:`settle`, which awaits nothing here: callable where awaiting is not wanted
+        (always True: settled)."""
         if pause is not None and pause > 0:
             self.cooldown.pause(pause)
         if permit.settled:
-            return
+            return True
         permit.settled = True
         if self._budget is None or not permit.cost:
-            return
+            return True
         if spent is not None:
             self._budget.settle(permit.cost, spent=min(spent, permit.cost))
         elif outcome is not None and may_have_charged(outcome):
             self._budget.settle(permit.cost, uncertain=permit.cost)
         else:
             self._budget.settle(permit.cost)
+        return True
 
     async def status(self) -> LimitsStatus:
         """The caps, the credits by state and the cool-down left."""

@@ -457,7 +457,7 @@ async def test_downloads_land_in_the_directory(anyio_backend: str, tmp_path: pat
     async with client_for(emulator) as client:
         report = await client.run_batch(DOWNLOAD_JOBS, concurrency=3, download_dir=out)
     check_downloads(report, out, images=6)
-    assert [p.name for p in report.results[1].paths] == ["kites-1.png", "kites-2.png"]
+    assert [p.name for p in report.results[1].paths] == ["kites+1.png", "kites+2.png"]
     assert emulator.stats.images_served == 6
     assert not (tmp_path / "escape.png").exists()
 

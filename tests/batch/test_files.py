@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ from nanobanana_async import (
     NanoBananaError,
     RetryPolicy,
 )
-from nanobanana_async.batch.files import FileNames, image_filename, safe_filename
+from nanobanana_async.batch.files import safe_filename
 
 pytestmark = pytest.mark.anyio
 
@@ -119,32 +120,44 @@ def test_distinct_ids_get_distinct_names(ids: list[str]) -> None:
     assert len(set(names)) == len(names)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     jobs=st.lists(
         st.tuples(
             st.one_of(
                 st.text(min_size=1, max_size=12),
-                st.from_regex(r"\Aj[a-z]{1,3}(-[1-3])?\Z"),  # ids that look like image names
+                st.from_regex(r"\A[jJ][a-z]{1,3}([-+~][1-3])?\Z"),  # ids that look like names
+                st.sampled_from(["two", "two-1", "two+1", "Two", "two~1", "two.png", "job"]),
             ),
             st.integers(1, 3),
+            st.integers(0, 2),  # images the API returned beyond num
         ),
         max_size=12,
         unique_by=lambda t: t[0],
     )
 )
-def test_no_two_images_of_a_batch_share_a_name(jobs: list[tuple[str, int]]) -> None:
-    names = FileNames()
-    stems = [names.claim(job_id, num) for job_id, num in jobs]
+def test_no_two_jobs_share_a_file_name_whoever_names_them(
+    jobs: list[tuple[str, int, int]],
+) -> None:
+    # Each job named on its own, as workers in separate processes do: no shared state.
     files = [
-        image_filename(stem, position, num, "https://cdn.test/a.png")
-        for stem, (_, num) in zip(stems, jobs, strict=True)
-        for position in range(num)
+        safe_filename(job_id, position, num, url)
+        for job_id, num, extra in jobs
+        for position in range(num + extra)
+        for url in ("https://cdn.test/a.png",)
     ]
-    assert len(set(files)) == len(files)
-    # Claimed in input order: a rerun of the same input names every file the same way.
-    again = FileNames()
-    assert [again.claim(job_id, num) for job_id, num in jobs] == stems
+    # Distinct even on a file system that ignores case (macOS, Windows).
+    assert len({f.casefold() for f in files}) == len(files)
+
+
+def test_multi_image_names_never_meet_an_id_that_looks_like_one() -> None:
+    # Job "two" with two images and a job whose id is "two-1": three images, three files.
+    two = [safe_filename("two", i, 2, "https://cdn.test/a.png") for i in range(2)]
+    assert two == ["two+1.png", "two+2.png"]
+    assert safe_filename("two-1", 0, 1, "https://cdn.test/a.png") == "two-1.png"
+    assert safe_filename("fox", 1, 1, "https://cdn.test/a.png") == "fox+2.png"  # an extra
+    upper = safe_filename("Two", 0, 1, "https://cdn.test/a.png")
+    assert re.fullmatch(r"two~[0-9a-f]{16}\.png", upper)
 
 
 # -- a batch with hostile ids writes only inside its directory -------------------------------
@@ -330,7 +343,7 @@ async def test_a_batch_with_failing_downloads_leaves_only_complete_files(
         assert "could not be downloaded" in str(result.error)
         assert len(result.paths) == 1
     files = leftovers(tmp_path)
-    assert files == sorted(f"job{i}-1.png" for i in range(6))
+    assert files == sorted(f"job{i}+1.png" for i in range(6))
     for name in files:
         assert (tmp_path / name).read_bytes() == PNG
 

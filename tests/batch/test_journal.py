@@ -125,7 +125,11 @@ async def test_a_rerun_sends_nothing_and_reports_every_job_resumed(
     assert journal.read_bytes() == written
 
 
-async def test_a_torn_last_line_is_tolerated(anyio_backend: str, tmp_path: pathlib.Path) -> None:
+async def test_a_torn_last_line_makes_its_job_ambiguous(
+    anyio_backend: str, tmp_path: pathlib.Path
+) -> None:
+    # A line torn by a kill or a full disk says its job was generated, or may have been:
+    # never "absent", so never sent (and paid for) again without asking.
     emulator = Emulator(keys={KEY: 10**6}, seed=4)
     journal = tmp_path / "run.jsonl"
     jobs = [f"torn {i}" for i in range(10)]
@@ -137,19 +141,25 @@ async def test_a_torn_last_line_is_tolerated(anyio_backend: str, tmp_path: pathl
         torn_id = lines_before_tear(data)[-1]["id"]
         before = emulator.stats.generate_requests
         second = await client.run_batch(jobs, concurrency=1, journal=journal)
-        assert emulator.stats.generate_requests == before + 1
-        assert second.succeeded == 10
-        assert second.resumed == 9
-        (rerun,) = [r for r in second.results if not r.resumed]
-        assert rerun.id == torn_id
-        # Every line but the torn fragment parses, and the rerun job has its line now.
+        assert emulator.stats.generate_requests == before
+        assert second.resumed == second.succeeded == 9
+        (unsure,) = [r for r in second.results if not r.resumed]
+        assert unsure.id == torn_id
+        assert unsure.status == "skipped"
+        assert unsure.reason is not None
+        assert "ambiguous" in unsure.reason
+        assert "may have been charged" in unsure.reason
+        # Every line but the torn fragment parses.
         text = journal.read_text().splitlines()
         parsed = [json.loads(line) for line in text if line.endswith("}")]
-        assert len(parsed) == len(text) - 1 == 10
-        assert len({r["id"] for r in parsed}) == 10
-        third = await client.run_batch(jobs, concurrency=1, journal=journal)
-    assert emulator.stats.generate_requests == before + 1
-    assert third.resumed == 10
+        assert len(parsed) == len(text) - 1 == 9
+        # Still ambiguous the next time, however many lines came after the torn one.
+        third = await client.run_batch([*jobs, "torn 10"], concurrency=1, journal=journal)
+        fourth = await client.run_batch([*jobs, "torn 10"], concurrency=1, journal=journal)
+    assert emulator.stats.generate_requests == before + 1  # "torn 10" only
+    assert third.resumed == 9
+    assert fourth.resumed == 10
+    assert [r.id for r in fourth.results if r.status == "skipped"] == [torn_id]
 
 
 def lines_before_tear(data: bytes) -> list[dict[str, Any]]:

@@ -132,7 +132,14 @@ async def test_f03_a_batch_stopped_during_downloads_is_downloaded_not_paid_again
             async for _ in client.batch(jobs, concurrency=8, journal=journal, download_dir=out):
                 pass
     assert server.requests == 8
-    assert {r["status"] for r in lines(journal)} == {"generated"}
+    # Each job is journaled generated, then failed with its URLs: the download was cancelled.
+    records = lines(journal)
+    assert [r["status"] for r in records].count("generated") == 8
+    assert {r["status"] for r in records} <= {"generated", "failed"}
+    assert all(r["urls"] for r in records)
+    cancelled = [r for r in records if r["status"] == "failed"]
+    assert len(cancelled) == 8
+    assert all("download was cancelled" in r["error"] for r in cancelled)
 
     server.images = {f"/img/{p.replace(' ', '_')}.png": PNG for p in jobs}
     async with server.client() as client:

@@ -21,6 +21,7 @@ import json
 import logging
 import pathlib
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -57,6 +58,7 @@ class RecordingEmulator(Emulator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.requests: list[tuple[str, str]] = []  # (API key, prompt) per generate request
+        self.started: list[float] = []  # time.monotonic() of each, once its body was read
         self.charges: list[tuple[str, str, int]] = []  # (API key, prompt, credits)
         charge = self.ledger.charge
 
@@ -89,6 +91,7 @@ class RecordingEmulator(Emulator):
             prompt = None
         if isinstance(prompt, str):
             self.requests.append((api_key, prompt))
+            self.started.append(time.monotonic())
         replay = iter(messages)
 
         async def replayed() -> Message:

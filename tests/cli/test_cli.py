@@ -77,6 +77,22 @@ def final_records(path: pathlib.Path) -> list[dict[str, Any]]:
     return list({r["id"]: r for r in journal_lines(path)}.values())
 
 
+def stored_rows(out: pathlib.Path) -> list[dict[str, Any]]:
+    """Every job of the journal a batch keeps with ``-o out`` (``out/journal.db``, SQLite), in
+    input order: ``state`` (``done``, ``failed``, ``skipped``...), ``files``, ``prompt``..."""
+    import anyio
+
+    from nanobanana_async.batch.stores import SqliteStore
+
+    assert (out / "journal.db").is_file(), sorted(p.name for p in out.iterdir())
+    store = SqliteStore(out / "journal.db")
+
+    async def read() -> list[dict[str, Any]]:
+        return [row async for row in store.rows()]
+
+    return anyio.run(read)
+
+
 def write(path: pathlib.Path, text: str) -> pathlib.Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -286,11 +302,13 @@ def test_batch_txt_with_output_dir(tmp_path: pathlib.Path) -> None:
     ]
     assert len(prompts) >= 24
     out = tmp_path / "out"
-    records = final_records(out / "journal.jsonl")
+    # The journal is SQLite by default: kill-safe, flat in memory.
+    assert not (out / "journal.jsonl").exists()
+    records = stored_rows(out)
     assert sorted(r["prompt"] for r in records) == sorted(prompts)
-    assert {r["status"] for r in records} == {"succeeded"}
+    assert {r["state"] for r in records} == {"done"}
     for record in records:
-        [path] = record["paths"]
+        [path] = record["files"]
         assert (tmp_path / path).read_bytes().startswith(PNG_MAGIC)
     assert (out / "index.html").is_file()
     # Machine-readable output only: with -o the images and journal carry the results.
@@ -333,8 +351,8 @@ def test_batch_jsonl_fields_defaults_and_ids(tmp_path: pathlib.Path) -> None:
     assert printed["two"]["line"] == 3
     assert len(printed["two"]["paths"]) == 2
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert names == ["pro.png", "two-1.png", "two-2.png", "wide-1.png"]
-    assert {r["id"] for r in journal_lines(tmp_path / "out" / "journal.jsonl")} == set(printed)
+    assert names == ["pro.png", "two+1.png", "two+2.png", "wide-1.png"]
+    assert {r["id"] for r in stored_rows(tmp_path / "out")} == set(printed)
 
 
 def test_batch_csv_and_custom_journal(tmp_path: pathlib.Path) -> None:
@@ -405,7 +423,7 @@ def test_batch_asks_on_a_terminal_and_yes_runs(tmp_path: pathlib.Path) -> None:
     code, err = _run_on_a_terminal(["batch", "p.txt", "--emulator", "-o", "out"], tmp_path, b"y\n")
     assert code == 0, err
     assert "Spend up to 6 emulated credits on 3 jobs? [y/N]" in err
-    assert len(final_records(tmp_path / "out" / "journal.jsonl")) == 3
+    assert len(stored_rows(tmp_path / "out")) == 3
 
 
 def test_batch_asks_on_a_terminal_and_no_sends_nothing(tmp_path: pathlib.Path) -> None:
@@ -421,9 +439,8 @@ def test_max_credits_skips_what_does_not_fit_without_asking(tmp_path: pathlib.Pa
     write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(5)))
     proc = run_cli("batch", "p.txt", "--emulator", "-o", "out", "--max-credits", "6", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
-    records = final_records(tmp_path / "out" / "journal.jsonl")
-    statuses = sorted(r["status"] for r in records)
-    assert statuses == ["skipped", "skipped", "succeeded", "succeeded", "succeeded"]
+    states = sorted(r["state"] for r in stored_rows(tmp_path / "out"))
+    assert states == ["done", "done", "done", "skipped", "skipped"]
     assert "6 spent" in proc.stderr
     assert "over budget" in (tmp_path / "out" / "index.html").read_text()
 
@@ -489,8 +506,9 @@ def test_wrong_key_fails_cleanly_and_is_never_printed(tmp_path: pathlib.Path, se
     assert "stopped" in batch.stderr
     for text in (gen.stdout, gen.stderr, batch.stdout, batch.stderr):
         assert secret not in text
-    for path in (tmp_path / "out").iterdir():
-        assert secret not in path.read_text(errors="replace")
+    for path in (tmp_path / "out").rglob("*"):  # the gallery's chunks included
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace")
 
 
 def test_rerun_resumes_without_new_requests(tmp_path: pathlib.Path, server: str) -> None:
@@ -507,18 +525,31 @@ def test_rerun_resumes_without_new_requests(tmp_path: pathlib.Path, server: str)
     assert "6 from an earlier run" in second.stderr
 
 
-def _wait_for_jobs(path: pathlib.Path, count: int, proc: subprocess.Popen[str]) -> None:
-    """Wait until ``count`` jobs of the journal at ``path`` have finished."""
-    deadline = time.monotonic() + 30
+def store_counts(path: pathlib.Path) -> dict[str, int]:
+    """Jobs by state in the SQLite journal at ``path``, read-only (a run may be writing)."""
+    import sqlite3
+
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute("SELECT state, count(*) FROM nanobanana_jobs GROUP BY state")
+        return {state: int(count) for state, count in rows}
+    except sqlite3.OperationalError:  # the run has not created its table yet
+        return {}
+    finally:
+        conn.close()
+
+
+def wait_for_done(path: pathlib.Path, count: int, proc: subprocess.Popen[str]) -> None:
+    """Wait until ``count`` jobs of the SQLite journal at ``path`` are done."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the batch ended before it could be interrupted"
-        if path.exists():
-            lines = [line for line in path.read_text().splitlines() if line.endswith("}")]
-            records = [json.loads(line) for line in lines]
-            if sum(r["status"] == "succeeded" for r in records) >= count:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never had {count} finished jobs")
+        assert proc.poll() is None, "the command ended before it could be interrupted"
+        if store_counts(path).get("done", 0) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never had {count} done jobs")
 
 
 @pytest.mark.slow
@@ -541,28 +572,29 @@ def test_ctrl_c_exits_130_and_a_rerun_resumes(tmp_path: pathlib.Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        journal = tmp_path / "out" / "journal.jsonl"
-        _wait_for_jobs(journal, 4, proc)
+        journal = tmp_path / "out" / "journal.db"
+        wait_for_done(journal, 4, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert "Traceback" not in err
         assert "Interrupted" in err
-        journal_lines(journal)  # every line parses: nothing torn
-        done = final_records(journal)
+        # Ctrl-C stopped taking jobs and let the two in flight finish, downloads included.
+        rows = stored_rows(tmp_path / "out")
+        done = [r for r in rows if r["state"] == "done"]
         assert 4 <= len(done) < jobs
-        # A job interrupted while its images downloaded was journaled as generated: the rerun
-        # downloads it and never pays for it again.
-        assert {r["status"] for r in done} <= {"succeeded", "generated"}
-        finished = sum(r["status"] == "succeeded" for r in done)
-        assert (tmp_path / "out" / "index.html").read_text().count('class="card"') == finished
+        assert {r["state"] for r in rows} <= {"done", "skipped"}
+        assert all(len(r["files"]) == 1 for r in done)
+        assert generate_requests(base) == len(done) == running.emulator.stats.generations
+        gallery = (tmp_path / "out" / "index.html").read_text()
+        assert gallery.count('class="card"') == len(rows)
 
         before = generate_requests(base)
         rerun = run_cli(*args, cwd=tmp_path)
         assert rerun.returncode == 0, rerun.stderr
         # Only the jobs the journal did not record are sent again.
         assert generate_requests(base) - before == jobs - len(done)
-        assert len(final_records(journal)) == jobs
+        assert {r["state"] for r in stored_rows(tmp_path / "out")} == {"done"}
         assert len(list((tmp_path / "out").glob("*.png"))) == jobs
 
 

@@ -14,8 +14,16 @@ import zlib
 
 import pytest
 
-from nanobanana_async import Generation, InvalidRequestError, Job, JobResult
-from nanobanana_async.cli.gallery import GallerySummary, image_href, render_gallery, write_gallery
+from nanobanana_async import Generation, InvalidRequestError, Job, JobResult, ServerError
+from nanobanana_async.cli.gallery import (
+    CHUNK_SIZE,
+    GALLERY_DIR,
+    PAGE_SIZE,
+    GallerySummary,
+    image_href,
+    render_gallery,
+    write_gallery,
+)
 
 SUMMARY = GallerySummary(
     source="<jobs>.txt", total=3, succeeded=1, failed=1, skipped=1, credits_spent=2, elapsed=1.0
@@ -66,7 +74,11 @@ def test_images_are_relative_and_never_outside_the_directory(tmp_path: pathlib.P
     assert "https://img.example" not in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)
     assert "<link" not in page
-    assert "<script" not in page
+    # The only scripts are the gallery's own files beside the page.
+    assert re.findall(r"<script[^>]*>", page) == [
+        '<script src="gallery/index.js">',
+        '<script src="gallery/app.js">',
+    ]
     assert image_href(tmp_path / "sub" / "a b.png", tmp_path) == "sub/a%20b.png"
     assert image_href(tmp_path / ".." / "x.png", tmp_path) is None
     assert image_href(tmp_path, tmp_path) is None
@@ -222,7 +234,7 @@ def test_gallery_renders_its_images_in_a_real_browser(tmp_path: pathlib.Path) ->
     )
     probe.write_text(
         page.replace('loading="lazy"', 'loading="eager"')
-        .replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
+        .replace("script-src 'self' file:;", "script-src 'self' file: 'unsafe-inline';")
         .replace("</body>", script + "</body>"),
         encoding="utf-8",
     )
@@ -230,12 +242,13 @@ def test_gallery_renders_its_images_in_a_real_browser(tmp_path: pathlib.Path) ->
         chromium, tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()
     ).stdout
     assert '<pre id="probe">images=6 decoded=6</pre>' in dom, dom[-3000:]
-    assert "<script>alert" not in dom.split('<main class="grid">', 1)[1]
+    assert "<script>alert" not in dom.split('id="cards"', 1)[1]
 
     # 2. The screenshot of the real page shows the images: it differs from the same page with
     #    the images taken out, over a large share of the pixels, and is not blank.
     bare = out / "bare.html"
-    bare.write_text(re.sub(r"<img [^>]*>", "", page), encoding="utf-8")
+    # (without its scripts too, which would draw the cards again from gallery/, images and all)
+    bare.write_text(re.sub(r"<img [^>]*>|<script [^>]*></script>", "", page), encoding="utf-8")
     shot = _screenshot(chromium, tmp_path, index, "gallery.png")
     blank = _screenshot(chromium, tmp_path, bare, "bare.png")
     with_images, without = _pixels(shot), _pixels(blank)
@@ -244,3 +257,106 @@ def test_gallery_renders_its_images_in_a_real_browser(tmp_path: pathlib.Path) ->
     changed = sum(a != b for a, b in zip(with_images, without, strict=True))
     assert changed > 0.05 * len(with_images), f"only {changed} pixels show images"
     shutil.copy(shot, out / "screenshot.png")
+
+
+# -- 100,000 jobs: paged, filtered, in a real browser (issue 20, item 10) ----------------------
+
+MANY = 100_000
+MODELS = ("gemini-2.5-flash-image", "gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview")
+HOSTILE_AT = 54_321  # on page 544 of the unfiltered gallery
+
+
+def _status(i: int) -> str:
+    return "failed" if i % 7 == 3 else "skipped" if i % 11 == 5 else "succeeded"
+
+
+def _many_results() -> list[JobResult]:
+    results = []
+    for i in range(MANY):
+        status = _status(i)
+        prompt = HOSTILE if i == HOSTILE_AT else f"prompt number {i}"
+        results.append(
+            JobResult(
+                i,
+                Job(prompt, model=MODELS[i % 3]),
+                status,  # type: ignore[arg-type]
+                f"j{i}",
+                error=ServerError("server error", status_code=500) if status == "failed" else None,
+                reason="over budget" if status == "skipped" else None,
+                credits=2 if status == "succeeded" else 0,
+            )
+        )
+    return results
+
+
+CARD = re.compile(r'<article class="card" id="job-(\d+)" data-status="(\w+)" data-model="([^"]*)"')
+WHERE = re.compile(r'<span class="where">page (\d+) of (\d+) · (\d+) matching jobs?</span>')
+
+
+def _view(chromium: str, tmp: pathlib.Path, page: pathlib.Path, fragment: str) -> str:
+    proc = _browser(
+        chromium, tmp, "--virtual-time-budget=20000", "--dump-dom", page.as_uri() + fragment
+    )
+    assert "data-view=" in proc.stdout, proc.stderr[-2000:]  # the script drew this view
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def big_gallery(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("big")
+    summary = GallerySummary(
+        source="many.txt", total=MANY, succeeded=0, failed=0, skipped=0, credits_spent=0, elapsed=1
+    )
+    return write_gallery(_many_results(), out, summary)
+
+
+def test_a_100000_job_gallery_stays_small_per_page(big_gallery: pathlib.Path) -> None:
+    page = big_gallery.read_text(encoding="utf-8")
+    assert len(page.encode()) < 150_000  # the first page and the filters, not 100,000 cards
+    assert page.count('class="card"') == PAGE_SIZE
+    folder = big_gallery.parent / GALLERY_DIR
+    chunks = sorted(folder.glob("cards-*.js"))
+    assert len(chunks) == MANY // CHUNK_SIZE
+    assert max(chunk.stat().st_size for chunk in chunks) < 400_000
+    assert (folder / "index.js").stat().st_size < 400_000
+    assert ">failed (" in page
+    assert f">{MODELS[1]} (" in page
+
+
+@pytest.mark.slow
+def test_a_100000_job_gallery_pages_and_filters_in_a_real_browser(
+    big_gallery: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    chromium = _chromium()
+
+    def expect(fragment: str, indexes: list[int], page: int) -> None:
+        dom = _view(chromium, tmp_path, big_gallery, fragment)
+        cards = CARD.findall(dom)
+        pages = max(1, -(-len(indexes) // PAGE_SIZE))
+        shown = indexes[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        assert [int(number) - 1 for number, _, _ in cards] == shown, fragment
+        for number, status, model in cards:
+            i = int(number) - 1
+            assert (status, model) == (_status(i), MODELS[i % 3])
+        where = WHERE.search(dom)
+        assert where is not None, dom[-2000:]
+        assert where.groups() == (str(page), str(pages), str(len(indexes)))
+
+    everything = list(range(MANY))
+    failed_pro = [i for i in everything if _status(i) == "failed" and i % 3 == 1]
+    skipped = [i for i in everything if _status(i) == "skipped"]
+    expect("", everything, 1)
+    expect("#page=1000", everything, 1000)
+    expect(f"#status=failed&model={MODELS[1]}&page=3", failed_pro, 3)
+    last = -(-len(skipped) // PAGE_SIZE)
+    expect(f"#status=skipped&page={last}", skipped, last)  # a short last page
+    expect("#status=skipped&page=99999", skipped, last)  # past the end: the last page
+    expect("#model=no-such-model", [], 1)
+
+    # A hostile prompt on a page loaded from its chunk is shown as text, never run.
+    dom = _view(chromium, tmp_path, big_gallery, f"#page={HOSTILE_AT // PAGE_SIZE + 1}")
+    grid = dom.split('id="cards"', 1)[1]
+    assert f'id="job-{HOSTILE_AT + 1}"' in grid
+    assert "&lt;script&gt;alert('x')&lt;/script&gt;" in grid
+    assert "<script>alert" not in grid
+    assert "<img src=x" not in grid

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import email.utils
+import html
 import json
 import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -22,7 +25,7 @@ from nanobanana_async import (
     RateLimitError,
     ServerError,
 )
-from nanobanana_async.errors import parse_generate_response, parse_retry_after
+from nanobanana_async.errors import parse_generate_response, parse_retry_after, redact
 
 SECRET = "nb-secret-key-0123456789abcdef"
 HTML_502 = (
@@ -310,6 +313,54 @@ def test_key_is_redacted_from_messages(status: int, content: bytes) -> None:
         assert SECRET not in text
         # Not even a recognisable piece of it.
         assert not leaked_piece(text), leaked_piece(text)
+
+
+# A key with the characters encoders treat differently: "/" (kept by urllib.parse.quote),
+# "+" and "=" (base64), "_" and "~" (never encoded), and letters in both cases.
+SLASHED = "sk-Live/AbC+dE=fGh_0123~456789/xyz"
+
+
+def _entities(text: str) -> str:
+    return "".join(f"&#{ord(c)};" if not c.isalnum() else c for c in text)
+
+
+ENCODINGS: list[tuple[str, Callable[[str], str]]] = [
+    ("verbatim", lambda k: k),
+    ("upper", str.upper),
+    ("lower", str.lower),
+    ("quote, keeping /", quote),
+    ("quote, nothing safe", lambda k: quote(k, safe="")),
+    ("quote, lower-case hex", lambda k: quote(k, safe="").lower()),
+    ("quote_plus", quote_plus),
+    ("quote_plus, keeping /", lambda k: quote_plus(k, safe="/")),
+    ("quoted twice", lambda k: quote(quote(k))),
+    ("quote, keeping + and =", lambda k: quote(k, safe="+=")),
+    ("json", lambda k: json.dumps(k)[1:-1]),
+    ("json, escaped /", lambda k: json.dumps(k)[1:-1].replace("/", "\\/")),
+    ("json inside json", lambda k: json.dumps(json.dumps(k)[1:-1])[1:-1]),
+    ("json unicode escapes", lambda k: "".join(f"\\u{ord(c):04x}" for c in k)),
+    ("html.escape", html.escape),
+    ("html character references", _entities),
+    ("python bytes repr", lambda k: repr(k.encode())[2:-1]),
+]
+
+
+@pytest.mark.parametrize("encode", [e for _, e in ENCODINGS], ids=[n for n, _ in ENCODINGS])
+def test_every_encoding_a_server_may_echo_is_redacted(encode: Callable[[str], str]) -> None:
+    echoed = encode(SLASHED)
+    assert redact(f"rejected key [{echoed}] at 12:00", SLASHED) == "rejected key [***] at 12:00"
+    with pytest.raises(APIError) as info:
+        parse_generate_response(
+            400, body({"code": 400, "message": f"bad key {echoed}"}), {}, secret=SLASHED
+        )
+    assert echoed not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_redaction_leaves_other_text_alone() -> None:
+    text = "sk-Live%2FAbC is not the key, nor is AbC+dE=fGh alone: 0123~456789"
+    assert redact(text, SLASHED) == text
+    assert redact(text, None) == text
 
 
 def test_str_shows_status_and_code_when_they_differ() -> None:

@@ -345,9 +345,20 @@ async def test_stats_endpoint_matches_the_counters() -> None:
         response = await client.get("/_emulator/stats")
     data = response.json()
     assert response.status_code == 200
-    snapshot = emulator.stats.to_dict()
+    snapshot = emulator.stats.to_dict(limit=1_000)  # the route's default window
     snapshot["by_status"]["200"] -= 1  # the stats response itself
     assert data == snapshot
+    assert data["page"] == {
+        "offset": 0,
+        "limit": 1_000,
+        "sizes": {
+            "generate_records": 6,
+            "request_start_times": 6,
+            "charged_idempotency_keys": 0,
+            "credits_by_idempotency_key": 0,
+        },
+        "next": None,
+    }
     assert data["requests"] == 8
     assert data["generate_requests"] == 6
     assert set(data["faults"]) == set(FAULT_KINDS)
@@ -401,3 +412,54 @@ async def test_lifespan_is_supported() -> None:
 
     await Emulator()({"type": "lifespan"}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+@anyio_test
+async def test_the_stats_route_is_bounded_pages_its_records_and_counts_everything() -> None:
+    # Issue 20, item 12: after many requests the route answers the last 1,000 records of each
+    # list; ?offset=&limit= pages through them; the counters are complete either way.
+    emulator = Emulator()
+    async with client_for(emulator) as client:
+        for i in range(1_200):
+            body = {"prompt": "a yellow banana"}
+            await client.post(GENERATE, json=body, headers={"Idempotency-Key": f"k{i}"})
+        default = (await client.get("/_emulator/stats")).json()
+        first = (await client.get("/_emulator/stats?offset=0&limit=500")).json()
+        third = await client.get(f"/_emulator/stats?offset={first['page']['next'] + 500}&limit=500")
+        none = (await client.get("/_emulator/stats?limit=0")).json()
+        bad = await client.get("/_emulator/stats?limit=-1")
+        twice = await client.get("/_emulator/stats?limit=1&limit=2")
+    third_page = third.json()
+    assert default["generate_requests"] == default["generations"] == 1_200
+    assert default["idempotency_keys"] == 1_200
+    assert default["credits_charged"] == 2_400
+    assert len(default["generate_records"]) == 1_000
+    assert [r["serial"] for r in default["generate_records"]] == list(range(201, 1_201))
+    assert len(default["request_start_times"]) == 1_000
+    assert list(default["charged_idempotency_keys"]) == [f"k{i}" for i in range(200, 1_200)]
+    assert default["page"] == {
+        "offset": 200,
+        "limit": 1_000,
+        "sizes": dict.fromkeys(
+            (
+                "generate_records",
+                "request_start_times",
+                "charged_idempotency_keys",
+                "credits_by_idempotency_key",
+            ),
+            1_200,
+        ),
+        "next": None,
+    }
+    assert [r["serial"] for r in first["generate_records"]] == list(range(1, 501))
+    assert first["page"]["next"] == 500
+    assert [r["serial"] for r in third_page["generate_records"]] == list(range(1_001, 1_201))
+    assert third_page["page"]["next"] is None
+    assert none["generate_records"] == []
+    assert none["generations"] == 1_200
+    for refused in (bad, twice):
+        assert refused.status_code == 400
+        assert "limit must be one whole number" in refused.json()["message"]
+    # In-process, the counters stay whole.
+    assert len(emulator.stats.to_dict()["generate_records"]) == 1_200
+    assert "page" not in emulator.stats.to_dict()

@@ -95,15 +95,27 @@ async def test_unknown_paths_are_404(path: str) -> None:
 
 
 @anyio_test
-async def test_wrong_methods_are_404() -> None:
+async def test_wrong_methods_are_405_with_allow() -> None:
+    # Issue 20, item 11: the route exists, so HTTP asks for 405 and the methods it takes.
     async with client_for(Emulator()) as client:
-        assert (await client.get(GENERATE)).status_code == 404
-        assert (await client.post("/_emulator/stats")).status_code == 404
         url = (await generate(client)).json()["data"]["url"]
-        assert (await client.delete(url)).status_code == 404
+        cases = [
+            *[(method, GENERATE, "POST") for method in ("GET", "PUT", "DELETE", "PATCH")],
+            ("POST", "/_emulator/stats", "GET"),
+            ("DELETE", url, "GET, HEAD"),
+            ("POST", url, "GET, HEAD"),
+        ]
+        for method, target, allow in cases:
+            response = await client.request(method, target)
+            assert response.status_code == 405, (method, target)
+            assert response.headers["allow"] == allow
+            assert response.json()["code"] == 405
+            assert method in response.json()["message"]
         head = await client.head(url)
+        missing = await client.get("/v1/images/nowhere")
     assert head.status_code == 200
     assert int(head.headers["content-length"]) > 0
+    assert missing.status_code == 404  # a path that does not exist is still 404
 
 
 @anyio_test

@@ -1,28 +1,46 @@
-"""What the limits tests share: the namespace's raw state in Redis, clients, windows."""
+"""What the limits tests share: the namespace's raw state in Redis, ledgers, clients,
+windows."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-import coredis
+import anyio
 
-from nanobanana_async import AsyncNanoBanana
+from nanobanana_async import AsyncNanoBanana, RedisLimits
 from nanobanana_async.emulator import Emulator
 from nanobanana_async.limits import Limits
+from tests.support.redis_server import RedisServer
 
 KEY = "nb-limits-test-key-0123456789"
 
 
-async def redis_state(url: str, namespace: str) -> dict[str, Any]:
-    """The namespace's keys as Redis holds them (read without the SDK)."""
+def _pairs(text: str) -> dict[str, str]:
+    lines = [line for line in text.splitlines() if line]
+    return dict(zip(lines[::2], lines[1::2], strict=True))
+
+
+async def redis_state(server: RedisServer, namespace: str) -> dict[str, Any]:
+    """The namespace's keys as Redis holds them (read with redis-cli, without the SDK)."""
     tag = "nanobanana:{" + namespace + "}"
-    async with coredis.Redis.from_url(url, decode_responses=True) as redis:
-        state = await redis.hgetall(f"{tag}:state")
-        leases = await redis.zrange(f"{tag}:leases", 0, -1)
-        costs = await redis.hgetall(f"{tag}:costs")
-        keys = [k async for k in redis.scan_iter(match=f"*{namespace}*")]
-    return {"state": dict(state), "leases": list(leases), "costs": dict(costs), "keys": keys}
+
+    def read() -> dict[str, Any]:
+        return {
+            "state": _pairs(server.cli("HGETALL", f"{tag}:state")),
+            "leases": server.cli("ZRANGE", f"{tag}:leases", "0", "-1").split(),
+            "keys": server.cli("--scan", "--pattern", f"*{namespace}*").split(),
+        }
+
+    return await anyio.to_thread.run_sync(read)
+
+
+async def ledger(url: str, namespace: str, max_credits: int, **options: Any) -> RedisLimits:
+    """Create the namespace's credit ledger (as an operator does once) and return limits
+    using it (not open)."""
+    limits = RedisLimits(url, namespace=namespace, max_credits=max_credits, **options)
+    await limits.create()
+    return limits
 
 
 def client(emulator: Emulator, limits: Limits | None, **kwargs: Any) -> AsyncNanoBanana:

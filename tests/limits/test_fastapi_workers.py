@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from nanobanana_async import RedisLimits
 from nanobanana_async.emulator import Emulator, Faults, serve
 from tests.support.redis_server import RedisServer
 
@@ -36,6 +37,7 @@ async def test_uvicorn_workers_share_the_budget_and_the_rate(
 ) -> None:
     emulator = Emulator(faults=Faults(latency=0.05))
     limits = f"{redis_url}?namespace={redis_server.namespace()}&max_credits=20&max_per_second=5"
+    await RedisLimits.from_url(limits).create()
     port = _free_port()
     with serve(emulator) as upstream:
         env = {

@@ -1,11 +1,12 @@
 """RedisLimits behind a client, on asyncio and Trio: shared budget and cool-down, batches,
-the pool's lifetime (with and without ``async with``), and Redis refusing or hanging."""
+the connection's lifetime (with and without ``async with``), and Redis refusing or hanging."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -19,7 +20,7 @@ from nanobanana_async import (
 from nanobanana_async.emulator import Emulator, Faults
 from tests.support.redis_server import RedisServer
 
-from .helpers import client
+from .helpers import client, ledger
 
 pytestmark = pytest.mark.anyio
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.anyio
 async def test_two_clients_share_one_budget(redis_server: RedisServer, redis_url: str) -> None:
     ns = redis_server.namespace()
     emulator = Emulator()
+    await ledger(redis_url, ns, 11)
     first = client(emulator, RedisLimits(redis_url, namespace=ns, max_credits=11))
     second = client(emulator, RedisLimits(redis_url, namespace=ns, max_credits=11))
     async with first, second:
@@ -52,7 +54,7 @@ async def test_a_batch_budget_applies_inside_the_shared_one(
 ) -> None:
     ns = redis_server.namespace()
     emulator = Emulator()
-    async with client(emulator, RedisLimits(redis_url, namespace=ns, max_credits=100)) as nb:
+    async with client(emulator, await ledger(redis_url, ns, 100)) as nb:
         report = await nb.run_batch([f"p{i}" for i in range(6)], max_credits=6)
         assert (report.succeeded, report.skipped) == (3, 3)
         status = await nb.limits.status()  # type: ignore[attr-defined]
@@ -81,7 +83,7 @@ async def test_budget_exceeded_on_a_single_generate(
     redis_server: RedisServer, redis_url: str
 ) -> None:
     emulator = Emulator()
-    limits = RedisLimits(redis_url, namespace=redis_server.namespace(), max_credits=3)
+    limits = await ledger(redis_url, redis_server.namespace(), 3)
     async with client(emulator, limits) as nb:
         await nb.generate("fits")
         with pytest.raises(BudgetExceededError, match="nothing was sent"):
@@ -89,17 +91,17 @@ async def test_budget_exceeded_on_a_single_generate(
     assert emulator.stats.generate_requests == 1
 
 
-async def test_a_client_never_entered_opens_its_limits_on_first_use(
+async def test_a_client_never_entered_connects_for_each_call(
     redis_server: RedisServer, redis_url: str
 ) -> None:
     emulator = Emulator()
-    limits = RedisLimits(redis_url, namespace=redis_server.namespace(), max_credits=10)
+    limits = await ledger(redis_url, redis_server.namespace(), 10)
     nb = client(emulator, limits)
     await nb.generate("lazy")
     await nb.run_batch(["lazy batch"])
     assert (await limits.status()).spent == 4
     await nb.aclose()
-    # Closed with the client, and usable again (opened anew) by another.
+    # Usable again, and opened, by another client.
     async with client(emulator, limits) as again:
         await again.generate("reopened")
     assert (await limits.status()).spent == 6
@@ -107,9 +109,9 @@ async def test_a_client_never_entered_opens_its_limits_on_first_use(
 
 
 def test_a_client_never_closed_leaves_nothing_behind(redis_url: str) -> None:
-    # The pool's owner task ends with the event loop, in the task that entered it: no
-    # cancel-scope error, no warning, on either loop. In a child process so that the end of
-    # its event loop is the real one.
+    # Limits never opened hold nothing between calls: no task, no connection, no warning at
+    # the end of the event loop, on either loop. In a child process so that the end of its
+    # event loop is the real one.
     script = textwrap.dedent(
         f"""
         import anyio, sys
@@ -117,10 +119,11 @@ def test_a_client_never_closed_leaves_nothing_behind(redis_url: str) -> None:
         from nanobanana_async.emulator import Emulator
 
         async def main():
+            limits = RedisLimits({redis_url!r}, namespace="never-closed", max_credits=100)
+            await limits.create(replace=True)
             nb = AsyncNanoBanana(
                 "nb-key-0123456789", base_url="http://127.0.0.1:9",
-                transport=Emulator().transport(),
-                limits=RedisLimits({redis_url!r}, namespace="never-closed", max_credits=100),
+                transport=Emulator().transport(), limits=limits,
             )
             await nb.generate("left open")
             print("generated")
@@ -141,26 +144,32 @@ def test_a_client_never_closed_leaves_nothing_behind(redis_url: str) -> None:
 
 
 async def test_redis_down_fails_closed_then_recovers(
-    redis_server: RedisServer, redis_url: str
+    redis_factory: Callable[..., RedisServer],
 ) -> None:
     emulator = Emulator()
-    limits = RedisLimits(
-        "redis://:s3cret-pw@" + redis_url.removeprefix("redis://"),
-        namespace=redis_server.namespace(),
-    )
-    await anyio.to_thread.run_sync(redis_server.stop)
+    server = redis_factory(password="s3cret-pw")
+    limits = RedisLimits(server.url, namespace="down")
+    await anyio.to_thread.run_sync(server.stop)
+    # Opening checks Redis: down, the client's async with fails at once, in one line.
+    with pytest.raises(LimitsUnavailableError) as caught:
+        async with client(emulator, limits):
+            pass
+    message = str(caught.value)
+    assert f"127.0.0.1:{server.port}" in message
+    assert "nothing was sent" in message
+    assert "s3cret" not in message
+    assert "s3cret" not in repr(limits)
+    assert caught.value.url is not None
+    assert "s3cret" not in caught.value.url
+    await anyio.to_thread.run_sync(server.start)
     async with client(emulator, limits) as nb:
-        with pytest.raises(LimitsUnavailableError) as caught:
+        await nb.generate("Redis is up")
+        await anyio.to_thread.run_sync(server.stop)
+        with pytest.raises(LimitsUnavailableError, match="nothing was sent"):
             await nb.generate("not while Redis is down")
-        message = str(caught.value)
-        assert f"127.0.0.1:{redis_server.port}" in message
-        assert "s3cret" not in message
-        assert "s3cret" not in repr(limits)
-        assert caught.value.url is not None
-        assert "s3cret" not in caught.value.url
-        assert emulator.stats.generate_requests == 0
-        await anyio.to_thread.run_sync(redis_server.start)
-        # The same client, the same pool: it resumes once Redis is back.
+        assert emulator.stats.generate_requests == 1
+        await anyio.to_thread.run_sync(server.start)
+        # The same client: it connects again once Redis is back.
         with anyio.fail_after(10):
             while True:
                 try:
@@ -168,7 +177,7 @@ async def test_redis_down_fails_closed_then_recovers(
                     break
                 except LimitsUnavailableError:
                     await anyio.sleep(0.1)
-    assert emulator.stats.generations == 1
+    assert emulator.stats.generations == 2
 
 
 async def test_redis_hanging_fails_closed(redis_server: RedisServer, redis_url: str) -> None:
@@ -189,7 +198,7 @@ async def test_a_break_leaves_no_reservation_behind(
     redis_server: RedisServer, redis_url: str
 ) -> None:
     emulator = Emulator(faults=Faults(latency=0.2))
-    limits = RedisLimits(redis_url, namespace=redis_server.namespace(), max_credits=1000)
+    limits = await ledger(redis_url, redis_server.namespace(), 1000)
     async with client(emulator, limits) as nb:
         async with nb.batch([f"p{i}" for i in range(40)], concurrency=8) as run:
             async for _ in run:

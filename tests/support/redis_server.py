@@ -1,11 +1,13 @@
 """A real Debian ``redis-server`` on a free loopback port, for the limits tests and docs.
 
-The server keeps its data in an append-only file in a temporary directory, as production
-Redis behind shared limits should (see docs/scaling.md): a crash and restart keeps the
-ledger. ``stop()`` kills it (SIGKILL: open sockets get a reset at once), ``start()`` brings it
-back on the same port, ``wipe()`` forgets everything (a restart without persistence),
-``hang()`` / ``resume()`` stop and continue it (it accepts connections but never answers).
-Skipped, saying so, where ``redis-server`` is not installed (``.ci/run`` installs it).
+The session's server keeps its data in an append-only file in a temporary directory, as
+production Redis behind shared limits should (see docs/scaling.md): a crash and restart keeps
+the ledger. ``stop()`` kills it (SIGKILL: open sockets get a reset at once), ``start()``
+brings it back on the same port, ``wipe()`` forgets everything (a restart without
+persistence), ``hang()`` / ``resume()`` stop and continue it (it accepts connections but never
+answers). ``redis_factory`` starts servers configured otherwise (no persistence, ``maxmemory``
+and an eviction policy, a password), stopped at the end of the test. Skipped, saying so, where
+``redis-server`` is not installed (``.ci/run`` installs it).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "redis_server", "redis_url"]
+__all__ = ["RedisServer", "redis_factory", "redis_server", "redis_url"]
 
 
 def find_redis_server() -> str | None:
@@ -41,11 +44,12 @@ def _free_port() -> int:
 
 
 def _ping(port: int, timeout: float = 0.2) -> bool:
-    # Raw RESP: the fixture needs no client library.
+    # Raw RESP: the fixture needs no client library. Up: +PONG, or -NOAUTH from a server
+    # with a password (not -LOADING: still reading its append-only file).
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -53,15 +57,38 @@ def _ping(port: int, timeout: float = 0.2) -> bool:
 class RedisServer:
     """One redis-server process; stop and start it again on the same port."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        *,
+        appendonly: bool = True,
+        password: str | None = None,
+        options: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.appendonly = appendonly
+        self.password = password
+        self.options = list(options)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The server's URL (with its password, percent-encoded as URLs require)."""
+        login = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
+
+    def cli(self, *command: str) -> str:
+        """``redis-cli`` on the server: the reply as text (read without the SDK)."""
+        argv = ["redis-cli", "-p", str(self.port), "--no-auth-warning"]
+        if self.password:
+            argv += ["-a", self.password]
+        done = subprocess.run(
+            [*argv, *command], capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout
 
     @property
     def running(self) -> bool:
@@ -79,11 +106,13 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--dir", str(self.workdir),
             "--logfile", str(self.workdir / "redis.log"),
             "--daemonize", "no",
+            *(["--requirepass", self.password] if self.password else []),
+            *self.options,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             args,
@@ -147,6 +176,30 @@ def redis_server() -> Iterator[RedisServer]:
         try:
             yield server
         finally:
+            server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start a server configured otherwise than the session's (``RedisServer``'s keyword
+    arguments); each is stopped at the end of the test."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    servers: list[RedisServer] = []
+
+    def make(**options: object) -> RedisServer:
+        workdir = tmp_path / f"redis-{len(servers)}"
+        workdir.mkdir()
+        server = RedisServer(binary, workdir, **options)  # type: ignore[arg-type]
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
             server.stop()
 
 

@@ -1,8 +1,12 @@
-"""The JSONL journal as a job store: ``journal="run.jsonl"`` (or any path), as it always was.
+"""The JSONL journal as a job store: ``journal="run.jsonl"`` (or any path).
 
 It records and resumes; it has no pending jobs for workers, no leases, and no ``sending``
-state (a kill may re-send the jobs that were in flight: use SQLite or Postgres to have them
-kept as ambiguous instead).
+state: a SIGKILL may re-send the jobs that were in flight (SQLite or Postgres keep them as
+ambiguous instead). A job whose answer was lost after its request left, or that was stopped
+while it was being sent (a batch cancelled, a grace period that ran out), is written as
+``"status": "ambiguous"``, and a line torn by a full disk or a crash makes its job ambiguous
+too: a rerun skips them rather than pay for them again.
+A write that fails is a :class:`StoreError`, never a bare ``OSError``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import anyio
 import anyio.to_thread
 
 from ...models import Job
-from ..journal import Journal
+from ..journal import UNSETTLED, Journal
 from ..results import JobResult
 from .base import Begin, StoredJob, StoreError
 
@@ -65,6 +69,12 @@ class JsonlSession:
         self.journal = journal
 
     async def begin(self, job_id: str, index: int, job: Job) -> Begin:
+        unsure = self.journal.unsure(job_id)
+        if unsure is not None:
+            return Begin(
+                skip=f"ambiguous: {unsure}; not sent again (give the job a new id, or use a "
+                "new journal, to send it anyway)"
+            )
         return Begin(record=self.journal.resumable(job_id))
 
     async def sending(
@@ -73,13 +83,32 @@ class JsonlSession:
         return True
 
     async def record(self, result: JobResult, *, status: str | None = None) -> None:
-        self.journal.write(result.to_record(status=status))
+        self._write(result.to_record(status=status), result.id)
 
     async def release(self, job_id: str) -> None:
         return None
 
     async def unsettled(self, job_id: str, credits: int) -> None:
-        return None
+        entry = {
+            "id": job_id,
+            "status": "ambiguous",
+            "credits": 0,
+            "credits_may_have_been_spent": credits,
+            "reason": UNSETTLED,
+        }
+        self._write(entry, job_id)
+
+    def _write(self, entry: dict[str, object], job_id: str | None) -> None:
+        journal = self.journal
+        try:
+            journal.write(entry)
+        except OSError as exc:
+            what = f"job {job_id!r}" if job_id is not None else "a job"
+            raise StoreError(
+                f"cannot write the journal {journal.path}: {exc.strerror or exc}; the result of "
+                f"{what} may have been charged without a record. Free the space (or fix the "
+                "disk), then run again: a job whose line was cut short is kept as ambiguous"
+            ) from None
 
     async def claim(self, limit: int) -> list[StoredJob]:
         return []

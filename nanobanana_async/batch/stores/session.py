@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from ...models import Job
+from ..journal import UNSETTLED
 from ..results import JobResult
 from .backend import SqlBackend
 from .base import Begin, StoredJob, StoreError, StoreUnavailableError, new_owner, owner_is_dead
@@ -115,9 +116,8 @@ class SqlSession:
             return Begin(record=record_of(data))
         if state == "ambiguous":
             return Begin(
-                skip="ambiguous: an earlier run lost its answer or stopped while sending it, so "
-                "it may have been charged; not sent again (nanobanana jobs retry --ambiguous "
-                "sends it anyway)"
+                skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
+                "--ambiguous sends it anyway)"
             )
         return Begin(skip=f"held by another worker ({data['lease_owner']}): not sent by this run")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-from typing import TYPE_CHECKING, Any, Self
+import secrets
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -15,36 +15,25 @@ from ..base import LimitsStatus, Permit
 from ..cooldown import Cooldown
 from ..spacing import start_interval
 from . import scripts
-from .config import RedisConfig
+from .config import DEFAULT_LEASE, DEFAULT_NAMESPACE, UNRENEWED_LEASE, RedisConfig, split_url
+from .durability import read_durability
+from .holder import Holder
+from .ledger import Refusals, View
+from .link import Call, Script, evaluate
 from .scripts import Admission
-
-if TYPE_CHECKING:
-    from .connection import RedisConnection, Scripts
 
 __all__ = ["RedisLimits"]
 
 _US = 1_000_000
-# How late a start slot may be used: well within the spacing's margin (limits.spacing.MARGIN).
+# How late a start slot may be used, and how early: well within the spacing's margin
+# (limits.spacing.MARGIN, 50 ms a window). Sleeping for less than a millisecond costs an event
+# loop turn per start, which a fast rate would pay for nothing.
 _LATE = 0.02
+_EARLY = 0.001
 # The most a new slot is taken ahead, for an answer that was slow to arrive.
 _MAX_LEAD = 1.0
-# Admissions and settlements go through the coalescer (one round trip for many).
-_BATCHED = {"acquire": "a", "settle": "s"}
-_CONSEQUENCES = {
-    "acquire": "nothing was sent",
-    "settle": "the attempt's reservation stays held until its lease expires, then counts as "
-    "may have been spent",
-}
-_scripts: Scripts | None = None
-
-
-def _loaded() -> Scripts:
-    global _scripts
-    if _scripts is None:
-        from .connection import Scripts
-
-        _scripts = Scripts(scripts.BATCH, scripts.STATUS, scripts.RESET)
-    return _scripts
+_VIEW = Script.of(scripts.VIEW)
+_CREATE = Script.of(scripts.CREATE)
 
 
 class RedisLimits:
@@ -52,101 +41,121 @@ class RedisLimits:
 
     ``max_per_second`` caps request starts across them all, spaced evenly (no one-second
     window holds more, as measured at Redis's clock); ``max_credits`` is one budget for them
-    all: each attempt reserves its credits under a lease of ``lease`` seconds, and a process
-    killed with reservations outstanding loses them to "may have been spent" when the lease
-    expires, never back to what is left. A 429 seen by any of them pauses all of them until
-    the latest ``Retry-After``. A cap not given is the one last given on the namespace.
+    all, kept in the namespace's credit ledger, which an operator creates once
+    (``nanobanana limits create``, :meth:`create`): each attempt reserves its credits under a
+    lease of ``lease`` seconds, renewed while the limits are open, so a process killed with
+    reservations outstanding loses them to "may have been spent" when the lease expires,
+    never back to what is left. A 429 seen by any of them pauses all of them until the
+    latest ``Retry-After``. A rate not given is the one last given on the namespace; a
+    process given no ``max_credits`` uses the ledger's, if there is one.
 
-    Every change is one atomic Lua script on Redis's clock: one round trip admits an attempt
-    (cool-down, budget, rate), one settles it (none without a budget, unless a 429 pauses).
-    Redis unreachable, or slower than ``timeout`` seconds: :class:`LimitsUnavailableError`
-    and nothing is sent; never limits of this process instead. Needs the extra ``redis``
-    (coredis), imported when the limits are first opened.
+    The ledger is refused on a Redis that can lose it (no append-only file, an evicting
+    ``maxmemory-policy``) unless ``allow_volatile=True``; a process refuses a ledger that is
+    missing or another than the one it used (Redis lost it), and one given another
+    ``max_credits`` than the ledger's. Redis unreachable, or slower than ``timeout`` seconds:
+    :class:`LimitsUnavailableError` and nothing is sent; never limits of this process
+    instead. See docs/scaling.md.
 
-    The connection pool opens with the client's ``async with`` (or at the first call) and
-    closes with the client; :meth:`open` / :meth:`aclose` (or ``async with``) when used alone.
+    Every change is one atomic Lua script on Redis's clock. Open (the client's
+    ``async with``, or ``async with`` on the limits), the limits keep one connection and send
+    the operations of concurrent tasks together; not open, each call connects on its own.
     """
 
     def __init__(
         self,
         url: str,
         *,
-        namespace: str,
+        namespace: str = DEFAULT_NAMESPACE,
         max_per_second: float | None = None,
         max_credits: int | None = None,
-        lease: float = 600.0,
+        lease: float = DEFAULT_LEASE,
         timeout: float = 1.0,
+        allow_volatile: bool = False,
     ) -> None:
         self._config = RedisConfig.build(
-            url, namespace, max_per_second, max_credits, lease, timeout
+            url,
+            namespace=namespace,
+            max_per_second=max_per_second,
+            max_credits=max_credits,
+            lease=lease,
+            timeout=timeout,
+            allow_volatile=allow_volatile,
         )
-        if importlib.util.find_spec("coredis") is None:
-            raise InvalidRequestError(
-                "RedisLimits needs coredis: pip install 'nanobanana-async[redis]'", param="url"
-            )
+        self._refusals = Refusals(self._config)
         tag = "nanobanana:{" + namespace + "}"
-        self._keys = [f"{tag}:state", f"{tag}:leases", f"{tag}:costs"]
+        self._keys = [f"{tag}:state", f"{tag}:leases"]
         self._interval_us = math.ceil(start_interval(max_per_second) * _US) if max_per_second else 0
-        self._cap = -1 if max_credits is None else max_credits
-        self._lease_us = math.ceil(self._config.lease * _US)
         self._per_second_text = format(max_per_second, "g") if max_per_second else ""
-        self._reserved_before = False
+        self._lease_us = math.ceil(self._config.lease * _US)
+        self._unrenewed_lease_us = math.ceil(max(self._config.lease, UNRENEWED_LEASE) * _US)
+        # The ledger this process uses ("" until it sees one) and the last reservation number
+        # it saw there: a different ledger, or an older copy, is refused.
+        self._ledger = ""
+        self._seq = 0
         # A copy of the shared cool-down: waited out here without asking Redis, and kept if
         # Redis forgets it.
         self._cooldown = Cooldown()
-        self._connection: RedisConnection | None = None
-        # Opened explicitly (the client's async with): settlements are posted, and the close
-        # sends them. Opened on first use (never closed, maybe): they are awaited.
-        self._opened = False
+        self._holder = Holder(
+            self._config,
+            self._keys,
+            self._refusals,
+            header=self._header,
+            verify=self._verify,
+            durable=self._check_durable,
+            learn=self._learn,
+        )
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> Self:
         """Limits from one URL whose query may carry the options:
         ``redis://host:6379/0?namespace=acct&max_per_second=20&max_credits=5000``
-        (also ``lease`` and ``timeout``). ``namespace`` defaults to ``"nanobanana"``."""
-        clean, options = RedisConfig.split_url(url)
-        options.setdefault("namespace", "nanobanana")
+        (also ``lease``, ``timeout`` and ``allow_volatile``, and the connection's ``db``,
+        ``username``, ``password``, ``client_name`` and ``ssl_*``). Any other option is
+        refused, naming these."""
+        clean, options = split_url(url)
         options.update(overrides)
         return cls(clean, **options)
 
     def __repr__(self) -> str:
         config = self._config
         return (
-            f"RedisLimits({config.safe_url!r}, namespace={config.namespace!r}, "
+            f"RedisLimits({config.url!r}, namespace={config.namespace!r}, "
             f"max_per_second={config.max_per_second!r}, max_credits={config.max_credits!r})"
         )
 
     @property
     def url(self) -> str:
-        """Where the limits live, without credentials."""
-        return self._config.safe_url
+        """Where the limits live, without password or options."""
+        return self._config.url
 
     @property
     def namespace(self) -> str:
         """The namespace shared by the processes whose limits these are."""
         return self._config.namespace
 
+    @property
+    def max_per_second(self) -> float | None:
+        """The rate this process was given (None: the namespace's)."""
+        return self._config.max_per_second
+
+    @property
+    def max_credits(self) -> int | None:
+        """The budget this process was given (None: the ledger's, if any)."""
+        return self._config.max_credits
+
     # -- lifetime ---------------------------------------------------------------------------
 
-    def _open_connection(self) -> RedisConnection:
-        connection = self._connection
-        if connection is None or connection.done:
-            from .connection import RedisConnection
-
-            connection = self._connection = RedisConnection(self._config, _loaded(), self._keys)
-        return connection
-
     async def open(self) -> None:
-        """Start the connection pool's owner task (connecting lazily: Redis may be down)."""
-        self._open_connection()
-        self._opened = True
+        """Connect and check (persistence for a budget, the ledger), then keep the connection
+        and the upkeep running until :meth:`aclose`, which the same task must call (the
+        client's ``async with`` does). Raises :class:`LimitsUnavailableError` when Redis
+        cannot be reached or refuses."""
+        await self._holder.open()
 
     async def aclose(self) -> None:
-        """Close the connection pool; the limits open again when next used."""
-        connection, self._connection = self._connection, None
-        self._opened = False
-        if connection is not None:
-            await connection.close()
+        """Send the settlements posted so far (a few seconds at most), stop the upkeep and
+        close the connection; the limits may be opened again."""
+        await self._holder.aclose()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -155,15 +164,45 @@ class RedisLimits:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _call(self, script_name: str, args: list[Any]) -> Any:
-        consequence = _CONSEQUENCES.get(script_name, "nothing was changed")
-        connection = self._open_connection()
-        if script_name in _BATCHED:
-            operation = [_BATCHED[script_name], *args]
-            return await connection.submit(operation, consequence)
-        await connection.flush()  # a view or a reset sees every settlement posted before it
-        script = getattr(_loaded(), script_name)
-        return await connection.call(script, self._keys, args, consequence)
+    async def check(self) -> None:
+        """Raise :class:`LimitsUnavailableError` now if these limits cannot admit anything
+        (Redis unreachable or refusing): what a batch asks once before its first job."""
+        await self._holder.ops([])
+
+    # -- what Redis is told, and what is checked ---------------------------------------------
+
+    def _header(self, open_: bool) -> list[Any]:
+        """What every operation of a script call shares (see ``scripts.BATCH``)."""
+        lease = self._lease_us if open_ else self._unrenewed_lease_us
+        return [self._ledger, self._seq, self._interval_us, lease, self._per_second_text]
+
+    async def _verify(self, call: Call) -> None:
+        """Check a new connection: persistence where a budget is used, the ledger's identity
+        and cap (:mod:`.ledger`)."""
+        view = View(await evaluate(call, _VIEW, self._keys, []))
+        if self._config.max_credits is not None or view.ledger or self._ledger:
+            await self._check_durable(call)
+        refusals = self._refusals
+        if self._ledger and view.ledger != self._ledger:
+            raise refusals.lost(older=False)
+        if self._ledger and view.seq < self._seq:
+            raise refusals.lost(older=True)
+        if self._config.max_credits is not None:
+            if not view.ledger:
+                raise refusals.no_ledger()
+            if view.max_credits != self._config.max_credits:
+                raise refusals.other_cap(view.max_credits)
+        self._ledger = view.ledger
+
+    async def _check_durable(self, call: Call) -> None:
+        if not self._config.allow_volatile:
+            durability = await read_durability(call)
+            if durability.problem is not None:
+                raise self._refusals.volatile(durability)
+
+    def _learn(self, cooldown_us: int) -> None:
+        if cooldown_us > 0:
+            self._cooldown.pause(cooldown_us / _US)
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -174,14 +213,12 @@ class RedisLimits:
         while True:
             waited += await self._cooldown.wait()
             asked = anyio.current_time()
-            status, value, token = await self._admit(cost, reserve_check=True)
+            status, value, token = await self._admit(cost)
             answered = anyio.current_time()
-            permit = Permit(cost if token else 0, token or None, cooldown=waited)
             if status == Admission.ADMITTED:
-                if token:
-                    self._reserved_before = True
+                permit = Permit(cost if token else 0, token or None, cooldown=waited)
                 try:
-                    await self._start_at(asked, answered, value)
+                    permit.cooldown += await self._start_at(asked, answered, value)
                 except BaseException:
                     await self._settle(permit, "release", 0, 0)
                     raise
@@ -197,64 +234,70 @@ class RedisLimits:
                     f"no room for {cost} credits ({max(0, value)} left): nothing was sent"
                 )
             else:
-                raise self._open_connection().unavailable(
-                    "the namespace's credit ledger is gone (Redis restarted without "
-                    "persistence, or its keys were deleted), so what was spent is unknown",
-                    "nothing was sent; start a new ledger with `nanobanana limits reset`",
-                )
+                raise self._refusals.lost(older=value == 1)
 
-    async def _admit(
-        self, cost: int, *, reserve_check: bool, lead: float = 0.0
-    ) -> tuple[int, int, str]:
-        args = [
-            cost,
-            self._cap,
-            self._interval_us,
-            self._lease_us,
-            1 if reserve_check and self._reserved_before else 0,
-            self._per_second_text,
-            math.ceil(lead * _US),
-        ]
-        if cost <= 0:  # nothing can be reserved
-            status, value, token = await self._call("acquire", args)
-            return status, value, token
-        # Shielded: a reservation made by a script whose answer we stopped waiting for would
-        # be held until its lease expired. Cancellation is seen right after the answer.
-        with anyio.CancelScope(shield=True):
-            status, value, token = await self._call("acquire", args)
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            if token:
+    async def _admit(self, cost: int, *, lead: float = 0.0) -> tuple[int, int, str]:
+        reply = await self._holder.admit(["a", cost, math.ceil(lead * _US)], reserves=cost > 0)
+        status, value, token = self._admitted(reply)
+        if token:
+            # Cancelled while the answer came: released now, before any attempt is made.
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
                 await self._settle(Permit(cost, token), "release", 0, 0)
-            raise
+                raise
         return status, value, token
 
-    async def _start_at(self, asked: float, answered: float, wait_us: int) -> None:
-        """Start at the slot ``wait_us`` after Redis's clock read it (between ``asked`` and
-        ``answered``).
+    def _admitted(self, reply: list[Any]) -> tuple[int, int, str]:
+        status, value, token = int(reply[0]), int(reply[1]), str(reply[2])
+        if token:
+            self._holder.hold(token)
+            ledger, seq, _ = token.split(":")
+            self._ledger = self._ledger or ledger
+            self._seq = max(self._seq, int(seq))
+        return status, value, token
 
-        A slot queued for (more than 20 ms ahead: the cap binds, slots are taken back to
-        back) must be used within 20 ms of it, or it is left unused and a new one taken, far
-        enough ahead for its answer to arrive first: a later start (a slow answer, a process
-        starved of CPU) would crowd the slots after it, in other processes too. A slot free
-        within 20 ms (the cap does not bind) starts when it comes.
+    async def _start_at(self, asked: float, answered: float, wait_us: int) -> float:
+        """Start at the slot ``wait_us`` after Redis's clock read it (between ``asked`` and
+        ``answered``); returns the seconds spent waiting out a cool-down meanwhile.
+
+        A start is never more than 1 ms before its slot. A slot queued for (more than 20 ms
+        ahead: the cap binds, slots are taken back to back) must be used within 20 ms of it,
+        or it is left unused and a new one taken, far enough ahead for its answer to arrive
+        first: a later start (a slow answer, a process starved of CPU) would crowd the slots
+        after it, in other processes too.
+
+        A 429 seen by another process may pause everyone after Redis admitted this attempt:
+        a start more than one round trip after the admission asks Redis again whether a
+        cool-down runs; if one does, the slot is left, the cool-down waited out, a new slot
+        taken (the reservation already held stays).
         """
-        while wait_us > _LATE * _US:  # -1: the namespace has no rate cap
-            await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
-            if anyio.current_time() - (asked + wait_us / _US) <= _LATE:
-                return
+        cooled = 0.0
+        while True:
+            if wait_us > _EARLY * _US:
+                await anyio.sleep(wait_us / _US)  # from the answer: never before the slot
+            now = anyio.current_time()
+            late = wait_us > _LATE * _US and now - (asked + wait_us / _US) > _LATE
+            if not late and now - answered <= max(answered - asked, 0.001):
+                return cooled  # Redis looked at the cool-down at most a round trip ago
+            if not late:
+                if not self._cooldown.paused():
+                    (left,) = await self._holder.ops([["c"]])
+                    if not left:
+                        return cooled
+                    self._cooldown.pause(int(left) / _US)
+                cooled += await self._cooldown.wait()
             lead = min(_MAX_LEAD, 2 * (answered - asked) + _LATE)
-            while True:  # a new slot; the reservation already held stays
+            while True:  # a new slot
                 asked = anyio.current_time()
-                status, wait_us, _ = await self._admit(0, reserve_check=False, lead=lead)
+                status, wait_us, _ = await self._admit(0, lead=lead)
                 answered = anyio.current_time()
-                if status != Admission.COOLING:
+                if status == Admission.ADMITTED:
                     break
+                if status == Admission.LOST:
+                    raise self._refusals.lost(older=wait_us == 1)
                 self._cooldown.pause(wait_us / _US)
-                await self._cooldown.wait()
-        if wait_us > 0:
-            await anyio.sleep(wait_us / _US)
+                cooled += await self._cooldown.wait()
 
     async def settle(
         self,
@@ -264,61 +307,111 @@ class RedisLimits:
         outcome: BaseException | None = None,
         pause: float | None = None,
     ) -> None:
-        """End ``permit``'s attempt in one round trip (none when nothing was reserved and no
-        429 asks for a pause)."""
+        """End ``permit``'s attempt (none when nothing was reserved and no 429 asks for a
+        pause). Open limits post it (it goes with the next script call), unless a 429 asks
+        for a pause: that is in Redis before this returns, so that every process sees it. A
+        settlement that meets an outage is sent again once Redis answers."""
         pause_us = math.ceil(pause * _US) if pause is not None and pause > 0 else 0
         if pause_us:
             self._cooldown.pause(pause_us / _US)
-        if spent is not None:
-            kind = "spent"
-        elif outcome is not None and may_have_charged(outcome):
-            kind = "keep"
-        else:
-            kind = "release"
-        await self._settle(permit, kind, spent or 0, pause_us)
+        await self._settle(permit, _kind(spent, outcome), spent or 0, pause_us)
+
+    def settle_now(
+        self,
+        permit: Permit,
+        *,
+        spent: int | None = None,
+        outcome: BaseException | None = None,
+        pause: float | None = None,
+    ) -> bool:
+        """:meth:`settle` where it awaits nothing (open limits, no pause): True when done,
+        False when :meth:`settle` must be awaited. The retry loop's way around a shielded
+        await per attempt."""
+        if pause is not None and pause > 0:
+            return False
+        token = None if permit.settled else permit.token
+        if token is None:
+            permit.settled = True
+            return True
+        if not self._holder.post(["s", token, _kind(spent, outcome), spent or 0, 0]):
+            return False
+        permit.settled = True
+        return True
 
     async def _settle(self, permit: Permit, kind: str, spent: int, pause_us: int) -> None:
         token = None if permit.settled else permit.token
         permit.settled = True
-        if token is None and not pause_us:
-            return
-        args = [token or "", kind, spent, pause_us]
-        if self._opened:
-            # Posted: the call's outcome does not wait for the ledger's round trip. It goes
-            # out with the next batch and before the pool closes; one that never reaches Redis
-            # (a crash) keeps its reservation until the lease expires (may have been spent).
-            self._open_connection().post(["s", *args], _CONSEQUENCES["settle"], self._learn)
-            return
-        with anyio.CancelScope(shield=True):
-            self._learn(await self._call("settle", args))
+        if token is not None or pause_us:
+            await self._holder.settle(["s", token or "", kind, spent, pause_us])
 
-    def _learn(self, reply: Any) -> None:
-        cooldown_us = reply[1]
-        if cooldown_us > 0:
-            self._cooldown.pause(cooldown_us / _US)
-
-    # -- views ------------------------------------------------------------------------------
+    # -- views and administration -----------------------------------------------------------
 
     async def status(self) -> LimitsStatus:
-        """The namespace's caps, credits by state and cool-down, as Redis has them now."""
-        _, spent, uncertain, reserved, cap, per_second, cooldown_us, leases = await self._call(
-            "status", []
-        )
+        """The namespace's caps, credits by state, cool-down and ledger, as Redis has them."""
+        view = View(await self._holder.script(_VIEW, []))
         return LimitsStatus(
-            max_per_second=float(per_second) if per_second else None,
-            max_credits=None if cap < 0 else cap,
-            spent=spent,
-            uncertain=uncertain,
-            reserved=reserved,
-            cooldown=cooldown_us / _US,
-            in_flight=leases,
+            max_per_second=view.max_per_second,
+            max_credits=view.max_credits,
+            spent=view.spent,
+            uncertain=view.uncertain,
+            reserved=view.reserved,
+            cooldown=view.cooldown_us / _US,
+            in_flight=view.leases,
+            ledger=view.ledger or None,
         )
 
+    async def create(self, *, replace: bool = False) -> str:
+        """Create the namespace's credit ledger with this object's ``max_credits`` (and rate,
+        if given); returns its identity. Processes using the namespace's budget run against
+        it from then on. Refused where a ledger exists, unless ``replace``: then the old one
+        is dropped with its reservations, and processes that used it refuse to go on until
+        started again. Refused, like any budget, on a Redis that can lose it."""
+        cap = self._config.max_credits
+        if cap is None:
+            raise InvalidRequestError(
+                "creating a credit ledger needs max_credits (in the URL: ?max_credits=N)",
+                param="max_credits",
+            )
+        ledger, _ = await self._create(cap, replace=replace)
+        return ledger
+
     async def reset(self) -> int:
-        """Start a new ledger: spent, reserved and the cool-down go back to zero (the caps
-        stay). Returns how many reservations were outstanding (their attempts, if still
-        running, are no longer counted)."""
-        self._reserved_before = False
-        self._cooldown = Cooldown()
-        outstanding: int = await self._call("reset", [])
+        """Start a new ledger in place of the namespace's: spent, reserved and the cool-down
+        go back to zero, the cap stays (or becomes this object's ``max_credits``). Returns
+        how many reservations were outstanding; processes that used the old ledger refuse to
+        go on until started again."""
+        cap = self._config.max_credits
+        _, outstanding = await self._create(-1 if cap is None else cap, replace=True)
         return outstanding
+
+    async def _create(self, cap: int, *, replace: bool) -> tuple[str, int]:
+        ledger = secrets.token_hex(8)
+        args = [ledger, cap, "1" if replace else "0", self._interval_us, self._per_second_text]
+        made, ledger, outstanding = await self._holder.script(_CREATE, args, durable=True)
+        if not made and not ledger:
+            raise InvalidRequestError(
+                f"namespace {self.namespace!r} at {self.url} has no credit ledger to reset: "
+                "create one (`nanobanana limits create`, with max_credits)",
+                param="max_credits",
+            )
+        if not made:
+            raise InvalidRequestError(
+                f"namespace {self.namespace!r} at {self.url} already has a credit ledger "
+                f"({ledger}): `nanobanana limits create --replace` starts a new one (what "
+                "was spent is forgotten)",
+                param="max_credits",
+            )
+        self._ledger, self._seq = str(ledger), 0
+        self._holder.forget()
+        self._cooldown = Cooldown()
+        return str(ledger), int(outstanding)
+
+
+def _kind(spent: int | None, outcome: BaseException | None) -> str:
+    """How an attempt's reservation ends: spent, kept (the server may have charged) or
+    released."""
+    if spent is not None:
+        return "spent"
+    if outcome is not None and may_have_charged(outcome):
+        return "keep"
+    return "release"

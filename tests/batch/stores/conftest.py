@@ -7,6 +7,8 @@ import pathlib
 
 import pytest
 
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:

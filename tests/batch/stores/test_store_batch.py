@@ -102,8 +102,8 @@ async def test_downloads_are_recorded_and_refetched(store_url: str, tmp_path: pa
     assert emulator.stats.generations == 2
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
         "fox.png",
-        "owls-1.png",
-        "owls-2.png",
+        "owls+1.png",
+        "owls+2.png",
     ]
     row = await _sql(store_url).get("owls")
     assert row is not None
