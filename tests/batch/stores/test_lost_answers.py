@@ -61,6 +61,24 @@ async def test_the_jsonl_journal_records_a_lost_answer_as_ambiguous(tmp_path: pa
     assert record["credits_may_have_been_spent"] == 2
 
 
+async def test_a_jsonl_rerun_does_not_send_a_lost_answer_again(tmp_path: pathlib.Path) -> None:
+    # One rule in every store: a job that may have been charged and has no result is
+    # ambiguous, and a rerun skips it (as SQLite and Postgres do) instead of paying again.
+    emulator = Emulator(faults=LOST)
+    journal = tmp_path / "run.jsonl"
+    jobs = [Job("a pier in fog", id="pier"), Job("a lighthouse", id="light")]
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        await client.run_batch(jobs[:1], journal=journal)
+        emulator.faults = Faults()
+        rerun = await client.run_batch(jobs, journal=journal)
+    [pier, light] = rerun.results
+    assert pier.status == "skipped"
+    assert "ambiguous" in (pier.reason or "")
+    assert "lost its answer" in (pier.reason or "")
+    assert light.ok
+    assert emulator.stats.generate_requests == 2  # the lost one once, the new one once
+
+
 async def test_a_clear_failure_stays_failed(store_url: str) -> None:
     emulator = Emulator(faults=Faults(server_error_rate=1.0))  # 500: nothing charged
     async with AsyncNanoBanana("sk-test", transport=emulator.transport(), max_retries=0) as client:
