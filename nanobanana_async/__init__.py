@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         SqliteStore,
         StoreError,
         StoreStatus,
+        StoreUnavailableError,
         open_store,
     )
     from .client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, AsyncNanoBanana
@@ -65,6 +66,7 @@ _LAZY: dict[str, str] = {
             "SqliteStore",
             "StoreError",
             "StoreStatus",
+            "StoreUnavailableError",
             "open_store",
         ),
         "batch.stores",
@@ -146,6 +148,7 @@ __all__ = [
     "SqliteStore",
     "StoreError",
     "StoreStatus",
+    "StoreUnavailableError",
     "__version__",
     "open_store",
     "sizes_for",

@@ -85,12 +85,23 @@ def _encodable(text: str) -> bool:
     return True
 
 
+# Ids key rows in the job stores: Postgres refuses an index entry over ~2,700 bytes, and 512
+# characters are at most 2,048 bytes of UTF-8 whatever they are.
+MAX_ID_LENGTH = 512
+
+
 def _check_id(value: object) -> None:
     if value is not None and (
         not isinstance(value, str) or not value or "\x00" in value or not _encodable(value)
     ):
         raise _invalid(
             "id", f"must be a non-empty string of valid Unicode without NUL, got {value!r}"
+        )
+    if value is not None and len(value) > MAX_ID_LENGTH:
+        raise _invalid(
+            "id",
+            f"must be at most {MAX_ID_LENGTH} characters, got {len(value)} "
+            f"({value[:40]!r}...): use a shorter id, or a digest of this one",
         )
 
 
@@ -99,8 +110,8 @@ class Job:
     """One generation request: a prompt and how to render it.
 
     Validated at construction: a bad field raises :class:`InvalidRequestError` (also a
-    ``ValueError``) before any byte is sent. ``id`` names the job in journals and file names;
-    without one, the batch runner derives a stable id from the fields.
+    ``ValueError``) before any byte is sent. ``id`` names the job in journals and file names (at
+    most 512 characters); without one, the batch runner derives a stable id from the fields.
 
     A model that is not in the built-in table is accepted when ``pricing`` (a
     :class:`~nanobanana_async.PricingTable`) prices it. ``pricing`` only takes part in

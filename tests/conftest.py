@@ -16,6 +16,13 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Job stores' spools (``$XDG_STATE_HOME/nanobanana/spool``) go to a directory of the test's
+    own, never into the home of whoever runs the tests (subprocesses inherit it)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """Debian's PostgreSQL on a free loopback port for the whole session (``.ci/run``

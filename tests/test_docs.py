@@ -43,6 +43,7 @@ DOC_PAGES = (
     "benchmarks",
     "architecture",
     "scaling",
+    "operations",
 )
 MAIN_JOB = (
     'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && '

@@ -24,7 +24,7 @@ from .options import BatchOptions, JobInput
 from .process import Item, JobProcessor
 from .results import BatchStats
 from .sender import JobSender
-from .stores import JobStore, StoredJob
+from .stores import JobStore, StoredJob, StoreError
 
 __all__ = ["CLAIM_CHUNK", "ClaimFeed", "Feed", "FeedHost", "InputFeed", "input_item", "stored_item"]
 
@@ -156,21 +156,27 @@ class ClaimFeed(Feed):
             store = runner.processor.store
             assert store is not None
             claimed = self._claimed
-            while not claimed:
-                if self._stopping():
-                    return None
-                claimed.extend(await store.claim(self._chunk))
-                if claimed:
-                    break
-                # Nothing pending: hand back what dead or expired runs hold, then look again.
-                await store.maintain()
-                claimed.extend(await store.claim(self._chunk))
-                if claimed:
-                    break
-                if not runner.options.follow:
-                    self.done = True
-                    return None
-                await runner.wait_for_job(anyio.sleep, runner.options.poll_interval)
+            try:
+                while not claimed:
+                    if self._stopping():
+                        return None
+                    claimed.extend(await store.claim(self._chunk))
+                    if claimed:
+                        break
+                    # Nothing pending: hand back what dead or expired runs hold, look again.
+                    await store.maintain()
+                    claimed.extend(await store.claim(self._chunk))
+                    if claimed:
+                        break
+                    if not runner.options.follow:
+                        self.done = True
+                        return None
+                    await runner.wait_for_job(anyio.sleep, runner.options.poll_interval)
+            except StoreError as exc:
+                # Raised at the end, once the jobs in flight are settled and reported.
+                self.done = True
+                self.error = exc
+                return None
             # Checked again after the claim too: a job skipped for the budget meanwhile went
             # back to pending, and this claim may hold it again (claimed rows still in the
             # deque go back to pending when the session closes).

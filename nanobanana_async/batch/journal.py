@@ -137,7 +137,11 @@ TORN = (
     "an earlier run stopped while writing its journal line (a full disk, a crash), so it may "
     "have been charged"
 )
-UNSETTLED = "an earlier run was stopped while sending it, so it may have been charged"
+# Why a job with an "ambiguous" line is not sent again, in every store: its request left and
+# no answer was read (lost, or the run stopped while sending it).
+UNSETTLED = (
+    "an earlier run lost its answer or stopped while sending it, so it may have been charged"
+)
 
 
 def _torn_id(line: bytes) -> str | None:
@@ -158,11 +162,11 @@ class Journal:
     Each line is written whole with unbuffered writes, so a killed process loses at most the
     jobs that had not finished. A line that does not parse (torn by a full disk or a crash)
     but names its job makes that job *ambiguous* on the next open, as does an explicit
-    ``"status": "ambiguous"`` line (a job stopped while it was being sent): it may have been
-    charged, so a rerun does not send it again. After a failed write the journal refuses
-    further writes: a line appended to a torn one would be lost with it. The file is locked
-    (an OS advisory lock) while open: a second run on the same journal, in this process or
-    another, would otherwise pay for every job again.
+    ``"status": "ambiguous"`` line (a job whose answer was lost, or that was stopped while it
+    was being sent): it may have been charged, so a rerun does not send it again. After a
+    failed write the journal refuses further writes: a line appended to a torn one would be
+    lost with it. The file is locked (an OS advisory lock) while open: a second run on the
+    same journal, in this process or another, would otherwise pay for every job again.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

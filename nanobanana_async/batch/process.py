@@ -25,7 +25,7 @@ from .money import CreditBudget, JobMoney, NoRoomForAttempt
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
-from .stores import StoreSession
+from .stores import StoreError, StoreSession, StoreUnavailableError
 
 __all__ = ["Item", "JobProcessor"]
 
@@ -48,10 +48,22 @@ class Item:
 
 
 _STOP_ERRORS = (AuthenticationError, InsufficientCreditsError)
+_STORE_DOWN = "not sent: the job store is unavailable (the run ends with its error)"
 
 
 class _LeaseLost(Exception):
     """Raised before the first attempt when the store no longer gives this run the job."""
+
+
+class _StoreFailed(Exception):
+    """Raised before an attempt when the store could not record it: the request is not sent.
+
+    Not an SDK error, so the retry loop neither retries it nor counts it as an attempt.
+    """
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Stopped(Exception):
@@ -65,7 +77,7 @@ class _Attempts:
     """The batch's side of each attempt of one job: stop check, reservation, rate limit, and
     (first attempt) the store's ``sending`` record."""
 
-    __slots__ = ("_item", "_key", "_money", "_processor", "last_error", "recorded")
+    __slots__ = ("_item", "_key", "_money", "_processor", "last_error", "recorded", "told")
 
     def __init__(
         self, processor: JobProcessor, money: JobMoney, item: Item, key: str | None
@@ -76,6 +88,7 @@ class _Attempts:
         self._key = key
         self.last_error: BaseException | None = None
         self.recorded = False  # the store holds this job as "sending"
+        self.told = 0  # the may-have-been-spent credits the store has for this job
 
     async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
         processor = self._processor
@@ -95,16 +108,28 @@ class _Attempts:
         except BaseException:
             self._money.unused()
             raise
-        store, item = processor.store, self._item
-        if store is not None and item.id is not None and not self.recorded:
+        store, item, money = processor.store, self._item, self._money
+        if (
+            store is not None
+            and item.id is not None
+            and (not self.recorded or money.uncertain > self.told)
+        ):
             # Recorded (and committed) before the request leaves: a kill from here on leaves
-            # the job visible as ambiguous, never silently sent again.
-            with anyio.CancelScope(shield=True):
-                sending = await store.sending(item.id, self._key, self._money.cost)
+            # the job visible as ambiguous, never silently sent again; and before a retry of
+            # an attempt whose answer was lost, what that attempt may have cost.
+            try:
+                with anyio.CancelScope(shield=True):
+                    sending = await store.sending(
+                        item.id, self._key, money.cost, uncertain=money.uncertain
+                    )
+            except StoreError as exc:
+                money.unused()
+                raise _StoreFailed(exc) from None
             if not sending:
-                self._money.unused()
+                money.unused()
                 raise _LeaseLost
             self.recorded = True
+            self.told = money.uncertain
         # Checked after the waits (budget, rate limits, 429 cool-down, retry backoff): a job
         # that was waiting when a 401 or "insufficient credits" came back must not send.
         if processor.stats.stopped_reason is not None:
@@ -144,6 +169,8 @@ class JobProcessor:
         # Why a job did not fit max_credits (the batch's or the client's limits'): a worker
         # stops claiming, since every job it claims next would be skipped and released again.
         self.over_budget: str | None = None
+        # The store stopped answering: no more jobs are taken, and the run ends with this.
+        self.store_failure: StoreError | None = None
         # Jobs that a cancellation (a grace period that ran out, Ctrl-C twice) ended after
         # they were sent: counted in the stats at once, since no worker hands them over.
         self.unreported: list[JobResult] = []
@@ -163,13 +190,32 @@ class JobProcessor:
             )
             logger.warning("batch stopped dispatching: %s", self.stats.stopped_reason)
 
+    def store_failed(self, error: StoreError) -> None:
+        """The store is gone (or cannot keep a result): take no more jobs, end with it."""
+        if self.store_failure is None:
+            self.store_failure = error
+            logger.error("batch stops taking jobs: %s", error)
+
     async def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
         if self.store is not None:
             # Shielded: a result the server may have charged for must reach the store even
-            # when the batch is being cancelled.
-            with anyio.CancelScope(shield=True):
-                await self.store.record(result, status=status)
+            # when the batch is being cancelled. A store that cannot take it keeps it in its
+            # spool, or says the run must stop; the result is reported either way, and no
+            # other job is touched.
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.store.record(result, status=status)
+            except StoreError as exc:
+                self.store_failed(exc)
         return result
+
+    def _not_recorded(self, item: Item, job: Job, error: StoreError) -> JobResult:
+        """A job the store could not take: never sent. Down: skipped (the run stops);
+        refused (this job's row alone): failed with the store's error."""
+        if isinstance(error, StoreUnavailableError):
+            self.store_failed(error)
+            return JobResult(item.index, job, "skipped", item.id, reason=_STORE_DOWN)
+        return JobResult(item.index, job, "failed", item.id, error=error)
 
     async def process(self, item: Item) -> JobResult:
         """The result of one job (resumed, skipped, failed or succeeded), journaled."""
@@ -179,9 +225,14 @@ class JobProcessor:
                 JobResult(item.index, job, "failed", item.id, error=item.error)
             )
         key = item.idempotency_key
+        if self.store_failure is not None:
+            return JobResult(item.index, job, "skipped", item.id, reason=_STORE_DOWN)
         if self.store is not None and item.id is not None and not item.claimed:
-            with anyio.CancelScope(shield=True):
-                begin = await self.store.begin(item.id, item.index, job)
+            try:
+                with anyio.CancelScope(shield=True):
+                    begin = await self.store.begin(item.id, item.index, job)
+            except StoreError as exc:
+                return self._not_recorded(item, job, exc)
             if begin.record is not None:
                 return await self._resume(item, job, begin.record)
             if begin.skip is not None:
@@ -229,7 +280,18 @@ class JobProcessor:
             error: NanoBananaError | None = exc
         except _LeaseLost:
             reason = "another worker took this job (this run's lease on it expired): not sent"
-            return JobResult(item.index, job, "skipped", item.id, reason=reason)
+            if call.attempts == 0:
+                return JobResult(item.index, job, "skipped", item.id, reason=reason)
+            error = NanoBananaError(f"not retried after {call.attempts} attempt(s): {reason}")
+        except _StoreFailed as failed:
+            if call.attempts == 0:
+                return self._not_recorded(item, job, failed.error)
+            if isinstance(failed.error, StoreUnavailableError):
+                self.store_failed(failed.error)
+            error = NanoBananaError(
+                f"not retried after {call.attempts} attempt(s): the job store could not "
+                f"record the next one ({failed.error})"
+            )
         except _Stopped:
             money.unused()
             if call.attempts == 0:
@@ -251,11 +313,16 @@ class JobProcessor:
             # server may have charged it); a reservation no attempt used goes back.
             money.unused()
             if attempts.recorded and self.store is not None and item.id is not None:
-                with anyio.CancelScope(shield=True):
-                    if money.uncertain:
-                        await self.store.unsettled(item.id, money.uncertain)
-                    else:  # every attempt sent got a clear answer: nothing was charged
-                        await self.store.release(item.id)
+                try:
+                    with anyio.CancelScope(shield=True):
+                        if money.uncertain:
+                            await self.store.unsettled(item.id, money.uncertain)
+                        else:  # every attempt sent got a clear answer: nothing was charged
+                            await self.store.release(item.id)
+                except StoreError as exc:
+                    # The row stays "sending" (counted as may-have-been-spent) until its
+                    # lease runs out and it turns ambiguous: nothing is lost.
+                    logger.warning("job %s: the store did not take its end: %s", item.id, exc)
             if call.attempts:  # sent: reported, with what it may have cost
                 self._cancelled(_cancelled_send(item, job, call.attempts, money, started))
             raise

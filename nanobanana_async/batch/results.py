@@ -69,14 +69,18 @@ class JobResult:
         """The journal line for this result (JSON-ready; never contains the API key).
 
         ``status`` overrides the result's own: the runner journals ``"generated"`` the moment
-        an answer is read, before the images are downloaded.
+        an answer is read, before the images are downloaded. A job that failed after a
+        request whose answer was lost is journaled ``"ambiguous"``: it may have been charged.
         """
         job = self.job
         generation = self.generation
+        if status is None:
+            ambiguous = self.status == "failed" and generation is None
+            status = "ambiguous" if ambiguous and self.may_have_been_charged else self.status
         return {
             "id": self.id,
             "index": self.index,
-            "status": status or self.status,
+            "status": status,
             "prompt": job.prompt if job else None,
             "model": job.model if job else None,
             "image_size": job.image_size if job else None,

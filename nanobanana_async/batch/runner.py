@@ -23,7 +23,7 @@ from .process import JobProcessor
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
-from .stores import StoreSession, open_store
+from .stores import StoreError, StoreSession, StoreUnavailableError, open_store
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
@@ -161,7 +161,7 @@ class Runner:
         # Leases are renewed while the run goes on, and other runs' expired ones handed back.
         with single_error():
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_maintain, store)
+                tg.start_soon(_maintain, store, self.processor)
                 await self._run_jobs(out)
                 tg.cancel_scope.cancel()
 
@@ -184,6 +184,9 @@ class Runner:
                         tg.start_soon(self._worker, feed, sink.clone(), tg)
             finally:
                 await feed.aclose()
+        # The jobs in flight are settled and reported: now the run ends with what stopped it.
+        if self.processor.store_failure is not None:
+            raise self.processor.store_failure
         if feed.error is not None:
             raise feed.error
         over_budget = self.processor.over_budget
@@ -211,7 +214,8 @@ class Runner:
                     permits.acquire_nowait()
                 except anyio.WouldBlock:
                     await permits.acquire()
-                item = await feed.next()
+                # A store that stopped answering: no more jobs (see process.store_failed).
+                item = await feed.next() if self.processor.store_failure is None else None
                 if item is None:
                     permits.release()  # not used: the next worker waiting finds the end too
                     return
@@ -328,10 +332,16 @@ class Collector:
         return None
 
 
-async def _maintain(store: StoreSession) -> None:
+async def _maintain(store: StoreSession, processor: JobProcessor) -> None:
     while True:
         await anyio.sleep(store.lease / 3)
-        await store.maintain()
+        try:
+            await store.maintain()
+        except StoreUnavailableError as exc:
+            processor.store_failed(exc)
+            return
+        except StoreError as exc:  # the next beat tries again; a lease lasts three beats
+            logger.warning("job store: leases not renewed this time: %s", exc)
 
 
 def _not_a_directory(directory: pathlib.Path) -> InvalidRequestError:

@@ -1,4 +1,4 @@
-"""``nanobanana jobs add|status|export|retry|download``: a job store, seen and managed.
+"""``nanobanana jobs add|status|export|retry|download|recover``: a job store, seen and managed.
 
 The store is SQLite (``sqlite:///jobs.db``, one machine) or Postgres (``postgresql://...``,
 workers on many machines); ``nanobanana worker`` runs its jobs.
@@ -51,8 +51,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="add, inspect and manage the jobs of a store (for nanobanana worker)",
         description="A job store holds one row per job: pending, claimed, sending, done, "
-        "failed, skipped or ambiguous (a worker stopped while sending it: it may have been "
-        "charged). Workers (nanobanana worker) run its pending jobs.",
+        "failed, skipped or ambiguous (its answer was lost, or a worker stopped while sending "
+        "it: it may have been charged). Workers (nanobanana worker) run its pending jobs.",
     )
     commands = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
 
@@ -107,6 +107,23 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     retry.add_argument("--skipped", action="store_true", help="skipped jobs")
     retry.add_argument("-y", "--yes", action="store_true", help="do not ask")
     retry.set_defaults(run=cmd_retry)
+
+    recover = commands.add_parser(
+        "recover",
+        parents=[common],
+        help="put the results this machine spooled back into the store",
+        description="A worker or batch whose store stayed down keeps the results it could not "
+        "write in a local spool ($XDG_STATE_HOME/nanobanana/spool, or the store's spool_dir). "
+        "The next run or worker on this machine puts them back when it opens the store; this "
+        "does it now. Results whose job another worker holds right now stay for later.",
+    )
+    add_store(recover)
+    recover.add_argument(
+        "--spool",
+        metavar="FILE",
+        help="a spool file to put back (say, copied from another machine)",
+    )
+    recover.set_defaults(run=cmd_recover)
 
     download = commands.add_parser(
         "download",
@@ -169,12 +186,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     stdout = console(stderr=False)
     stdout.print(status_table(status, store.url))
+    if status.spooled:
+        stdout.print(
+            Text(
+                f"{status.spooled} result(s) in this machine's spool ({store.spool.path}) are "
+                f"not in the store yet: nanobanana jobs recover --store {store.url}",
+                style="yellow",
+            )
+        )
     if status.ambiguous:
         more = status.counts.get("ambiguous", 0) - len(status.ambiguous)
         listed = ", ".join(status.ambiguous) + (f" and {more} more" if more > 0 else "")
         stdout.print(
             Text(
-                f"Ambiguous (a worker stopped while sending; may have been charged): {listed}. "
+                f"Ambiguous (an answer was lost or a worker stopped while sending; may have been "
+                f"charged): {listed}. "
                 "Not sent again unless: nanobanana jobs retry --ambiguous",
                 style="yellow",
             )
@@ -196,7 +222,7 @@ def _export_record(row: dict[str, Any]) -> dict[str, Any]:
         "urls": row["urls"],
         "credits": row["credits"],
         "credits_may_have_been_spent": row["uncertain"]
-        + (row["reserved"] if row["state"] == "ambiguous" else 0),
+        + (row["reserved"] if row["state"] in ("sending", "ambiguous") else 0),
         "attempts": row["attempts"],
         "paths": row["files"],
         "error": row["error"],
@@ -283,6 +309,30 @@ def cmd_retry(args: argparse.Namespace) -> int:
         Text(f"{moved} job(s) back to pending ({', '.join(states)}): run nanobanana worker.")
     )
     return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.text import Text
+
+    store = open_sql_store(args.store, existing=True)
+    if args.spool is not None and not pathlib.Path(args.spool).is_file():
+        raise CLIError(f"--spool {args.spool}: no such file")
+    done = asyncio.run(store.recover(args.spool))
+    err = console(stderr=True)
+    if not done.total:
+        err.print(Text(f"Nothing to recover: {done.path} holds no results for {store.url}."))
+        return EXIT_OK
+    message = f"Put {done.applied} spooled result(s) from {done.path} into {store.url}."
+    if done.kept:
+        message += f" {done.kept} stay for later: their job is held by a worker right now."
+    if done.refused:
+        message += f" {done.refused} were refused by the store (see the log) and stay."
+    if done.foreign:
+        message += f" {done.foreign} belong to another store or queue and stay."
+    err.print(Text(message))
+    return EXIT_FAILED if done.refused or done.foreign else EXIT_OK
 
 
 async def _download(

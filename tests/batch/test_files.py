@@ -52,7 +52,7 @@ HOSTILE_IDS = [
     "\\\\server\\share",
     ".hidden",
     "-rf",
-    "x" * 1000,
+    "x" * 512,  # the longest id a Job takes
     "é" * 300,
     "名前/../../ファイル",
     "emoji 🍌 name",

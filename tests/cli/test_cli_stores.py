@@ -9,7 +9,7 @@ import pathlib
 import anyio
 import pytest
 
-from nanobanana_async import Job, open_store
+from nanobanana_async import APIConnectionError, Job, JobResult, open_store
 from nanobanana_async.batch.stores import SqlStore
 from tests.cli.test_cli import assert_clean_error, run_cli, write
 
@@ -94,6 +94,37 @@ def test_retry_ambiguous_asks_first(tmp_path: pathlib.Path, store: str) -> None:
     assert "1 job(s) back to pending" in done.stderr
     counts = anyio.run(_sql(store).status).counts
     assert counts == {"pending": 2}
+
+
+async def _lose_an_answer(url: str) -> None:
+    store = _sql(url)
+    await store.add([Job("a kite", id="kite"), Job("a lamp", id="lamp")])
+    session = await store.connect(worker=True)
+    [first, second] = await session.claim(2)
+    assert await session.sending(first.id, first.idempotency_key, 2)
+    lost = APIConnectionError("connection lost after sending", may_have_been_charged=True)
+    await session.record(
+        JobResult(0, Job("a kite"), "failed", "kite", error=lost, credits_may_have_been_spent=2)
+    )
+    assert await session.sending(second.id, second.idempotency_key, 2)
+    await session.record(JobResult(1, Job("a lamp"), "failed", "lamp", error=None))
+    await session.close()
+
+
+def test_retry_failed_never_resends_a_lost_answer(tmp_path: pathlib.Path, store: str) -> None:
+    anyio.run(_lose_an_answer, store)
+    exported = run_cli("jobs", "export", "--store", store, "-o", "-", cwd=tmp_path)
+    records = {r["id"]: r for r in map(json.loads, exported.stdout.splitlines())}
+    assert (records["kite"]["status"], records["kite"]["credits_may_have_been_spent"]) == (
+        "ambiguous",
+        2,
+    )
+    assert records["lamp"]["status"] == "failed"
+    done = run_cli("jobs", "retry", "--store", store, "--failed", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 job(s) back to pending" in done.stderr
+    counts = anyio.run(_sql(store).status).counts
+    assert counts == {"pending": 1, "ambiguous": 1}
 
 
 def test_batch_with_a_sqlite_journal_resumes(tmp_path: pathlib.Path) -> None:

@@ -179,9 +179,19 @@ def test_bad_id_is_refused(job_id: Any) -> None:
     assert info.value.param == "id"
 
 
-@pytest.mark.parametrize("job_id", [None, "a", "weird id/with ../slashes", "ünïcode"])
+@pytest.mark.parametrize("job_id", [None, "a", "weird id/with ../slashes", "ünïcode", "🍌" * 512])
 def test_good_id_is_kept(job_id: str | None) -> None:
     assert Job("x", id=job_id).id == job_id
+
+
+@pytest.mark.parametrize("length", [513, 4000])
+def test_an_id_longer_than_the_maximum_is_refused(length: int) -> None:
+    # The job stores key rows by id: a 4,000-character id passed every check and then made
+    # Postgres refuse the row, which took the whole batch down with it.
+    with pytest.raises(InvalidRequestError, match="at most 512 characters") as info:
+        Job("x", id="x" * length)
+    assert info.value.param == "id"
+    assert len(str(info.value)) < 300  # the message does not quote the whole id
 
 
 def test_first_bad_field_is_named() -> None:

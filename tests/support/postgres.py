@@ -3,7 +3,10 @@
 ``PgCluster.start()`` runs ``initdb`` and ``postgres`` (as the ``postgres`` user through
 ``runuser`` when the tests run as root: initdb refuses root) in a fresh directory, listening
 on 127.0.0.1 only. ``fsync``, ``synchronous_commit`` and ``full_page_writes`` are off: a
-test cluster is thrown away, never recovered. ``PG_BIN`` overrides where the binaries are
+test cluster is thrown away, never recovered. A cluster that tests crash on purpose starts
+with ``crash_safe=True``: ``synchronous_commit`` on, so a commit the server acknowledged
+survives a killed server as it does in production (``fsync`` stays off: the operating system
+keeps what was written when only processes die). ``PG_BIN`` overrides where the binaries are
 (default: the newest ``/usr/lib/postgresql/*/bin``).
 """
 
@@ -21,9 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import psycopg
 
-__all__ = ["PgCluster", "pg_bin"]
+__all__ = ["PgCluster", "as_pg", "base_dir", "die_with_parent", "free_port", "pg_bin"]
 
 RUN_AS = "postgres"
 
@@ -44,18 +49,18 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _as_pg(argv: list[str]) -> list[str]:
+def as_pg(argv: list[str]) -> list[str]:
     return ["runuser", "-u", RUN_AS, "--", *argv] if _is_root() else argv
 
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
+def die_with_parent() -> None:  # in the child, between fork and exec
     # A test process killed with SIGKILL must not leave a postmaster behind: runuser gets
     # SIGTERM and forwards it to postgres.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -77,7 +82,7 @@ def _sweep_stale(parent: str, min_age: float = 600.0) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _base_dir() -> Path:
+def base_dir() -> Path:
     """A fresh directory the postgres user owns and can reach through every parent (pytest's
     temporary directories sit under 0700 parents it cannot traverse)."""
     candidates = [os.environ.get("PG_TEST_TMPDIR"), tempfile.gettempdir(), "/dev/shm", "/tmp"]
@@ -90,7 +95,7 @@ def _base_dir() -> Path:
         if _is_root():
             pw = pwd.getpwnam(RUN_AS)
             os.chown(path, pw.pw_uid, pw.pw_gid)
-        check = _as_pg(["test", "-w", str(path), "-a", "-x", str(path)])
+        check = as_pg(["test", "-w", str(path), "-a", "-x", str(path)])
         if subprocess.run(check, check=False).returncode == 0:
             return path
         tried.append(str(path))
@@ -101,9 +106,59 @@ def _base_dir() -> Path:
 class PgCluster:
     """A running test cluster: :meth:`url` of a database, :meth:`create_database`."""
 
-    def __init__(self, base: Path, port: int, proc: subprocess.Popen[bytes]) -> None:
-        self.base, self.port, self.proc = base, port, proc
+    def __init__(self, base: Path, port: int, binaries: Path, *, crash_safe: bool = False) -> None:
+        self.base, self.port, self.binaries = base, port, binaries
+        self.crash_safe = crash_safe
         self.datadir = base / "data"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, timeout: float = 60.0) -> bool:
+        """Start the postmaster on this cluster's port; False if it exited at once."""
+        self.launch()
+        if self._wait_ready(timeout):
+            return True
+        assert self.proc is not None
+        self.proc.wait(timeout=10)
+        return False
+
+    def launch(self) -> None:
+        """Start the postmaster without waiting for it. Call it from the thread that lives as
+        long as the cluster (the test's main thread): the parent-death signal that stops a
+        postmaster whose test process was killed fires when the *thread* that started it
+        ends, and a worker thread ends when it has been idle for a while."""
+        with open(self.base / "postgres.log", "ab") as logf:
+            self.proc = subprocess.Popen(
+                as_pg(
+                    [
+                        str(self.binaries / "postgres"),
+                        "-D",
+                        str(self.datadir),
+                        "-p",
+                        str(self.port),
+                        "-k",
+                        str(self.base / "sock"),
+                        "-c",
+                        "listen_addresses=127.0.0.1",
+                        "-c",
+                        "fsync=off",
+                        "-c",
+                        f"synchronous_commit={'on' if self.crash_safe else 'off'}",
+                        "-c",
+                        "full_page_writes=off",
+                        "-c",
+                        "max_connections=200",
+                    ]
+                ),
+                cwd=self.base,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        if not self._wait_ready(timeout):
+            raise RuntimeError("postgres did not start again")
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -118,14 +173,14 @@ class PgCluster:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     @classmethod
-    def start(cls, binaries: Path, timeout: float = 60.0) -> PgCluster:
-        base = _base_dir()
+    def start(cls, binaries: Path, timeout: float = 60.0, *, crash_safe: bool = False) -> PgCluster:
+        base = base_dir()
         datadir, sockdir, log = base / "data", base / "sock", base / "postgres.log"
         cluster = None
         try:
-            subprocess.run(_as_pg(["mkdir", "-m", "0700", str(sockdir)]), check=True)
+            subprocess.run(as_pg(["mkdir", "-m", "0700", str(sockdir)]), check=True)
             initdb = subprocess.run(
-                _as_pg(
+                as_pg(
                     [
                         str(binaries / "initdb"),
                         "-D",
@@ -152,40 +207,9 @@ class PgCluster:
                     f"initdb failed ({initdb.returncode}): {initdb.stderr[-2000:]}"
                 )
             for _attempt in range(5):  # the free port may be taken between probe and bind
-                port = _free_port()
-                with open(log, "ab") as logf:
-                    proc = subprocess.Popen(
-                        _as_pg(
-                            [
-                                str(binaries / "postgres"),
-                                "-D",
-                                str(datadir),
-                                "-p",
-                                str(port),
-                                "-k",
-                                str(sockdir),
-                                "-c",
-                                "listen_addresses=127.0.0.1",
-                                "-c",
-                                "fsync=off",
-                                "-c",
-                                "synchronous_commit=off",
-                                "-c",
-                                "full_page_writes=off",
-                                "-c",
-                                "max_connections=200",
-                            ]
-                        ),
-                        cwd=base,
-                        stdin=subprocess.DEVNULL,
-                        stdout=logf,
-                        stderr=subprocess.STDOUT,
-                        preexec_fn=_die_with_parent,
-                    )
-                cluster = cls(base, port, proc)
-                if cluster._wait_ready(timeout):
+                cluster = cls(base, free_port(), binaries, crash_safe=crash_safe)
+                if cluster._spawn(timeout):
                     return cluster
-                proc.wait(timeout=10)
                 if "could not bind" not in log.read_text(errors="replace"):
                     break
             output = log.read_text(errors="replace")[-3000:]
@@ -199,7 +223,7 @@ class PgCluster:
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
                 psycopg.connect(self.url(), connect_timeout=2).close()
@@ -213,14 +237,78 @@ class PgCluster:
             return int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
         return None
 
+    # -- faults ---------------------------------------------------------------------------
+
+    def backends(self) -> list[int]:
+        """The PIDs of the postmaster's children (backends and auxiliary processes)."""
+        parent = self._postmaster_pid()
+        return _children(parent) if parent is not None else []
+
+    def shutdown(self, mode: str = "fast") -> None:
+        """Stop the server as ``pg_ctl stop -m fast`` (clients disconnected) or ``-m
+        immediate`` does, and wait until its processes are gone."""
+        pid = self._postmaster_pid()
+        if self.proc is None or self.proc.poll() is not None or pid is None:
+            return
+        children = self.backends()
+        signo = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+        os.kill(pid, signo[mode])
+        self.proc.wait(timeout=60)
+        _wait_gone(children)
+
+    async def restart(self, *, downtime: float = 0.0, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE`` with ``downtime`` seconds between stop and start (the
+        waits in worker threads, the start in the calling thread: see :meth:`launch`)."""
+        await anyio.to_thread.run_sync(self.shutdown, mode)
+        await anyio.sleep(downtime)
+        self.launch()
+        await anyio.to_thread.run_sync(self.wait_ready)
+
+    async def crash(self, *, downtime: float = 0.0) -> None:
+        """SIGKILL the postmaster (its backends notice and exit), then start it again: crash
+        recovery, as after an OOM kill."""
+        pid = self._postmaster_pid()
+        assert pid is not None
+        assert self.proc is not None
+        children = self.backends()
+        os.kill(pid, signal.SIGKILL)
+        await anyio.to_thread.run_sync(self.proc.wait)
+        await anyio.to_thread.run_sync(_wait_gone, children)
+        await anyio.sleep(downtime)
+        self.launch()
+        await anyio.to_thread.run_sync(self.wait_ready)
+
+    def pause(self) -> None:
+        """SIGSTOP the postmaster and every backend: the server stops answering while its
+        sockets stay open (what a client sees of a network partition)."""
+        pid = self._postmaster_pid()
+        assert pid is not None
+        for target in [pid, *self.backends()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        pid = self._postmaster_pid()
+        assert pid is not None
+        # runuser stops itself when its child stops (job control, like su): it continues too.
+        parent = [self.proc.pid] if self.proc is not None else []
+        for target in [*parent, pid, *self.backends()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGCONT)
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             # SIGINT to the postmaster is a fast shutdown (clients disconnected); SIGTERM to
             # runuser would become a smart one, waiting for every client.
             pid = self._postmaster_pid()
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGCONT)  # a paused server must hear it
+                    os.kill(pid, signal.SIGCONT)
                     os.kill(pid, signal.SIGINT)
+                for child in _children(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGCONT)
             else:
                 self.proc.terminate()
             try:
@@ -231,3 +319,26 @@ class PgCluster:
                         os.kill(pid, signal.SIGQUIT)
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            except OSError:
+                break
+            if state == "Z":
+                break
+            time.sleep(0.01)

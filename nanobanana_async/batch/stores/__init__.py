@@ -6,7 +6,8 @@
   many machines. psycopg is imported only when such a store is opened.
 
 :func:`open_store` turns what ``journal=`` was given into a store; ``base`` has the
-protocol (:class:`JobStore`, :class:`StoreSession`) and the states.
+protocol (:class:`JobStore`, :class:`StoreSession`) and the states. The SQL stores are
+``backend`` (connections, schema, spool) < ``session`` (a run's writes) < ``sqlstore``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from .base import (
     StoreError,
     StoreSession,
     StoreStatus,
+    StoreUnavailableError,
 )
 from .jsonl import JsonlStore
+from .recover import Recovered
 from .sqlite import SqliteStore
 from .sqlstore import SqlStore
 
@@ -40,11 +43,13 @@ __all__ = [
     "JobStore",
     "JsonlStore",
     "PostgresStore",
+    "Recovered",
     "SqlStore",
     "SqliteStore",
     "StoreError",
     "StoreSession",
     "StoreStatus",
+    "StoreUnavailableError",
     "StoredJob",
     "open_store",
 ]
@@ -67,14 +72,7 @@ def open_store(target: str | os.PathLike[str] | JobStore) -> JobStore:
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     if text.startswith("sqlite://"):
-        path = text.removeprefix("sqlite://")
-        if not path.startswith("/") or len(path) < 2:
-            raise InvalidRequestError(
-                f"a SQLite store URL is sqlite:///relative/path or sqlite:////absolute/path, "
-                f"got {text!r}",
-                param="journal",
-            )
-        return SqliteStore(path[1:])
+        return SqliteStore.from_url(text)
     if text.startswith(_POSTGRES):
         from .postgres import PostgresStore
 

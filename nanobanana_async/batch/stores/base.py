@@ -29,6 +29,7 @@ __all__ = [
     "StoreError",
     "StoreSession",
     "StoreStatus",
+    "StoreUnavailableError",
     "StoredJob",
     "new_owner",
     "owner_is_dead",
@@ -50,6 +51,16 @@ FINAL_STATES: Final[tuple[State, ...]] = ("done", "failed", "skipped", "ambiguou
 class StoreError(NanoBananaError):
     """A job store could not be opened, read or written (the message names it, never a
     password). A batch stops rather than send a job it could not record."""
+
+
+class StoreUnavailableError(StoreError):
+    """The job store did not answer for its whole ``retry_window`` (it is down, restarting
+    for longer than that, or unreachable).
+
+    The run that meets it stops taking jobs, settles the jobs in flight (their results go to
+    the store's local spool, which the next run or ``nanobanana jobs recover`` puts back) and
+    then raises it: one line saying which store, for how long, and where the spool is.
+    """
 
 
 @attrs.frozen
@@ -84,14 +95,17 @@ class StoreStatus:
     """Jobs by state and credits, as a store sees them (``nanobanana jobs status``).
 
     ``credits_spent`` adds up what done jobs were charged; ``credits_may_have_been_spent``
-    what ambiguous jobs reserved plus attempts whose answer was lost: the server may or may
-    not have charged those. ``ambiguous`` lists the first ambiguous job ids.
+    what jobs being sent and ambiguous jobs reserved plus attempts whose answer was lost: the
+    server may or may not have charged those. ``ambiguous`` lists the first ambiguous job ids.
+    ``spooled``: results in this machine's spool for the store, not in it yet (``nanobanana
+    jobs recover`` puts them in).
     """
 
     counts: Mapping[str, int]
     credits_spent: int
     credits_may_have_been_spent: int
     ambiguous: tuple[str, ...] = ()
+    spooled: int = 0
 
     @property
     def total(self) -> int:
@@ -111,6 +125,7 @@ class StoreStatus:
             "credits_spent": self.credits_spent,
             "credits_may_have_been_spent": self.credits_may_have_been_spent,
             "ambiguous": list(self.ambiguous),
+            "spooled": self.spooled,
         }
 
 
@@ -126,14 +141,21 @@ class StoreSession(Protocol):
         """Take ``job`` for this run (batch mode), or say why not."""
         ...
 
-    async def sending(self, job_id: str, idempotency_key: str | None, credits: int) -> bool:
+    async def sending(
+        self, job_id: str, idempotency_key: str | None, credits: int, *, uncertain: int = 0
+    ) -> bool:
         """Record that ``job_id`` is about to be sent, reserving ``credits``; False when this
-        run no longer holds it (its lease expired and another worker took it): do not send."""
+        run no longer holds it (its lease expired and another worker took it): do not send.
+
+        Called again before each later attempt whose predecessor may have been charged
+        (``uncertain``: what this job's attempts so far may have cost), so a kill at any
+        point leaves every possibly charged attempt counted in the store."""
         ...
 
     async def record(self, result: JobResult, *, status: str | None = None) -> None:
         """Record a job's result (``status="generated"``: its answer was read, the files are
-        still to come)."""
+        still to come). A store that cannot take it keeps it elsewhere if it can (the SQL
+        stores' spool) and raises :class:`StoreError` when the run must stop."""
         ...
 
     async def release(self, job_id: str) -> None:

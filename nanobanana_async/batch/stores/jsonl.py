@@ -2,9 +2,10 @@
 
 It records and resumes; it has no pending jobs for workers, no leases, and no ``sending``
 state: a SIGKILL may re-send the jobs that were in flight (SQLite or Postgres keep them as
-ambiguous instead). A job stopped while it was being sent (a batch cancelled, a grace period
-that ran out) is written as ``"status": "ambiguous"``, and a line torn by a full disk or a
-crash makes its job ambiguous too: a rerun skips them rather than pay for them again.
+ambiguous instead). A job whose answer was lost after its request left, or that was stopped
+while it was being sent (a batch cancelled, a grace period that ran out), is written as
+``"status": "ambiguous"``, and a line torn by a full disk or a crash makes its job ambiguous
+too: a rerun skips them rather than pay for them again.
 A write that fails is a :class:`StoreError`, never a bare ``OSError``.
 """
 
@@ -76,7 +77,9 @@ class JsonlSession:
             )
         return Begin(record=self.journal.resumable(job_id))
 
-    async def sending(self, job_id: str, idempotency_key: str | None, credits: int) -> bool:
+    async def sending(
+        self, job_id: str, idempotency_key: str | None, credits: int, *, uncertain: int = 0
+    ) -> bool:
         return True
 
     async def record(self, result: JobResult, *, status: str | None = None) -> None:

@@ -1,21 +1,24 @@
 """The embedded job store: one SQLite file (stdlib ``sqlite3``, WAL), flat memory at millions.
 
 ``journal="sqlite:///run.db"`` (a path relative to the working directory;
-``sqlite:////abs/run.db`` for an absolute one). Several processes on one machine may share
-the file: SQLite lets one write at a time, and every write here is short.
+``sqlite:////abs/run.db`` for an absolute one; options in the query string:
+``sqlite:///run.db?queue=nightly``). Several processes on one machine may share the file:
+SQLite lets one write at a time, and every write here is short.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ...errors import InvalidRequestError
 from .group import Op
+from .options import SQL_OPTIONS, resolve
 from .sql import Dialect
-from .sqlstore import DEFAULT_LEASE, SqlStore
+from .sqlstore import SqlStore
 
 __all__ = ["SqliteStore"]
 
@@ -24,8 +27,22 @@ _DIALECT = Dialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
     real="REAL",
     lock="",
+    table_exists="SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = :name",
     table_suffix=" WITHOUT ROWID",
     named_params=True,
+)
+# Result codes (the low byte of the extended ones) that mean "not now" rather than "never":
+# busy or locked by another process, interrupted by the statement timeout, an I/O error or a
+# full disk, which may pass.
+_TRANSIENT = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_INTERRUPT,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_PROTOCOL,
+    }
 )
 
 
@@ -33,7 +50,8 @@ class SqliteStore(SqlStore):
     """A job store in the SQLite file ``path`` (created if missing).
 
     Writes use WAL with ``synchronous=NORMAL``: a killed process loses nothing that was
-    committed; a power cut may lose the last moments.
+    committed; a power cut may lose the last moments. Options (``lease``, ``queue``,
+    ``retry_window``, ``statement_timeout``, ``spool_dir``): see :class:`SqlStore`.
     """
 
     dialect = _DIALECT
@@ -44,14 +62,42 @@ class SqliteStore(SqlStore):
         """One: a second connection would re-read the pages the first one just wrote."""
         return 1
 
-    def __init__(self, path: str | os.PathLike[str], *, lease: float = DEFAULT_LEASE) -> None:
-        super().__init__(lease=lease)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lease: float | None = None,
+        queue: str | None = None,
+        retry_window: float | None = None,
+        statement_timeout: float | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        given = {
+            "lease": lease,
+            "queue": queue,
+            "retry_window": retry_window,
+            "statement_timeout": statement_timeout,
+            "spool_dir": spool_dir,
+        }
+        self._configure(resolve(None, given, options=SQL_OPTIONS)[1])
         self.path = os.fspath(path)
         if not self.path or self.path == ":memory:":
             raise InvalidRequestError(
                 "a SQLite job store needs a file path (sqlite:///run.db), not memory",
                 param="journal",
             )
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """``sqlite:///relative/path`` or ``sqlite:////absolute/path``, options after ``?``."""
+        path = url.partition("?")[0].removeprefix("sqlite://")
+        if not path.startswith("/") or len(path) < 2:
+            raise InvalidRequestError(
+                f"a SQLite store URL is sqlite:///relative/path or sqlite:////absolute/path, "
+                f"got {url!r}",
+                param="journal",
+            )
+        return cls(path[1:], **resolve(url, {}, options=SQL_OPTIONS)[1])
 
     @property
     def url(self) -> str:
@@ -61,54 +107,46 @@ class SqliteStore(SqlStore):
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
 
+    def _transient(self, exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(code, int) and code & 0xFF in _TRANSIENT
+
+    def _interrupt(self, conn: sqlite3.Connection) -> None:
+        conn.interrupt()
+
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
+        return sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
-    def _setup(self, conn: sqlite3.Connection) -> None:
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+
+    @contextlib.contextmanager
+    def _atomic(self, conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in self.dialect.schema:
-                conn.execute(statement)
+            yield
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def _execute(self, conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> Any:
         return conn.execute(sql, params)
 
     def _transaction(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._atomic(conn):
             for op in ops:
                 _run(conn, op)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         for op in ops:
             op.done = True
 
     def _claim(self, conn: sqlite3.Connection, params: dict[str, Any]) -> list[Sequence[Any]]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = conn.execute(self.dialect.claim, params).fetchall()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return rows
+        with self._atomic(conn):
+            return conn.execute(self.statements.claim, params).fetchall()
 
 
 def _run(conn: sqlite3.Connection, op: Op) -> None:

@@ -11,13 +11,8 @@ reports as spent plus those of the ambiguous jobs whose request had reached the 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pathlib
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -26,72 +21,14 @@ import pytest
 from nanobanana_async import Job, open_store
 from nanobanana_async.batch.stores import FINAL_STATES, SqlStore
 from nanobanana_async.emulator import Emulator, Faults, serve
+from tests.support.workers import cli_worker, reaped, script_worker
 
 pytestmark = pytest.mark.slow
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 KEY = "sk-kill-test-0123456789"
 BALANCE = 1_000_000
 JOBS = 600
 CONCURRENCY = 8
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOBANANA_")}
-    env.update(NANOBANANA_API_KEY=KEY, PYTHONUNBUFFERED="1", COLUMNS="160")
-    return env
-
-
-def _script_worker(url: str, base_url: str, backend: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.batch.stores.worker_process",
-            url,
-            base_url,
-            backend,
-            str(CONCURRENCY),
-        ],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _cli_worker(url: str, base_url: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nanobanana_async",
-            "worker",
-            "--store",
-            url,
-            "--base-url",
-            base_url,
-            "-c",
-            str(CONCURRENCY),
-        ],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@contextlib.contextmanager
-def _reaped(procs: list[subprocess.Popen[str]]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
 
 
 async def _wait_for_done(store: SqlStore, count: int) -> None:
@@ -111,19 +48,22 @@ def test_kill_two_workers_mid_run(pg_url: str) -> None:
     with serve(emulator) as server:
         base = server.base_url
         first = [
-            _cli_worker(pg_url, base),
-            _script_worker(pg_url, base, "trio"),
-            _script_worker(pg_url, base, "asyncio"),
+            cli_worker(pg_url, base, KEY, "-c", str(CONCURRENCY)),
+            script_worker(pg_url, base, KEY, "trio", CONCURRENCY),
+            script_worker(pg_url, base, KEY, "asyncio", CONCURRENCY),
         ]
         procs = list(first)
-        with _reaped(procs):
+        with reaped(procs):
             anyio.run(_wait_for_done, store, JOBS // 4)
             for victim in first[1:]:  # one Trio and one asyncio worker, with jobs in flight
                 os.kill(victim.pid, signal.SIGKILL)
                 victim.wait(timeout=30)
                 assert victim.returncode == -signal.SIGKILL
             killed_at = anyio.run(store.status)
-            procs += [_script_worker(pg_url, base, "trio"), _cli_worker(pg_url, base)]
+            procs += [
+                script_worker(pg_url, base, KEY, "trio", CONCURRENCY),
+                cli_worker(pg_url, base, KEY, "-c", str(CONCURRENCY)),
+            ]
             for proc in [first[0], *procs[3:]]:
                 _out, err = proc.communicate(timeout=300)
                 assert proc.returncode == 0, err[-2000:]
@@ -165,3 +105,39 @@ def test_kill_two_workers_mid_run(pg_url: str) -> None:
 
 async def _rows(store: SqlStore) -> list[dict[str, Any]]:
     return [row async for row in store.rows()]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_worker_killed_between_retries_of_lost_answers_leaves_them_counted(
+    store_url: str, backend: str
+) -> None:
+    # Every answer is lost after the charge; the worker retries them (retry_ambiguous) and is
+    # killed while it does. Whatever the server charged, the store counts.
+    store = open_store(store_url)
+    assert isinstance(store, SqlStore)
+    anyio.run(store.add, [Job("a lighthouse in a storm", id="storm", num=2)])
+    faults = Faults(drop_rate=1.0, drop_after_charge_share=1.0, latency=0.2)
+    emulator = Emulator(keys={KEY: BALANCE}, faults=faults, seed=3)
+    with serve(emulator) as server:
+        proc = script_worker(store_url, server.base_url, KEY, backend, 1, "20")
+        with reaped([proc]):
+            anyio.run(_wait_for_charges, emulator, 3)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        charged = BALANCE - emulator.balance(KEY)
+
+    async def after_the_kill() -> Any:
+        session = await store.connect(worker=True)  # its reaper finds the dead worker's row
+        await session.close()
+        return await store.status()
+
+    status = anyio.run(after_the_kill)
+    assert charged >= 3 * 4
+    assert status.counts == {"ambiguous": 1}
+    assert status.credits_may_have_been_spent >= charged
+
+
+async def _wait_for_charges(emulator: Emulator, count: int) -> None:
+    with anyio.fail_after(60):  # a guard against a hang, not a timing assertion
+        while emulator.stats.charges < count:  # noqa: ASYNC110 - a counter
+            await anyio.sleep(0.01)

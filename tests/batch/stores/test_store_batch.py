@@ -17,7 +17,7 @@ from nanobanana_async.batch.stores import (
     StoreError,
     open_store,
 )
-from nanobanana_async.batch.stores.postgres import redact
+from nanobanana_async.batch.stores.postgres import PostgresStore
 from nanobanana_async.emulator import Emulator, Faults
 
 pytestmark = pytest.mark.anyio
@@ -197,9 +197,10 @@ def test_open_store_reads_urls_and_paths(tmp_path: pathlib.Path) -> None:
 
 
 def test_urls_are_shown_without_passwords() -> None:
-    assert redact("postgresql://bob:s3cret@db:5432/jobs") == "postgresql://bob:***@db:5432/jobs"
-    assert redact("postgresql://db/jobs") == "postgresql://db/jobs"
-    assert redact("host=db password=s3cret dbname=x") == "host=db password=*** dbname=x"
+    shown = PostgresStore("postgresql://bob:s3cret@db:5432/jobs").url
+    assert shown == "postgresql://bob:***@db:5432/jobs"
+    assert PostgresStore("postgresql://db/jobs").url == "postgresql://db/jobs"
+    assert PostgresStore("host=db password=s3cret dbname=x").url == "host=db password=*** dbname=x"
     assert "s3cret" not in repr(open_store("postgresql://bob:s3cret@db/jobs"))
 
 

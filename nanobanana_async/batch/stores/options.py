@@ -1,0 +1,120 @@
+"""The options of the SQL job stores, from keyword arguments or the store URL's query string.
+
+``sqlite:///jobs.db?queue=nightly&retry_window=60`` and ``SqliteStore("jobs.db",
+queue="nightly", retry_window=60)`` mean the same; an option given both ways is refused, as
+is any option neither the SDK nor (for Postgres) libpq knows (``nanobanana_async.urls``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import urllib.parse
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final
+
+from ...errors import InvalidRequestError
+from ...urls import split_options
+from .sql import QUEUE_PATTERN
+
+__all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_RETRY_WINDOW",
+    "DEFAULT_STATEMENT_TIMEOUT",
+    "SQL_OPTIONS",
+    "resolve",
+]
+
+DEFAULT_LEASE: Final = 60.0
+DEFAULT_RETRY_WINDOW: Final = 20.0
+DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+
+
+def _number(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    if math.isinf(value) or value < 0:
+        raise ValueError(f"expected finite seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def positive_seconds(value: object) -> float:
+    seconds = _number(value)
+    if seconds <= 0:
+        raise ValueError(f"expected seconds > 0, got {value!r}")
+    return seconds
+
+
+def queue_name(value: object) -> str:
+    if not isinstance(value, str) or not QUEUE_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"a queue name is 1-64 letters, digits and _.:- (starting with a letter or digit), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def directory(value: object) -> pathlib.Path:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise ValueError(f"expected a directory path, got {value!r}")
+    return pathlib.Path(os.fspath(value))
+
+
+def positive_int(value: object) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {value!r}")
+    return value
+
+
+# The options every SQL store reads, and how each is checked.
+SQL_OPTIONS: Final[Mapping[str, Callable[[object], Any]]] = {
+    "lease": positive_seconds,
+    "queue": queue_name,
+    "retry_window": _number,
+    "statement_timeout": _number,  # 0: no limit
+    "spool_dir": directory,
+}
+
+
+def resolve(
+    url: str | None,
+    given: Mapping[str, object],
+    *,
+    options: Mapping[str, Callable[[object], Any]],
+    passthrough: Collection[str] = (),
+) -> tuple[str | None, dict[str, Any]]:
+    """``url`` without the SDK's options, and every option's value (from the URL or a
+    keyword; ``given`` holds the keywords, None where not passed)."""
+    values: dict[str, Any] = {}
+    clean = url
+    if url is not None and "?" in url:
+        rest, values = split_options(
+            url, what="job store", options=options, passthrough=passthrough
+        )
+        # Rebuilt by hand: urlunsplit drops the // of sqlite:///path and postgresql:///db.
+        query = urllib.parse.urlsplit(rest).query
+        clean = url.partition("?")[0] + (f"?{query}" if query else "")
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in values:
+            raise InvalidRequestError(
+                f"{name} is given both in the job store URL and as an argument: give it once",
+                param=name,
+            )
+        try:
+            values[name] = options[name](value)
+        except ValueError as exc:
+            raise InvalidRequestError(f"{name}: {exc}", param=name) from None
+    return clean, values
