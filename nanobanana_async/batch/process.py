@@ -312,19 +312,25 @@ class JobProcessor:
             # Cancelled: an attempt in progress was settled by attempt_failed (kept, since the
             # server may have charged it); a reservation no attempt used goes back.
             money.unused()
+            # Sent: reported, with what it may have cost, and recorded as such (ambiguous),
+            # like any result: a store that cannot take it keeps it in its spool.
+            ended = _cancelled_send(item, job, call.attempts, money, started)
             if attempts.recorded and self.store is not None and item.id is not None:
                 try:
                     with anyio.CancelScope(shield=True):
                         if money.uncertain:
-                            await self.store.unsettled(item.id, money.uncertain)
+                            await self.store.record(ended)
                         else:  # every attempt sent got a clear answer: nothing was charged
                             await self.store.release(item.id)
                 except StoreError as exc:
-                    # The row stays "sending" (counted as may-have-been-spent) until its
-                    # lease runs out and it turns ambiguous: nothing is lost.
-                    logger.warning("job %s: the store did not take its end: %s", item.id, exc)
-            if call.attempts:  # sent: reported, with what it may have cost
-                self._cancelled(_cancelled_send(item, job, call.attempts, money, started))
+                    logger.warning(
+                        "job %s was cancelled after its request left; the store did not "
+                        "record that: %s",
+                        item.id,
+                        exc,
+                    )
+            if call.attempts:
+                self._cancelled(ended)
             raise
         else:
             money.succeeded(generation.credits)
