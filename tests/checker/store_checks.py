@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from nanobanana_async import DEFAULT_PRICING, Job
-from nanobanana_async.batch.journal import Journal, content_id
+from nanobanana_async.batch.journal import _torn_id, content_id
 from nanobanana_async.batch.stores import FINAL_STATES, StoreStatus
 
 from .store_schedule import Actor
@@ -97,64 +97,60 @@ async def snapshot(checker: StoreChecker) -> Snapshot:
             charged[prompt] += credits
             by_key[api_key][prompt] += credits
     covered: Counter[str] = Counter()
-    if checker.jsonl:
-        rows, text = _journal(checker, jobs, covered)
-        return Snapshot(charged, dict(by_key), rows, covered, [], None, text)
-    store = checker.store()
-    rows = {row["prompt"]: row async for row in store.rows()}
-    status = await store.status()
-    for prompt, row in rows.items():
-        held = row["reserved"] if row["state"] in ("sending", "ambiguous") else 0
-        covered[prompt] += row["credits"] + row["uncertain"] + held
     spool: list[dict[str, Any]] = []
     lines: list[str] = []
     for path in sorted((checker.workdir / "spool").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             lines.append(line)
             if line.strip():
-                entry = json.loads(line)
-                spool.append(entry)
-                params = entry["params"]
-                covered[entry["job"]["prompt"]] += int(params.get("credits", 0)) + int(
-                    params.get("uncertain", 0)
-                )
+                spool.append(json.loads(line))
+    if checker.jsonl:
+        rows, text = _journal(checker, jobs, covered, [e["line"] for e in spool])
+        return Snapshot(charged, dict(by_key), rows, covered, spool, None, text + "".join(lines))
+    store = checker.store()
+    rows = {row["prompt"]: row async for row in store.rows()}
+    status = await store.status()
+    for prompt, row in rows.items():
+        held = row["reserved"] if row["state"] in ("sending", "ambiguous") else 0
+        covered[prompt] += row["credits"] + row["uncertain"] + held
+    for entry in spool:
+        params = entry["params"]
+        spent = int(params.get("credits", 0)) + int(params.get("uncertain", 0))
+        covered[entry["job"]["prompt"]] += spent
     text = "\n".join(f"{r['error']} {r['reason']}" for r in rows.values()) + "\n".join(lines)
     return Snapshot(charged, dict(by_key), rows, covered, spool, status, text)
 
 
 def _journal(
-    checker: StoreChecker, jobs: dict[str, Job], covered: Counter[str]
+    checker: StoreChecker, jobs: dict[str, Job], covered: Counter[str], spooled: list[Any]
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """A JSONL journal's rows: each job's last line (a torn line: ambiguous), and what its
-    lines say it spent or may have spent."""
+    """A JSONL journal's rows: each job's last line (a torn line: ambiguous; lines in its
+    spool after those of the file), and what its lines say it spent or may have spent."""
     path = checker.url
     ids = {job.id or content_id(job): prompt for prompt, job in jobs.items()}
     rows: dict[str, dict[str, Any]] = {}
     try:
         data = pathlib.Path(path).read_bytes()
     except FileNotFoundError:
-        return rows, ""
+        data = b""
+    entries: list[Any] = []
     for line in data.splitlines():
         try:
-            entry = json.loads(line)
+            entries.append(json.loads(line))
         except ValueError:
-            continue
+            # A torn line naming its job: ambiguous (it may have been charged, and a rerun
+            # skips it), unless a whole line of the job says more.
+            prompt = ids.get(_torn_id(line) or "")
+            if prompt is not None:
+                rows.setdefault(prompt, {"state": "ambiguous"})
+                covered[prompt] = max(covered[prompt], DEFAULT_PRICING.credits(jobs[prompt]))
+    for entry in entries + spooled:
         prompt = ids.get(entry.get("id"))
         if prompt is None:
             continue
         spent = int(entry.get("credits") or 0) + int(entry.get("credits_may_have_been_spent") or 0)
         covered[prompt] = max(covered[prompt], spent)
         rows[prompt] = {**entry, "state": entry.get("status")}
-    journal = Journal(path)
-    try:
-        for job_id, _why in journal.ambiguous.items():
-            prompt = ids.get(job_id)
-            if prompt is not None and journal.resumable(job_id) is None:
-                rows.setdefault(prompt, {"state": "ambiguous"})["state"] = "ambiguous"
-                # A torn line may have been charged: counted, as a rerun will skip it.
-                covered[prompt] = max(covered[prompt], DEFAULT_PRICING.credits(jobs[prompt]))
-    finally:
-        journal.close()
     return rows, data.decode(errors="replace")
 
 
@@ -277,11 +273,10 @@ def check_final(checker: StoreChecker, snap: Snapshot) -> list[str]:
         final = FINAL_STATES if not checker.jsonl else (*_JOURNALED, "generated")
         if row is None or row["state"] not in final:
             failures.append(f"at the end {job.prompt!r} is {_short(row)}")
-    if checker.jsonl:
-        return failures
-    assert snap.status is not None
-    if snap.spool or snap.status.spooled:
+    if snap.spool or (snap.status is not None and snap.status.spooled):
         failures.append(f"the spool still holds {len(snap.spool)} entries")
+    if snap.status is None:
+        return failures
     for entry in checker.spooled:
         row = snap.rows.get(entry["job"]["prompt"])
         if entry["op"] == "done" and (row is None or row["state"] != "done"):

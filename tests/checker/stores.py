@@ -41,7 +41,7 @@ from nanobanana_async import (
 )
 from nanobanana_async.batch import BatchRun, GracefulStop
 from nanobanana_async.batch.journal import Journal
-from nanobanana_async.batch.stores import SqlStore
+from nanobanana_async.batch.stores import JobStore, JsonlStore, SqlStore
 from tests.support.postgres import PgCluster
 from tests.support.store_faults import StoreFaults
 
@@ -302,7 +302,7 @@ class StoreChecker:
 
     # -- actors in this process ---------------------------------------------------------------
 
-    def _run(self, actor: Actor, client: AsyncNanoBanana, store: Any) -> BatchRun:
+    def _run(self, actor: Actor, client: AsyncNanoBanana, store: JobStore) -> BatchRun:
         downloads = self.workdir / "images" if actor.downloads else None
         if actor.kind == "batch":
             return client.batch(
@@ -323,7 +323,11 @@ class StoreChecker:
 
     async def _task(self, outcome: Outcome) -> None:
         actor = outcome.actor
-        store = self.url if self.jsonl else self.store(faulty=actor.store_faults)
+        store: JobStore = (
+            JsonlStore(self.url, spool_dir=self.workdir / "spool")
+            if self.jsonl
+            else self.store(faulty=actor.store_faults)
+        )
         results: list[JobResult] = []
         async with self.client(actor, outcome.key) as client:
             run = self._run(actor, client, store)
