@@ -158,6 +158,7 @@ class JobProcessor:
         limiter: RateLimiter | None,
         budget: CreditBudget | None,
         download_dir: pathlib.Path | None,
+        on_store_failure: Callable[[], object] = lambda: None,
     ) -> None:
         self.sender = sender
         self.policy = policy
@@ -169,8 +170,10 @@ class JobProcessor:
         # Why a job did not fit max_credits (the batch's or the client's limits'): a worker
         # stops claiming, since every job it claims next would be skipped and released again.
         self.over_budget: str | None = None
-        # The store stopped answering: no more jobs are taken, and the run ends with this.
+        # The store stopped answering: no more jobs are taken, and the run ends with this
+        # (``on_store_failure`` wakes a worker waiting to poll the store again).
         self.store_failure: StoreError | None = None
+        self._on_store_failure = on_store_failure
         # Jobs that a cancellation (a grace period that ran out, Ctrl-C twice) ended after
         # they were sent: counted in the stats at once, since no worker hands them over.
         self.unreported: list[JobResult] = []
@@ -195,6 +198,7 @@ class JobProcessor:
         if self.store_failure is None:
             self.store_failure = error
             logger.error("batch stops taking jobs: %s", error)
+            self._on_store_failure()
 
     async def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
         if self.store is not None:
