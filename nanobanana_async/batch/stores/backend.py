@@ -96,6 +96,21 @@ class SqlBackend(abc.ABC):
     def _broken(self, conn: Any) -> bool:
         return False
 
+    #: Runs its sessions' writes on the event loop's thread (``Pool``'s ``here``).
+    writes_here = False
+
+    def _here(self, conn: Any, here: bool) -> None:  # noqa: B027 - most backends need nothing
+        """Set ``conn`` up for calls on the event loop's thread (never waiting for a lock),
+        or for a worker thread."""
+
+    def _busy(self, exc: BaseException) -> bool:
+        """``exc`` says a lock is held elsewhere: waiting for it would block."""
+        return False
+
+    async def _committed(self, pool: Pool, writes: int) -> None:  # noqa: B027 - optional
+        """A session's transaction of ``writes`` writes committed on ``pool`` (SQLite
+        checkpoints its WAL now and then)."""
+
     def _schema(self, conn: Any) -> SchemaAccess:
         return _Schema(self, conn)
 
@@ -130,6 +145,8 @@ class SqlBackend(abc.ABC):
             retry_window=self.retry_window,
             deadline=self.statement_timeout,
             hint=self._spool_hint if run else str,
+            here=self._here if run and self.writes_here else None,
+            busy=self._busy,
         )
 
     @abc.abstractmethod

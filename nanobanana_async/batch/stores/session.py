@@ -48,10 +48,21 @@ class SqlSession:
         self._told: dict[str, int] = {}
         self.spooled = 0  # results this session kept in the spool
         self._held: set[str] = set()  # jobs claimed and handed out, not finished yet
+        # Batch mode: jobs this run took and has not written yet (``begin``), by id.
+        self._taken: dict[str, dict[str, Any]] = {}
+        self._empty = False  # the queue had no row when the session opened (batch mode)
 
     async def open(self) -> None:
         await self._pool.open()
         await self.maintain()
+        await self._put_back_spool()
+        if not self.worker:  # after the spool: what it put back is there to resume
+            sql = self._sql.queue_empty
+            self._empty = bool(
+                await self._pool.run(lambda conn: self.store._execute(conn, sql, {}).fetchone()[0])
+            )
+
+    async def _put_back_spool(self) -> None:
         try:
             recovered = await self.store._recover(self._pool)
         except StoreUnavailableError:
@@ -76,7 +87,8 @@ class SqlSession:
 
     async def _apply(self, ops: list[Op]) -> None:
         try:
-            await self._pool.run(self.store._transaction, ops)
+            await self._pool.run(self.store._transaction, ops, here=True)
+            await self.store._committed(self._pool, len(ops))
         except StoreUnavailableError:
             raise
         except StoreError:
@@ -95,31 +107,50 @@ class SqlSession:
     # -- batch mode -------------------------------------------------------------------------
 
     async def begin(self, job_id: str, index: int, job: Job) -> Begin:
-        params = {
+        """Take ``job`` for this run, or say why not: a read, no write.
+
+        The row is written when the job is first recorded (``sending`` before its request
+        leaves, or its end if it is never sent): a job taken and never sent leaves nothing
+        behind, as a claim given back would. Another run that takes the same job meanwhile
+        wins: this run's ``sending`` then finds the row held and does not send. In a queue
+        that was empty when this session opened there is nothing to read (until a write
+        finds a row this run did not know of).
+        """
+        key = uuid.uuid4().hex
+        if not self._empty:
+            op = Op([(self._sql.row, {"id": job_id})], "row")
+            row = await self._group.submit(op)
+            if row is not None:
+                data = row_dict(row)
+                state = data["state"]
+                if state == "done":
+                    return Begin(record=record_of(data))
+                if state == "ambiguous":
+                    return Begin(
+                        skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
+                        "--ambiguous sends it anyway)"
+                    )
+                if state not in ("pending", "failed", "skipped"):
+                    return Begin(
+                        skip=f"held by another worker ({data['lease_owner']}): not sent by this run"
+                    )
+                if (data["prompt"], data["model"], data["image_size"], data["num"]) == (
+                    job.prompt,
+                    job.model,
+                    job.image_size,
+                    job.num,
+                ):
+                    key = data["idempotency_key"]  # a resend the server may recognise
+        self._taken[job_id] = {
             "id": job_id,
             "idx": index,
             "prompt": job.prompt,
             "model": job.model,
             "image_size": job.image_size,
             "num": job.num,
-            "key": uuid.uuid4().hex,
-            "owner": self.owner,
-            "lease": self.lease,
+            "key": key,
         }
-        op = Op([(self._sql.begin, params), (self._sql.row, {"id": job_id})], "row")
-        row = await self._group.submit(op)
-        data = row_dict(row)
-        state = data["state"]
-        if state == "claimed" and data["lease_owner"] == self.owner:
-            return Begin(idempotency_key=data["idempotency_key"])
-        if state == "done":
-            return Begin(record=record_of(data))
-        if state == "ambiguous":
-            return Begin(
-                skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
-                "--ambiguous sends it anyway)"
-            )
-        return Begin(skip=f"held by another worker ({data['lease_owner']}): not sent by this run")
+        return Begin(idempotency_key=key)
 
     # -- a job's progress -------------------------------------------------------------------
 
@@ -127,13 +158,26 @@ class SqlSession:
         self, job_id: str, idempotency_key: str | None, credits: int, *, uncertain: int = 0
     ) -> bool:
         told = self._told.get(job_id, 0)
-        params = {
-            "id": job_id,
-            "key": idempotency_key,
-            "credits": credits,
-            "uncertain": uncertain - told,
-        }
-        held = bool(await self._write(self._sql.sending, params))
+        taken = self._taken.pop(job_id, None)
+        if taken is not None:  # its first record: the row is written now
+            params = {
+                **taken,
+                "key": idempotency_key or taken["key"],
+                "credits": credits,
+                "uncertain": uncertain - told,
+                "lease": self.lease,
+            }
+            held = bool(await self._write(self._sql.take, params))
+            if not held:
+                self._empty = False  # another run writes this queue: read before taking
+        else:
+            params = {
+                "id": job_id,
+                "key": idempotency_key,
+                "credits": credits,
+                "uncertain": uncertain - told,
+            }
+            held = bool(await self._write(self._sql.sending, params))
         if held and uncertain != told:
             self._told[job_id] = uncertain
         return held
@@ -187,6 +231,11 @@ class SqlSession:
             "error": clean_text(str(result.error)) if result.error else None,
             "reason": clean_text(result.reason),
         }
+        taken = self._taken.pop(job_id, None)
+        if taken is not None:  # never sent: its row is written now
+            params.update(taken)
+            await self._keep("finish", self._sql.finish_untaken, params, result)
+            return
         await self._keep("finish", self._sql.finish, params, result)
 
     async def _keep(self, op: str, sql: str, params: dict[str, Any], result: JobResult) -> None:
@@ -244,6 +293,8 @@ class SqlSession:
     async def release(self, job_id: str) -> None:
         self._told.pop(job_id, None)
         self._held.discard(job_id)
+        if self._taken.pop(job_id, None) is not None:
+            return  # never written: nothing to give back
         await self._write(self._sql.release, {"id": job_id})
 
     # -- workers ----------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
 
 import anyio
+import httpx
 import pytest
 
 from nanobanana_async import AsyncNanoBanana, Job
@@ -220,3 +222,40 @@ from nanobanana_async.batch.stores import PostgresStore
 assert "psycopg" in sys.modules
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+class _Witness(httpx.AsyncBaseTransport):
+    """Reads the store through a connection of its own as each request is about to leave:
+    only committed rows are visible there."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, store: SqlStore) -> None:
+        self.inner = inner
+        self.store = store
+        self.seen: list[tuple[str, str | None, str | None, int]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/generate"):
+            job_id = "job-" + json.loads(request.content)["prompt"].rsplit(" ", 1)[-1]
+            row = await self.store.get(job_id)
+            state = None if row is None else row["state"]
+            key = None if row is None else row["idempotency_key"]
+            reserved = 0 if row is None else int(row["reserved"])
+            self.seen.append((job_id, state, key, reserved))
+            assert state == "sending", f"{job_id} left while its row was {state}"
+            assert key == request.headers["idempotency-key"]
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_request_leaves_only_once_its_sending_row_is_committed(store_url: str) -> None:
+    # Group commit shares transactions between jobs, and a batch writes a job's row only when
+    # it is first recorded: the "sending" row (with its key and reservation) must still be
+    # committed, visible to any other connection, before each attempt's request leaves.
+    emulator = Emulator(faults=Faults(server_error_rate=0.3), seed=7)
+    witness = _Witness(emulator.transport(), _sql(store_url))
+    jobs = [Job(f"a quay at dusk, take {i}", id=f"job-{i}") for i in range(40)]
+    async with AsyncNanoBanana("sk-test", transport=witness, max_retries=3) as client:
+        report = await client.run_batch(jobs, journal=store_url, concurrency=16, max_credits=80)
+    assert report.succeeded + report.failed == 40
+    assert len(witness.seen) == emulator.stats.generate_requests > 40  # retries were checked
+    assert all(reserved == 2 for _, _, _, reserved in witness.seen)
+    assert {job_id for job_id, *_ in witness.seen} == {job.id for job in jobs}
