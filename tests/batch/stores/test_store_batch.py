@@ -259,3 +259,45 @@ async def test_a_request_leaves_only_once_its_sending_row_is_committed(store_url
     assert len(witness.seen) == emulator.stats.generate_requests > 40  # retries were checked
     assert all(reserved == 2 for _, _, _, reserved in witness.seen)
     assert {job_id for job_id, *_ in witness.seen} == {job.id for job in jobs}
+
+
+async def test_a_sqlite_lock_held_by_another_process_delays_writes_and_fails_none(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A run writes on the event loop's thread without waiting for locks (busy_timeout 0);
+    # a write that finds the database locked goes to a worker thread, which waits for it.
+    import sqlite3
+    import threading
+
+    path = tmp_path / "jobs.db"
+    url = f"sqlite:///{path}"
+    other = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    timers: list[threading.Timer] = []
+
+    class LockOnce(httpx.AsyncBaseTransport):
+        """Another process takes the write lock as the fifth request leaves (for 0.3 s)."""
+
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner, self.sent = inner, 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.sent += 1
+            if self.sent == 5:
+                other.execute("BEGIN IMMEDIATE")
+                timers.append(threading.Timer(0.3, other.execute, args=("COMMIT",)))
+                timers[0].start()
+            return await self.inner.handle_async_request(request)
+
+    emulator = Emulator()
+    jobs = [Job(f"a kite, take {i}", id=f"job-{i}") for i in range(30)]
+    try:
+        async with AsyncNanoBanana("sk-test", transport=LockOnce(emulator.transport())) as client:
+            report = await client.run_batch(jobs, journal=url, concurrency=8)
+    finally:
+        for timer in timers:
+            timer.join()
+        other.close()
+    assert timers  # the lock was taken while the batch ran
+    assert report.succeeded == 30
+    assert emulator.stats.generate_requests == 30  # nothing sent twice, nothing lost
+    assert (await _sql(url).status()).counts == {"done": 30}
