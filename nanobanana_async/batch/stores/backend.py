@@ -107,9 +107,14 @@ class SqlBackend(abc.ABC):
         """``exc`` says a lock is held elsewhere: waiting for it would block."""
         return False
 
-    async def _committed(self, pool: Pool, writes: int) -> None:  # noqa: B027 - optional
-        """A session's transaction of ``writes`` writes committed on ``pool`` (SQLite
-        checkpoints its WAL now and then)."""
+    def _committed(self, writes: int) -> bool:
+        """A session's transaction of ``writes`` writes committed: whether :meth:`_tidy`
+        is due (SQLite checkpoints its WAL now and then)."""
+        return False
+
+    async def _tidy(self, pool: Pool) -> None:  # noqa: B027 - most backends need nothing
+        """Upkeep a session runs on ``pool`` off the writes' path, when :meth:`_committed`
+        says so."""
 
     def _schema(self, conn: Any) -> SchemaAccess:
         return _Schema(self, conn)

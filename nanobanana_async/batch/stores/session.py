@@ -51,6 +51,7 @@ class SqlSession:
         # Batch mode: jobs this run took and has not written yet (``begin``), by id.
         self._taken: dict[str, dict[str, Any]] = {}
         self._empty = False  # the queue had no row when the session opened (batch mode)
+        self._tidy_due = False  # the store's upkeep is due (``_tidy``)
 
     async def open(self) -> None:
         await self._pool.open()
@@ -88,7 +89,7 @@ class SqlSession:
     async def _apply(self, ops: list[Op]) -> None:
         try:
             await self._pool.run(self.store._transaction, ops, here=True)
-            await self.store._committed(self._pool, len(ops))
+            self._tidy_due = self.store._committed(len(ops)) or self._tidy_due
         except StoreUnavailableError:
             raise
         except StoreError:
@@ -102,7 +103,24 @@ class SqlSession:
 
     async def _write(self, sql: str, params: dict[str, Any], want: str = "rowcount") -> Any:
         params["owner"] = self.owner
-        return await self._group.submit(Op([(sql, params)], want))
+        result = await self._group.submit(Op([(sql, params)], want))
+        if self._tidy_due:
+            await self._tidy()
+        return result
+
+    async def _tidy(self) -> None:
+        """The store's upkeep (SQLite's WAL checkpoint), run by the caller whose write was
+        decided when it fell due: not by the commit, which would hold every waiting write
+        back meanwhile (a checkpoint syncs the database file). Its write is done: a failure
+        here is only logged, and cancellation waits for it."""
+        self._tidy_due = False
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store._tidy(self._pool)
+            except StoreError as exc:
+                logger.debug(
+                    "job store %s: upkeep failed (tried again later): %s", self.store.url, exc
+                )
 
     # -- batch mode -------------------------------------------------------------------------
 

@@ -143,11 +143,15 @@ class SqliteStore(SqlStore):
         code = getattr(exc, "sqlite_errorcode", None)
         return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
-    async def _committed(self, pool: Pool, writes: int) -> None:
+    def _committed(self, writes: int) -> bool:
         self._uncheckpointed += writes
-        if self._uncheckpointed >= _CHECKPOINT_WRITES:
-            self._uncheckpointed = 0
-            await pool.run(_checkpoint)
+        if self._uncheckpointed < _CHECKPOINT_WRITES:
+            return False
+        self._uncheckpointed = 0
+        return True
+
+    async def _tidy(self, pool: Pool) -> None:
+        await pool.run(_checkpoint)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(

@@ -301,3 +301,38 @@ async def test_a_sqlite_lock_held_by_another_process_delays_writes_and_fails_non
     assert report.succeeded == 30
     assert emulator.stats.generate_requests == 30  # nothing sent twice, nothing lost
     assert (await _sql(url).status()).counts == {"done": 30}
+
+
+async def test_a_wal_checkpoint_holds_no_other_write_back(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint a run makes now and then syncs the database file: it is run by the job
+    # whose write made it due, not by the commit, which would hold every other write back.
+    from nanobanana_async.batch.stores import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_WRITES", 10)
+    gate = anyio.Event()
+    checkpointing = False
+    done_meanwhile = 0
+
+    async def slow_checkpoint(self: SqliteStore, pool: object) -> None:
+        nonlocal checkpointing
+        if gate.is_set() or checkpointing:
+            return
+        checkpointing = True
+        await gate.wait()  # a checkpoint that takes its time
+        checkpointing = False
+
+    monkeypatch.setattr(SqliteStore, "_tidy", slow_checkpoint)
+    emulator = Emulator()
+    jobs = [Job(f"a gull, take {i}", id=f"job-{i}") for i in range(60)]
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        with anyio.fail_after(30):
+            async with client.batch(jobs, journal=f"sqlite:///{tmp_path / 'jobs.db'}") as run:
+                async for result in run:
+                    assert result.ok
+                    if checkpointing:
+                        done_meanwhile += 1
+                        if done_meanwhile == 20:
+                            gate.set()
+    assert done_meanwhile >= 20  # jobs kept finishing (and writing) during the checkpoint
