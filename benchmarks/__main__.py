@@ -503,9 +503,9 @@ not the event loop, which runs fewer callbacks per job for the SDK than for plai
 The difference is the SDK's own code per job, which accounts for about all of it: the batch
 runner's money path, the client's request and answer, retry, models and errors, and its
 layer around aiohttp (a checked connector, a timeout, the resend guard, a capped read), plus
-the built-in calls they make. The SDK's own h11 pool on asyncio (`sdk-h11`) costs less per
-request than the aiohttp path: aiohttp's request, response and connector objects weigh more
-than the h11 pool's, and that path is faster on this server."""
+the built-in calls they make. The SDK's own h11 pool on asyncio (`sdk-h11`, profiled below
+too) is the other way to speak HTTP there: compare its requests/s with the aiohttp path's
+(`sdk`) in the throughput table before choosing the default transport on asyncio."""
 
 
 NOTES = """
