@@ -1,7 +1,7 @@
 """What importing the SDK loads: nothing optional until it is used (issue 15).
 
 Each check runs in a fresh interpreter, so ``sys.modules`` is its own. Optional packages
-(aiohttp, rich, uvicorn, psycopg, opentelemetry) are all installed here, so a
+(aiohttp, rich, uvicorn, psycopg, opentelemetry, ray, pyarrow) are all installed here, so a
 module that imported one eagerly would show.
 
 httpx imports ``click``, ``rich`` and ``pygments`` itself (``httpx._main``, its command line)
@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-OPTIONAL = ("aiohttp", "rich", "uvicorn", "psycopg", "opentelemetry")
+OPTIONAL = ("aiohttp", "rich", "uvicorn", "psycopg", "opentelemetry", "ray", "pyarrow")
 
 
 def loaded_after(code: str, *watched: str) -> list[str]:

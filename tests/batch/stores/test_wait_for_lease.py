@@ -142,15 +142,17 @@ async def test_a_stopped_batch_stops_waiting(store_url: str) -> None:
         async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
             store = _store(store_url, lease=600, wait=True)
             with anyio.fail_after(30):  # far less than the holder's lease
-                async with client.batch([JOB], journal=store) as run:
-                    async with anyio.create_task_group() as tg:
+                async with (
+                    client.batch([JOB], journal=store) as run,
+                    anyio.create_task_group() as tg,
+                ):
 
-                        async def stop_soon() -> None:
-                            await anyio.sleep(0.3)
-                            run.stop("enough for today")
+                    async def stop_soon() -> None:
+                        await anyio.sleep(0.3)
+                        run.stop("enough for today")
 
-                        tg.start_soon(stop_soon)
-                        results = [result async for result in run]
+                    tg.start_soon(stop_soon)
+                    results = [result async for result in run]
     finally:
         await holder.close()
     (result,) = results
@@ -176,7 +178,7 @@ def test_the_option_in_urls_and_keywords() -> None:
     assert SqliteStore("run.db", wait_for_lease=True).wait_for_lease
     assert PostgresStore("postgresql://db/x?wait_for_lease=1").wait_for_lease
     assert not PostgresStore("postgresql://db/x?wait_for_lease=false").wait_for_lease
-    with pytest.raises(InvalidRequestError, match="wait_for_lease=.*expected 1 or 0"):
+    with pytest.raises(InvalidRequestError, match=r"wait_for_lease=.*expected 1 or 0"):
         open_store("sqlite:///run.db?wait_for_lease=maybe")
     with pytest.raises(InvalidRequestError, match="given both"):
         PostgresStore("postgresql://db/x?wait_for_lease=1", wait_for_lease=True)
