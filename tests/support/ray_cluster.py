@@ -4,8 +4,8 @@ Two CPUs as on the machines the suite runs on; no dashboard (the state API is no
 the tests find an actor's PID in the job store, whose lease owner names it). Ray binds its
 own services to 127.0.0.1 only. The actors' spools go to a directory of the session's own
 (``XDG_STATE_HOME`` in their environment, which Ray captures when it starts), never into the
-home of whoever runs the tests. Ray Data's own log stays in Ray's session directory. Skipped, saying so, where Ray is not installed (the ``test``
-extra installs it).
+home of whoever runs the tests. Ray Data's own log stays in Ray's session directory. Skipped,
+saying so, where Ray is not installed (the ``test`` extra installs it).
 """
 
 from __future__ import annotations
@@ -39,4 +39,3 @@ def ray_session() -> Iterator[None]:
             yield
         finally:
             ray.shutdown()
-
