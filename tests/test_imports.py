@@ -91,3 +91,22 @@ def test_a_client_under_trio_never_imports_aiohttp() -> None:
         anyio.run(main, server.base_url, backend="trio")
     """
     assert loaded_after(code, "aiohttp") == []
+
+
+def test_the_ray_integration_without_ray_says_which_extra_to_install() -> None:
+    # Ray is installed here: the interpreter is told it is not (None in sys.modules).
+    code = """
+    import sys
+    sys.modules["ray"] = None
+    from nanobanana_async import NanoBananaError
+    try:
+        import nanobanana_async.ray
+    except NanoBananaError as exc:
+        assert str(exc) == (
+            "the Ray integration needs Ray Data: pip install 'nanobanana-async[ray]'"
+        ), str(exc)
+        assert exc.__cause__ is None and exc.__suppress_context__
+    else:
+        raise AssertionError("imported without Ray")
+    """
+    assert loaded_after(code, "ray.data") == []
