@@ -26,7 +26,6 @@ from markdown_it import MarkdownIt
 
 import nanobanana_async
 from nanobanana_async.cli import build_parser
-from tests.support.ray_cluster import ray_session  # noqa: F401 (fixtures)
 from tests.support.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
