@@ -30,6 +30,9 @@ __all__ = ["SqlSession"]
 
 logger = logging.getLogger("nanobanana_async")
 
+# How often a job held by another run is looked at again (wait_for_lease), at most.
+_MAX_POLL = 1.0
+
 
 class SqlSession:
     """One run's session on a SQL store (:class:`~.sqlstore.SqlStore`)."""
@@ -48,6 +51,7 @@ class SqlSession:
         self._told: dict[str, int] = {}
         self.spooled = 0  # results this session kept in the spool
         self._held: set[str] = set()  # jobs claimed and handed out, not finished yet
+        self._reap_due = 0.0  # monotonic time of the next reap while jobs wait for a lease
 
     async def open(self) -> None:
         await self._pool.open()
@@ -119,7 +123,16 @@ class SqlSession:
                 skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
                 "--ambiguous sends it anyway)"
             )
-        return Begin(skip=f"held by another worker ({data['lease_owner']}): not sent by this run")
+        held = f"held by another worker ({data['lease_owner']}): not sent by this run"
+        if not self.store.wait_for_lease:
+            return Begin(skip=held)
+        # Its holder may be gone (a killed process elsewhere, whose lease has to run out):
+        # hand back expired leases now and then while jobs wait, not once per job.
+        poll = min(_MAX_POLL, self.lease / 10)
+        if time.monotonic() >= self._reap_due:
+            self._reap_due = time.monotonic() + poll
+            await self.maintain()
+        return Begin(skip=held, wait=poll)
 
     # -- a job's progress -------------------------------------------------------------------
 
