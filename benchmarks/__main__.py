@@ -10,11 +10,11 @@ in-process transports against raw httpx, start-up times in fresh interpreters, a
 where a job's CPU goes, and the peak RSS of a lazy 1,000,000-job batch. Prints the tables and
 writes them to ``--output``.
 
-``--telemetry`` (``benchmarks/telemetry.py``), ``--stores`` (``benchmarks/stores.py``) and
-``--limits`` (``benchmarks/limits.py``) measure only their part and rewrite only their section
-of ``--output``; a full run measures the job stores too (unless ``--skip-stores``) and carries
-over every section it did not measure. ``--only network,cpu,startup,profile,memory`` runs
-some parts and prints them without writing.
+``--telemetry`` (``benchmarks/telemetry.py``), ``--stores`` (``benchmarks/stores.py``),
+``--limits`` (``benchmarks/limits.py``) and ``--ray`` (``benchmarks/ray_pipeline.py``) measure
+only their part and rewrite only their section of ``--output``; a full run measures the job
+stores too (unless ``--skip-stores``) and carries over every section it did not measure.
+``--only network,cpu,startup,profile,memory`` runs some parts and prints them without writing.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import httpx
 from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
 
-from . import clients, profile, startup, stores
+from . import clients, profile, ray_pipeline, startup, stores
 from . import limits as shared_limits
 from .memory import trivial_transport
 from .profile import ProfileRow
@@ -637,6 +637,15 @@ def _write(output: pathlib.Path | None, text: str) -> None:
         print(f"written to {output}")
 
 
+def _write_section(
+    output: pathlib.Path | None, existing: str, section: str, *, before: str | None = None
+) -> None:
+    """Prints a section measured on its own and rewrites only that section of ``output``."""
+    print()
+    print(section)
+    _write(output, replace_section(existing or "# Benchmarks\n", section, before=before))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer cases and requests")
@@ -673,6 +682,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only RedisLimits against local limits (starts redis-server); rewrites that section",
     )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="only Ray Data against run_batch (starts Ray and Postgres); rewrites that section",
+    )
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     output = pathlib.Path(args.output) if args.output != "-" else None
@@ -682,22 +696,20 @@ def main(argv: list[str] | None = None) -> None:
         section = render_telemetry(
             telemetry_cases(args.quick, repeat, lambda: emulator_process(0.0)), args.quick
         )
-        print()
-        print(section)
-        _write(output, replace_section(existing or "# Benchmarks\n", section, before=TARGETS))
+        _write_section(output, existing, section, before=TARGETS)
         return
     if args.stores:
-        section = store_cases(args.quick, repeat, args.skip_memory)
-        print()
-        print(section)
-        _write(output, replace_section(existing or "# Benchmarks\n", section))
+        _write_section(output, existing, store_cases(args.quick, repeat, args.skip_memory))
         return
     if args.limits:
         print("shared limits:", flush=True)
         section = shared_limits.render(shared_limits.run(args.quick, repeat), args.quick, repeat)
-        print()
-        print(section)
-        _write(output, replace_section(existing or "# Benchmarks\n", section))
+        _write_section(output, existing, section)
+        return
+    if args.ray:
+        print("Ray Data against run_batch:", flush=True)
+        section = ray_pipeline.render(ray_pipeline.run(args.quick, repeat), args.quick, repeat)
+        _write_section(output, existing, section)
         return
     parts = set(PARTS)
     if args.only is not None:
@@ -733,7 +745,12 @@ def main(argv: list[str] | None = None) -> None:
     if "stores" in parts:
         text = replace_section(text, store_cases(args.quick, repeat, "memory" not in parts))
     # Sections measured by their own options (and the job stores when skipped): carried over.
-    kept = [TELEMETRY, shared_limits.SECTION, *([] if "stores" in parts else [stores.SECTION])]
+    kept = [
+        TELEMETRY,
+        shared_limits.SECTION,
+        ray_pipeline.SECTION,
+        *([] if "stores" in parts else [stores.SECTION]),
+    ]
     for heading in kept:
         found = section_of(existing, heading)
         if found is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import InvalidRequestError
 
-__all__ = ["credentials", "redact_url", "split_options"]
+__all__ = ["credentials", "flag", "redact_url", "split_options"]
 
 # Query options whose value is a secret (libpq's password, coredis's password), and the
 # ``key=value`` connection-string form of the same.
@@ -52,6 +52,19 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(
         (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
     )
+
+
+def flag(value: object) -> bool:
+    """An on/off option: a bool as given, or in a URL ``1``/``0``, ``true``/``false``,
+    ``yes``/``no``, ``on``/``off`` (empty: off). Raises ``ValueError`` otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1 or 0 (true or false)")
 
 
 def credentials(url: str) -> tuple[str | None, str | None]:

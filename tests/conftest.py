@@ -10,6 +10,10 @@ import pytest
 
 from tests.support.postgres import PgCluster, pg_bin
 
+# One definition for the whole suite, so Ray starts once per session (the Ray tests and the
+# docs' ```python ray blocks share it).
+from tests.support.ray_cluster import ray_session  # noqa: F401 (a fixture)
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

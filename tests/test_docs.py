@@ -5,7 +5,8 @@ a fresh namespace, from an empty temporary working directory that must stay empt
 fenced as ```python notest is shown but not run (the pytest-markdown-docs convention); the
 blocks also pass under ``pytest --markdown-docs README.md docs/``. A block fenced as
 ```python redis uses a Redis: it reads ``REDIS_URL``, which the test points at the real
-redis-server the limits tests start (skipped, saying so, where none is installed).
+redis-server the limits tests start (skipped, saying so, where none is installed). A block
+fenced as ```python ray runs on the local Ray the Ray tests start (once per test session).
 
 The README's first code block is the project's contract (the offline main job, then the test
 command), so its two lines are pinned here, and every ``nanobanana`` command shown in a shell
@@ -44,6 +45,7 @@ DOC_PAGES = (
     "architecture",
     "scaling",
     "operations",
+    "ray",
 )
 MAIN_JOB = (
     'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && '
@@ -113,6 +115,8 @@ def test_python_block_runs(
     monkeypatch.delenv("NANOBANANA_LIMITS", raising=False)
     if "redis" in block.options:
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
+    if "ray" in block.options:
+        request.getfixturevalue("ray_session")
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)

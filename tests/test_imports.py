@@ -1,7 +1,7 @@
 """What importing the SDK loads: nothing optional until it is used (issue 15).
 
 Each check runs in a fresh interpreter, so ``sys.modules`` is its own. Optional packages
-(aiohttp, rich, uvicorn, psycopg, opentelemetry) are all installed here, so a
+(aiohttp, rich, uvicorn, psycopg, opentelemetry, ray, pyarrow) are all installed here, so a
 module that imported one eagerly would show.
 
 httpx imports ``click``, ``rich`` and ``pygments`` itself (``httpx._main``, its command line)
@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-OPTIONAL = ("aiohttp", "rich", "uvicorn", "psycopg", "opentelemetry")
+OPTIONAL = ("aiohttp", "rich", "uvicorn", "psycopg", "opentelemetry", "ray", "pyarrow")
 
 
 def loaded_after(code: str, *watched: str) -> list[str]:
@@ -91,3 +91,22 @@ def test_a_client_under_trio_never_imports_aiohttp() -> None:
         anyio.run(main, server.base_url, backend="trio")
     """
     assert loaded_after(code, "aiohttp") == []
+
+
+def test_the_ray_integration_without_ray_says_which_extra_to_install() -> None:
+    # Ray is installed here: the interpreter is told it is not (None in sys.modules).
+    code = """
+    import sys
+    sys.modules["ray"] = None
+    from nanobanana_async import NanoBananaError
+    try:
+        import nanobanana_async.ray
+    except NanoBananaError as exc:
+        assert str(exc) == (
+            "the Ray integration needs Ray Data: pip install 'nanobanana-async[ray]'"
+        ), str(exc)
+        assert exc.__cause__ is None and exc.__suppress_context__
+    else:
+        raise AssertionError("imported without Ray")
+    """
+    assert loaded_after(code, "ray.data") == []

@@ -25,7 +25,7 @@ from .money import CreditBudget, JobMoney, NoRoomForAttempt
 from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
-from .stores import StoreError, StoreSession, StoreUnavailableError
+from .stores import Begin, StoreError, StoreSession, StoreUnavailableError
 
 __all__ = ["Item", "JobProcessor"]
 
@@ -233,8 +233,7 @@ class JobProcessor:
             return JobResult(item.index, job, "skipped", item.id, reason=_STORE_DOWN)
         if self.store is not None and item.id is not None and not item.claimed:
             try:
-                with anyio.CancelScope(shield=True):
-                    begin = await self.store.begin(item.id, item.index, job)
+                begin = await self._begin(item.id, item.index, job)
             except StoreError as exc:
                 return self._not_recorded(item, job, exc)
             if begin.record is not None:
@@ -260,6 +259,16 @@ class JobProcessor:
             money.unused()
             return await self._journal(self._skipped_stopped(item, job))
         return await self._send(item, job, money, key)
+
+    async def _begin(self, job_id: str, index: int, job: Job) -> Begin:
+        assert self.store is not None
+        while True:
+            with anyio.CancelScope(shield=True):
+                begin = await self.store.begin(job_id, index, job)
+            if begin.wait is None or self.stats.stopped_reason is not None:
+                return begin
+            # Another run holds the job: wait (cancellable) for it to finish or to expire.
+            await anyio.sleep(begin.wait)
 
     async def _send(self, item: Item, job: Job, money: JobMoney, key: str | None) -> JobResult:
         attempts = _Attempts(self, money, item, key)

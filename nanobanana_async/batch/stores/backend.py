@@ -45,6 +45,9 @@ class SqlBackend(abc.ABC):
       and it is retried (30; 0 for no limit): a database that stops answering never hangs
       a run.
     - ``spool_dir``: where results the store could not take are kept (``spool.py``).
+    - ``wait_for_lease``: a batch that finds one of its jobs held by another run waits until
+      that run finishes it or its lease runs out (then resumes it, sends it, or reports it
+      ambiguous) instead of skipping it as "held by another worker" (off).
 
     Each can also be given in the URL's query string. Methods open their own connection:
     the store object itself holds none.
@@ -66,6 +69,7 @@ class SqlBackend(abc.ABC):
             values.get("statement_timeout", DEFAULT_STATEMENT_TIMEOUT) or None
         )
         self._spool_dir: pathlib.Path | None = values.get("spool_dir")
+        self.wait_for_lease: bool = values.get("wait_for_lease", False)
         self.statements = Statements(self.dialect, self.queue)
         self.store_id: str | None = None  # read from the database on the first connection
 

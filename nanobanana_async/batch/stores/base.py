@@ -70,11 +70,15 @@ class Begin:
     ``record``: an earlier run generated it (resume, never pay again). ``skip``: not to be
     sent now, and why (it is ambiguous, or another worker holds it). Otherwise the job is
     this run's to send, with ``idempotency_key`` (stores that keep one per job).
+
+    ``wait`` (with ``skip``): another run holds the job, and the store was told to wait for
+    leases: ask again after this many seconds, unless the batch is stopping.
     """
 
     record: JournalRecord | None = None
     skip: str | None = None
     idempotency_key: str | None = None
+    wait: float | None = None
 
 
 @attrs.frozen

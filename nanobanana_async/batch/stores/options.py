@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 from ...errors import InvalidRequestError
-from ...urls import split_options
+from ...urls import flag, split_options
 from .sql import QUEUE_PATTERN
 
 __all__ = [
@@ -84,6 +84,7 @@ SQL_OPTIONS: Final[Mapping[str, Callable[[object], Any]]] = {
     "retry_window": _number,
     "statement_timeout": _number,  # 0: no limit
     "spool_dir": directory,
+    "wait_for_lease": flag,
 }
 
 

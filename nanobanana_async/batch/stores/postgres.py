@@ -14,10 +14,11 @@ client's ``_pg3_0``). A pooler is recognised by the backend key it answers a con
 which is its own, not the server's.
 
 The URL's query string takes the store's options (``queue``, ``lease``, ``writers``,
-``retry_window``, ``statement_timeout``, ``spool_dir``) and libpq's connection parameters,
-passed on to libpq. Unless the URL says otherwise, connections use ``connect_timeout=10`` and
-TCP keepalives (``keepalives_idle=30``, ``keepalives_interval=10``, ``keepalives_count=3``), so
-a database behind a broken network is noticed in about a minute even when idle.
+``retry_window``, ``statement_timeout``, ``spool_dir``, ``wait_for_lease``) and libpq's
+connection parameters, passed on to libpq. Unless the URL says otherwise, connections use
+``connect_timeout=10`` and TCP keepalives (``keepalives_idle=30``, ``keepalives_interval=10``,
+``keepalives_count=3``), so a database behind a broken network is noticed in about a minute
+even when idle.
 
 Imported only when a Postgres store is used: ``import nanobanana_async`` never loads psycopg.
 """
@@ -106,6 +107,7 @@ class PostgresStore(SqlStore):
         retry_window: float | None = None,
         statement_timeout: float | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
+        wait_for_lease: bool | None = None,
     ) -> None:
         given = {
             "lease": lease,
@@ -114,6 +116,7 @@ class PostgresStore(SqlStore):
             "retry_window": retry_window,
             "statement_timeout": statement_timeout,
             "spool_dir": spool_dir,
+            "wait_for_lease": wait_for_lease,
         }
         is_url = url.startswith(("postgresql://", "postgres://"))
         dsn, values = resolve(

@@ -30,6 +30,9 @@ __all__ = ["SqlSession"]
 
 logger = logging.getLogger("nanobanana_async")
 
+# How often a job held by another run is looked at again (wait_for_lease), at most.
+_MAX_POLL = 1.0
+
 
 class SqlSession:
     """One run's session on a SQL store (:class:`~.sqlstore.SqlStore`)."""
@@ -52,6 +55,7 @@ class SqlSession:
         self._taken: dict[str, dict[str, Any]] = {}
         self._empty = False  # the queue had no row when the session opened (batch mode)
         self._tidy_due = False  # the store's upkeep is due (``_tidy``)
+        self._reap_due = 0.0  # monotonic time of the next reap while jobs wait for a lease
 
     async def open(self) -> None:
         await self._pool.open()
@@ -132,8 +136,11 @@ class SqlSession:
         behind, as a claim given back would. Another run that takes the same job meanwhile
         wins: this run's ``sending`` then finds the row held and does not send. In a queue
         that was empty when this session opened there is nothing to read (until a write
-        finds a row this run did not know of).
+        finds a row this run did not know of). With ``wait_for_lease`` the job is claimed
+        here instead (``_claim``).
         """
+        if self.store.wait_for_lease:
+            return await self._claim(job_id, index, job)
         key = uuid.uuid4().hex
         if not self._empty:
             op = Op([(self._sql.row, {"id": job_id})], "row")
@@ -169,6 +176,44 @@ class SqlSession:
             "key": key,
         }
         return Begin(idempotency_key=key)
+
+    async def _claim(self, job_id: str, index: int, job: Job) -> Begin:
+        """``begin`` with ``wait_for_lease``: the job is claimed now, in one statement, so
+        that runs sharing jobs at the same time see each other's claims and wait for them
+        (a row written only at "sending" would let another run take it in between, and this
+        one would have to give it up instead of waiting)."""
+        params = {
+            "id": job_id,
+            "idx": index,
+            "prompt": job.prompt,
+            "model": job.model,
+            "image_size": job.image_size,
+            "num": job.num,
+            "key": uuid.uuid4().hex,
+            "owner": self.owner,
+            "lease": self.lease,
+        }
+        op = Op([(self._sql.begin, params), (self._sql.row, {"id": job_id})], "row")
+        row = await self._group.submit(op)
+        data = row_dict(row)
+        state = data["state"]
+        if state == "claimed" and data["lease_owner"] == self.owner:
+            return Begin(idempotency_key=data["idempotency_key"])
+        if state == "done":
+            return Begin(record=record_of(data))
+        if state == "ambiguous":
+            return Begin(
+                skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
+                "--ambiguous sends it anyway)"
+            )
+        held = f"held by another worker ({data['lease_owner']}): not sent by this run"
+        # Its holder may be gone (a killed process elsewhere, whose lease has to run out):
+        # hand back expired leases now and then while jobs wait, not once per job.
+        poll = min(_MAX_POLL, self.lease / 10)
+        if time.monotonic() >= self._reap_due:
+            self._reap_due = time.monotonic() + poll
+            await self.maintain()
+        return Begin(skip=held, wait=poll)
 
     # -- a job's progress -------------------------------------------------------------------
 

@@ -173,13 +173,38 @@ class Statements:
             "%(key)s, {now}) ON CONFLICT (queue, id) DO NOTHING"
         )
 
-    # Batch mode: a run takes a job without writing anything (``SqlSession.begin`` only reads
-    # its row, or not even that in a queue that was empty), and writes the row the first time
-    # something must be recorded: "sending" before its first request, or the end of a job
-    # that was never sent. Either statement inserts the row, or takes back one that an
-    # earlier run left pending, failed or skipped (with this run's fields and key); a row
-    # that is generated, ambiguous or held by another run stays as it is (rowcount 0).
-    # ``sending`` may find the row already this run's: a commit whose answer was lost.
+    # Batch mode (without wait_for_lease): a run takes a job without writing anything
+    # (``SqlSession.begin`` only reads its row, or not even that in a queue that was empty),
+    # and writes the row the first time something must be recorded: "sending" before its
+    # first request, or the end of a job that was never sent. Either statement inserts the
+    # row, or takes back one that an earlier run left pending, failed or skipped (with this
+    # run's fields and key); a row that is generated, ambiguous or held by another run stays
+    # as it is (rowcount 0). ``sending`` may find the row already this run's: a commit whose
+    # answer was lost.
+
+    @functools.cached_property
+    def begin(self) -> str:
+        """Batch mode with ``wait_for_lease``: insert the job as claimed by this run, or take
+        it back if an earlier run left it pending, failed or skipped (with the fields of this
+        run's job; a new Idempotency-Key only if they changed). Generated, ambiguous and held
+        rows stay."""
+        changed = (
+            "({t}.prompt <> excluded.prompt OR {t}.model <> excluded.model "
+            "OR {t}.image_size <> excluded.image_size OR {t}.num <> excluded.num)"
+        )
+        return self.sql(
+            f"INSERT INTO {{t}} (queue, {_COLUMNS}, state, idempotency_key, lease_owner, "
+            "lease_until, updated_at) VALUES ({q}, %(id)s, %(idx)s, %(prompt)s, %(model)s, "
+            "%(image_size)s, %(num)s, 'claimed', %(key)s, %(owner)s, {now} + %(lease)s, {now}) "
+            "ON CONFLICT (queue, id) DO UPDATE SET state = 'claimed', idx = excluded.idx, "
+            f"idempotency_key = CASE WHEN {changed} THEN excluded.idempotency_key "
+            "ELSE {t}.idempotency_key END, "
+            "prompt = excluded.prompt, model = excluded.model, image_size = excluded.image_size, "
+            "num = excluded.num, lease_owner = excluded.lease_owner, "
+            "lease_until = excluded.lease_until, error = NULL, reason = NULL, "
+            "updated_at = excluded.updated_at "
+            "WHERE {t}.state IN ('pending','failed','skipped')"
+        )
 
     @functools.cached_property
     def take(self) -> str:

@@ -59,7 +59,8 @@ class SqliteStore(SqlStore):
 
     Writes use WAL with ``synchronous=NORMAL``: a killed process loses nothing that was
     committed; a power cut may lose the last moments. Options (``lease``, ``queue``,
-    ``retry_window``, ``statement_timeout``, ``spool_dir``): see :class:`SqlStore`.
+    ``retry_window``, ``statement_timeout``, ``spool_dir``, ``wait_for_lease``): see
+    :class:`SqlStore`.
     """
 
     dialect = _DIALECT
@@ -79,6 +80,7 @@ class SqliteStore(SqlStore):
         retry_window: float | None = None,
         statement_timeout: float | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
+        wait_for_lease: bool | None = None,
     ) -> None:
         given = {
             "lease": lease,
@@ -86,6 +88,7 @@ class SqliteStore(SqlStore):
             "retry_window": retry_window,
             "statement_timeout": statement_timeout,
             "spool_dir": spool_dir,
+            "wait_for_lease": wait_for_lease,
         }
         self._configure(resolve(None, given, options=SQL_OPTIONS)[1])
         self.path = os.fspath(path)

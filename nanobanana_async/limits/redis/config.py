@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from ...errors import InvalidRequestError
-from ...urls import credentials, redact_url, split_options
+from ...urls import credentials, flag, redact_url, split_options
 from ..local import check_caps
 from .resp import Target
 
@@ -24,15 +24,6 @@ DEFAULT_NAMESPACE = "nanobanana"
 DEFAULT_LEASE = 30.0
 # Reservations of limits that are not open (no heartbeat renews them) hold this long at least.
 UNRENEWED_LEASE = 600.0
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected 1 or 0 (true or false)")
 
 
 def _cert_reqs(text: str) -> ssl.VerifyMode:
@@ -50,7 +41,7 @@ LIMITS_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "max_credits": int,
     "lease": float,
     "timeout": float,
-    "allow_volatile": _flag,
+    "allow_volatile": flag,
 }
 CONNECTION_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "db": int,
@@ -61,7 +52,7 @@ CONNECTION_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "ssl_ca_certs": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
-    "ssl_check_hostname": _flag,
+    "ssl_check_hostname": flag,
 }
 
 

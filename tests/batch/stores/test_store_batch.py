@@ -20,6 +20,7 @@ from nanobanana_async.batch.stores import (
     open_store,
 )
 from nanobanana_async.batch.stores.postgres import PostgresStore
+from nanobanana_async.batch.stores.session import SqlSession
 from nanobanana_async.emulator import Emulator, Faults
 
 pytestmark = pytest.mark.anyio
@@ -336,3 +337,24 @@ async def test_a_wal_checkpoint_holds_no_other_write_back(
                         if done_meanwhile == 20:
                             gate.set()
     assert done_meanwhile >= 20  # jobs kept finishing (and writing) during the checkpoint
+
+
+async def test_a_job_two_runs_take_at_once_is_sent_by_one_only(store_url: str) -> None:
+    # Without wait_for_lease a batch writes a job's row only at "sending": two runs may both
+    # take it, and the first to record "sending" sends it; the other is refused there.
+    slow = _sql(store_url)
+    other = await slow.connect()
+    assert isinstance(other, SqlSession)
+    job = Job("a heron at dusk", id="heron")
+    taken = await other.begin("heron", 0, job)  # taken, not yet recorded (waiting, say)
+    assert taken.idempotency_key is not None
+    emulator = Emulator()
+    try:
+        async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+            report = await client.run_batch([job], journal=store_url)
+        assert report.succeeded == 1
+        assert not await other.sending("heron", taken.idempotency_key, 2)  # refused: not sent
+    finally:
+        await other.close()
+    assert emulator.stats.generate_requests == 1
+    assert (await _sql(store_url).status()).counts == {"done": 1}
