@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cProfile
 import pstats
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -95,10 +95,20 @@ def _profile(run: Callable[[], Any], n: int, case: str) -> list[ProfileRow]:
     return rows
 
 
+Client = Callable[[str, str, int, int], Awaitable[clients.Outcome]]
+
+
 def profile_case(
-    case: str, base_url: str, n: int, concurrency: int, backend: str, in_process: bool = False
+    case: str,
+    base_url: str,
+    n: int,
+    concurrency: int,
+    backend: str,
+    in_process: bool = False,
+    client: Client | None = None,
 ) -> list[ProfileRow]:
-    """Profile one ``run_batch`` of ``n`` jobs (after a warm-up run)."""
+    """Profile one ``run_batch`` of ``n`` jobs (after a warm-up run), or ``client`` (a
+    hand-written baseline, or the SDK on another transport)."""
 
     def transport() -> httpx.AsyncBaseTransport | None:
         if not in_process:
@@ -107,13 +117,16 @@ def profile_case(
 
         return trivial_transport()
 
+    def run(count: int) -> Any:
+        if client is not None:
+            return anyio.run(client, base_url, key, count, concurrency, backend=backend)
+        return anyio.run(
+            clients.sdk, base_url, key, count, concurrency, transport(), backend=backend
+        )
+
     key = "nb-bench-profile-0123456789"
-    anyio.run(clients.sdk, base_url, key, n // 4, concurrency, transport(), backend=backend)
-    rows = _profile(
-        lambda: anyio.run(clients.sdk, base_url, key, n, concurrency, transport(), backend=backend),
-        n,
-        case,
-    )
+    run(n // 4)
+    rows = _profile(lambda: run(n), n, case)
     top = ", ".join(f"{r.group} {r.share:.0%}" for r in rows[:4])
     print(f"  {case}: {top}", flush=True)
     return rows

@@ -38,10 +38,12 @@ from nanobanana_async import AsyncNanoBanana, Hooks
 from .clients import jobs
 from .memory import trivial_transport
 
-__all__ = ["SECTION", "TARGET", "TelemetryRow", "render_telemetry", "telemetry_cases"]
+__all__ = ["SECTION", "TARGETS", "TelemetryRow", "render_telemetry", "telemetry_cases"]
 
-#: The overhead "tracing" must stay under (issue: per-job CPU with tracing on vs off).
-TARGET = 0.10
+#: The overhead each setting must stay under (issue 22: per-job CPU against telemetry off):
+#: tracing every span with the OpenTelemetry SDK at most 1.5x; a trace not sampled and
+#: metrics alone under +15%.
+TARGETS = {"tracing": 0.50, "tracing, trace not sampled": 0.15, "metrics": 0.15}
 CONCURRENCY = 64
 SECTION = "## Telemetry overhead"
 
@@ -183,15 +185,15 @@ def _transports(loopback: Callable[[], AbstractContextManager[str]]) -> list[Cas
     ]
 
 
-WHY = """Where it goes: with tracing on, each job makes two spans (its call and its attempt)
-and nearly all of the added work is the OpenTelemetry SDK's own for them (about 175 Python
-calls per recorded span: ids, sampler, attribute checks, locks, the processor's queue);
-nanobanana-async's own side (attributes, context, `traceparent`) is a few dozen calls. That is far
-above the 10% target on a client whose per-job CPU is already this small. What keeps it
-cheap in production is sampling: a trace the sampler drops (`ParentBased` with a ratio)
-records nothing and the SDK then makes no attempt span, leaving the row "trace not
-sampled"; metrics alone cost two histogram records per job (the counters are sums read at
-collection); hooks a few microseconds; nothing configured, nothing."""
+WHY = """Where it goes: with tracing on, each job makes one span (its call: a call that
+makes one attempt has no attempt span) and nearly all of the added work is the OpenTelemetry
+SDK's own for it (about 175 Python calls per recorded span: ids, sampler, attribute checks,
+locks, the processor's queue); nanobanana-async's own side (attributes, context,
+`traceparent`) is a few dozen calls. What keeps it cheaper in production is sampling: a
+trace the sampler drops (`ParentBased` with a ratio) records nothing, leaving the row "trace
+not sampled" (the sampler's decision, the `traceparent` header and the context switch around
+the request); metrics alone cost two histogram records per job (the counters are sums read
+at collection); hooks a few microseconds; nothing configured, nothing."""
 
 
 def render_telemetry(rows: list[TelemetryRow], quick: bool) -> str:
@@ -206,8 +208,9 @@ def render_telemetry(rows: list[TelemetryRow], quick: bool) -> str:
         f"{CONCURRENCY}) with each telemetry setting, settings interleaved run after run; "
         "the overhead is the median of the per-run ratios to the run without telemetry. "
         "*tracing* = the OpenTelemetry SDK's `TracerProvider` with a `BatchSpanProcessor` and "
-        "an exporter that drops the spans (every span recorded: two per job, a call and its "
-        "attempt); *metrics* = a `MeterProvider` (two histogram records per job; the counters "
+        "an exporter that drops the spans (its default sampler: every span recorded; one per "
+        "job, as a call that makes one attempt has no attempt span); *metrics* = a "
+        "`MeterProvider` (two histogram records per job; the counters "
         "are sums read at collection). See [observability](observability.md).",
         "",
         f"CPU time moves with whatever else runs on the machine (load average "
@@ -233,9 +236,10 @@ def render_telemetry(rows: list[TelemetryRow], quick: bool) -> str:
 
 def telemetry_targets(rows: list[TelemetryRow]) -> Iterator[str]:
     for r in rows:
-        if r.setting == "tracing":
-            verdict = "met" if r.overhead < TARGET else "NOT met"
+        target = TARGETS.get(r.setting)
+        if target is not None:
+            verdict = "met" if r.overhead <= target else "NOT met"
             yield (
-                f"- tracing on, {r.transport}: {r.overhead:+.1%} per job "
-                f"(target < {TARGET:.0%}) - {verdict}"
+                f"- {r.setting}, {r.transport}: {r.overhead:+.1%} CPU per job against "
+                f"telemetry off (target <= {target:+.0%}) - {verdict}"
             )

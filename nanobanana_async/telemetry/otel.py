@@ -71,11 +71,25 @@ class Api:
         )
         self._unset_tracer: tuple[type, ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
+        # The global provider last found unset: a client given one provider asks for the other
+        # on every call, and isinstance against the API's abstract classes is slow.
+        self._unset_seen: tuple[object, object] = (None, None)
+
     def tracer_provider_set(self, provider: object) -> bool:
-        return not isinstance(provider, self._unset_tracer)
+        if provider is self._unset_seen[0]:
+            return False
+        if isinstance(provider, self._unset_tracer):
+            self._unset_seen = (provider, self._unset_seen[1])
+            return False
+        return True
 
     def meter_provider_set(self, provider: object) -> bool:
-        return not isinstance(provider, self._unset_meter)
+        if provider is self._unset_seen[1]:
+            return False
+        if isinstance(provider, self._unset_meter):
+            self._unset_seen = (self._unset_seen[0], provider)
+            return False
+        return True
 
 
 _api: Api | None = None

@@ -6,10 +6,16 @@ into spans, metric sums and hook calls, whichever of them are configured. With n
 configured, :meth:`Telemetry.start_call` returns ``None`` and the client runs exactly the code
 it runs without telemetry.
 
+Spans: a call that makes one attempt is one span, the call's, which carries that attempt's
+status code (as HTTP client instrumentations do: no separate span for the only attempt). Only
+when a call retries does each attempt get a span of its own under the call's: the first one's
+is made then, with the times and outcome it had (its request carried the call span's
+context as ``traceparent``), the next ones as they are sent.
+
 Context: the generate span is never made current (attempt spans name it as their parent);
-the attempt span is current only while its request is sent, on the task that sends it; the
-batch span is current inside the batch's background task. No span is ever held current across
-a ``yield`` of an async generator.
+the context of the attempt (its span, or the call's for a first attempt) is current only while
+its request is sent, on the task that sends it; the batch span is current inside the batch's
+background task. No span is ever held current across a ``yield`` of an async generator.
 """
 
 from __future__ import annotations
@@ -191,6 +197,7 @@ class CallTelemetry:
         "_cooldown_total",
         "_cooldown_wait",
         "_credits",
+        "_first",
         "_headers",
         "_job",
         "_key",
@@ -218,6 +225,9 @@ class CallTelemetry:
         self._attempt_status: int | None = None
         self._headers: Mapping[str, str] | None = None
         self._span: Any = None
+        # The first attempt, which has no span of its own unless the call retries: its start
+        # and end (ns), the attributes its span would have ended with, and its failure.
+        self._first: tuple[int, int, dict[str, Any], float] | None = None
         tracer = telemetry.tracer
         if tracer is not None:
             # Few attributes: each costs the SDK a few microseconds on every call.
@@ -304,19 +314,28 @@ class CallTelemetry:
         assert telemetry.tracer is not None
         parent = api.set_span_in_context(self._span)
         span = None
-        if not self._span.is_recording():
-            # The call's trace was not sampled: its attempts' spans would not be either. The
-            # call's context goes out as traceparent (sampled flag off), no span is made.
+        if not self._span.is_recording() or number == 1:
+            # The call's trace was not sampled: its attempts' spans would not be either. Or
+            # the first attempt: the call's span stands for it unless the call retries. The
+            # call's context goes out as traceparent, no span is made.
             current = parent
+            if number == 1 and self._span.is_recording():
+                cooldown, self._cooldown_wait = self._cooldown_wait, 0.0
+                self._first = (time.time_ns(), 0, {}, cooldown)
         else:
-            span = self._start_attempt_span(number, reason, parent)
+            if self._first is not None:
+                self._first_attempt_span(parent)
+            cooldown, self._cooldown_wait = self._cooldown_wait, 0.0
+            span = self._start_attempt_span(number, reason, parent, cooldown, None)
             current = api.set_span_in_context(span, parent)
         if api.suppress_key is not None:
             current = api.context.set_value(api.suppress_key, True, current)
         api.propagate.inject(headers, context=current)
         return span, api.context.attach(current)
 
-    def _start_attempt_span(self, number: int, reason: str | None, parent: Any) -> Any:
+    def _start_attempt_span(
+        self, number: int, reason: str | None, parent: Any, cooldown: float, start: int | None
+    ) -> Any:
         telemetry = self._telemetry
         api = telemetry.api
         assert api is not None
@@ -326,12 +345,30 @@ class CallTelemetry:
         if reason is not None:
             attributes["http.request.resend_count"] = number - 1
             attributes["nanobanana.retry.reason"] = reason
-        if self._cooldown_wait:
-            attributes["nanobanana.cooldown.wait"] = self._cooldown_wait
-            self._cooldown_wait = 0.0
+        if cooldown:
+            attributes["nanobanana.cooldown.wait"] = cooldown
         return telemetry.tracer.start_span(
-            telemetry._span_name, context=parent, kind=api.client_kind, attributes=attributes
+            telemetry._span_name,
+            context=parent,
+            kind=api.client_kind,
+            attributes=attributes,
+            start_time=start,
         )
+
+    def _first_attempt_span(self, parent: Any) -> None:
+        """The call retries: its first attempt gets the span it would have had."""
+        assert self._first is not None
+        started, ended, attributes, cooldown = self._first
+        self._first = None
+        span = self._start_attempt_span(1, None, parent, cooldown, started)
+        self._end_attempt_span(span, attributes, ended)
+
+    def _end_attempt_span(self, span: Any, attributes: dict[str, Any], end: int | None) -> None:
+        if "error.type" in attributes:
+            assert self._telemetry.api is not None
+            span.set_status(self._telemetry.api.error)
+        span.set_attributes(attributes)
+        span.end(end_time=end)
 
     def _close(self, span: Any, token: Any, error: BaseException | None, elapsed: float) -> bool:
         """End the attempt's span and count it; whether it may have been charged."""
@@ -352,7 +389,8 @@ class CallTelemetry:
             charged = may_have_charged(error)
             if outcome != "cancelled":  # a cancellation is not the request's error
                 failure = str(status) if status is not None and status >= 400 else outcome
-        if span is not None:
+        first = self._first
+        if span is not None or first is not None:
             ended: dict[str, Any] = {}
             if status is not None:
                 ended["http.response.status_code"] = status
@@ -361,10 +399,10 @@ class CallTelemetry:
                 ended["nanobanana.may_have_been_charged"] = charged
             if failure is not None:
                 ended["error.type"] = failure
-                assert telemetry.api is not None
-                span.set_status(telemetry.api.error)
-            span.set_attributes(ended)
-            span.end()
+            if span is not None:
+                self._end_attempt_span(span, ended, None)
+            elif first is not None:  # kept for the call's span, or for its own if it retries
+                self._first = (first[0], time.time_ns(), ended, first[3])
         totals = telemetry.totals
         if totals is not None:
             model = self._model
@@ -455,6 +493,17 @@ class CallTelemetry:
             self._end_span(span, attributes)
 
     def _end_span(self, span: Any, attributes: dict[str, Any]) -> None:
+        first = self._first
+        if first is not None:  # its only attempt: the call's span tells how it went
+            self._first = None
+            ended = first[2]
+            for key in (
+                "http.response.status_code",
+                "nanobanana.request.outcome",
+                "nanobanana.may_have_been_charged",
+            ):
+                if key in ended:
+                    attributes[key] = ended[key]
         if self._uncertain:
             attributes["nanobanana.credits.may_have_been_spent"] = self._uncertain
         if self._cooldown_total:

@@ -74,8 +74,17 @@ async def test_span_tree_of_a_call_with_two_retries(otel: Otel) -> None:
     attempts = otel.spans(ATTEMPT)
     assert parent_id(call) == span_id(request)
     assert [parent_id(a) for a in attempts] == [span_id(call)] * 3
-    # Each attempt's own span went out as traceparent: a server's spans join this trace.
-    assert emulator.traceparents == [traceparent(a) for a in attempts]
+    # The first request went out with the call's context (it had no span of its own yet: a
+    # call that makes one attempt is one span), each retry with its own span's: a server's
+    # spans join this trace.
+    assert emulator.traceparents == [traceparent(call)] + [traceparent(a) for a in attempts[1:]]
+    # The first attempt's span, made once the call retried, has the times it had.
+    assert attempts[0].start_time is not None
+    assert attempts[0].end_time is not None
+    assert attempts[1].start_time is not None
+    assert call.start_time is not None
+    assert call.start_time <= attempts[0].start_time < attempts[0].end_time
+    assert attempts[0].end_time <= attempts[1].start_time
     assert {a.context.trace_id for a in [call, *attempts] if a.context} == {
         request.context.trace_id if request.context else 0
     }
@@ -137,6 +146,24 @@ async def test_span_tree_of_a_call_with_two_retries(otel: Otel) -> None:
     assert not trace.get_current_span().get_span_context().is_valid
 
 
+async def test_a_call_that_makes_one_attempt_is_one_span(otel: Otel) -> None:
+    # As HTTP client instrumentations do: no span for an attempt that is the call's only one
+    # (before, every call made two spans, its own and its attempt's). The call's span carries
+    # the attempt's status code and went out as its traceparent.
+    emulator = RecordingEmulator(keys={KEY: 100})
+    async with AsyncNanoBanana(
+        KEY, transport=emulator.transport(), retry_policy=FAST, **otel.providers
+    ) as client:
+        await client.generate("a red fox")
+    (call,) = otel.spans()
+    assert call.name == GENERATE
+    assert call.kind == SpanKind.INTERNAL
+    assert dict(call.attributes or {})["http.response.status_code"] == 200
+    assert dict(call.attributes or {})["nanobanana.attempts"] == 1
+    assert "nanobanana.request.outcome" not in dict(call.attributes or {})  # a success
+    assert emulator.traceparents == [traceparent(call)]
+
+
 async def test_a_failed_call_is_an_error_span(otel: Otel) -> None:
     emulator = Emulator(keys={KEY: 1}, errors_as_http_200=True)  # the API's HTTP 200 quirk
     async with AsyncNanoBanana(
@@ -145,15 +172,14 @@ async def test_a_failed_call_is_an_error_span(otel: Otel) -> None:
         with pytest.raises(InsufficientCreditsError):
             await client.generate("a red fox")
     (call,) = otel.spans(GENERATE)
-    (attempt,) = otel.spans(ATTEMPT)
+    assert otel.spans(ATTEMPT) == []  # one attempt: the call's span stands for it
     assert call.status.status_code == StatusCode.ERROR
     assert "insufficient credits" in (call.status.description or "")
-    assert dict(call.attributes or {})["error.type"] == "insufficient_credits"
-    assert attempt.status.status_code == StatusCode.ERROR
-    attributes = dict(attempt.attributes or {})
+    attributes = dict(call.attributes or {})
+    assert attributes["error.type"] == "insufficient_credits"
     # HTTP 200 with an error body: the request failed although the status says otherwise.
     assert attributes["http.response.status_code"] == 200
-    assert attributes["error.type"] == "insufficient_credits"
+    assert attributes["nanobanana.request.outcome"] == "insufficient_credits"
     assert attributes["nanobanana.may_have_been_charged"] is False
 
 
@@ -166,12 +192,12 @@ async def test_an_answer_lost_after_sending_may_have_been_charged(otel: Otel) ->
         with pytest.raises(APIConnectionError):
             await client.generate("a red fox")  # ambiguous: not retried by default
     (call,) = otel.spans(GENERATE)
-    (attempt,) = otel.spans(ATTEMPT)
-    attributes = dict(attempt.attributes or {})
+    assert otel.spans(ATTEMPT) == []
+    attributes = dict(call.attributes or {})
     assert "http.response.status_code" not in attributes
-    assert attributes["error.type"] == "connection_lost"
+    assert attributes["nanobanana.request.outcome"] == "connection_lost"
     assert attributes["nanobanana.may_have_been_charged"] is True
-    assert dict(call.attributes or {})["nanobanana.credits.may_have_been_spent"] == 2
+    assert attributes["nanobanana.credits.may_have_been_spent"] == 2
     assert emulator.stats.credits_charged == 2  # it was charged indeed
 
 
@@ -185,12 +211,11 @@ async def test_cool_down_waits_are_recorded(otel: Otel) -> None:
         emulator.faults = Faults()
         await client.generate("second")  # waits for it before sending
     first, second = otel.spans(GENERATE)
-    _, attempt = otel.spans(ATTEMPT)
+    assert otel.spans(ATTEMPT) == []  # one attempt each: the calls' spans say it all
     assert "nanobanana.cooldown.time" not in dict(first.attributes or {})
-    waited = dict(attempt.attributes or {})["nanobanana.cooldown.wait"]
+    waited = dict(second.attributes or {})["nanobanana.cooldown.time"]
     assert isinstance(waited, float)
     assert waited > 0
-    assert dict(second.attributes or {})["nanobanana.cooldown.time"] == waited
     assert otel.total("nanobanana.client.cooldown.time") == waited
 
 
@@ -202,11 +227,10 @@ async def test_a_cancelled_call_ends_its_spans_without_error(otel: Otel) -> None
         with anyio.move_on_after(0.05):
             await client.generate("a red fox")
     (call,) = otel.spans(GENERATE)
-    (attempt,) = otel.spans(ATTEMPT)
+    assert otel.spans(ATTEMPT) == []
     assert call.status.status_code == StatusCode.UNSET
-    assert attempt.status.status_code == StatusCode.UNSET
-    assert dict(attempt.attributes or {})["nanobanana.request.outcome"] == "cancelled"
-    assert "error.type" not in dict(attempt.attributes or {})
+    assert dict(call.attributes or {})["nanobanana.request.outcome"] == "cancelled"
+    assert "error.type" not in dict(call.attributes or {})
     assert otel.total("nanobanana.client.jobs.active") == 0
     assert otel.total("nanobanana.client.credits.reserved") == 0
     assert not trace.get_current_span().get_span_context().is_valid

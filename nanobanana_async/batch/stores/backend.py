@@ -100,6 +100,26 @@ class SqlBackend(abc.ABC):
     def _broken(self, conn: Any) -> bool:
         return False
 
+    #: Runs its sessions' writes on the event loop's thread (``Pool``'s ``here``).
+    writes_here = False
+
+    def _here(self, conn: Any, here: bool) -> None:  # noqa: B027 - most backends need nothing
+        """Set ``conn`` up for calls on the event loop's thread (never waiting for a lock),
+        or for a worker thread."""
+
+    def _busy(self, exc: BaseException) -> bool:
+        """``exc`` says a lock is held elsewhere: waiting for it would block."""
+        return False
+
+    def _committed(self, writes: int) -> bool:
+        """A session's transaction of ``writes`` writes committed: whether :meth:`_tidy`
+        is due (SQLite checkpoints its WAL now and then)."""
+        return False
+
+    async def _tidy(self, pool: Pool) -> None:  # noqa: B027 - most backends need nothing
+        """Upkeep a session runs on ``pool`` off the writes' path, when :meth:`_committed`
+        says so."""
+
     def _schema(self, conn: Any) -> SchemaAccess:
         return _Schema(self, conn)
 
@@ -134,6 +154,8 @@ class SqlBackend(abc.ABC):
             retry_window=self.retry_window,
             deadline=self.statement_timeout,
             hint=self._spool_hint if run else str,
+            here=self._here if run and self.writes_here else None,
+            busy=self._busy,
         )
 
     @abc.abstractmethod

@@ -6,6 +6,14 @@ tokens, so a thread holding a token always finds a free slot. A statement that s
 never abandoned: a cancelled caller waits for it, so what the database holds is never a
 surprise.
 
+A pool given ``here`` (SQLite's) may run a call on the event loop's own thread instead
+(``run(..., here=True)``): a short write to a local file costs less than the hop to a worker
+thread and back, and far less than the two threads taking turns at the GIL for every
+statement (with one thread busy running jobs, the other waits up to the interpreter's switch
+interval, 5 ms, each time it wants the GIL back). ``here(conn, True)`` sets the connection up
+never to wait for another process's lock: a call that would wait (a lock held elsewhere) or
+fails is run again in a worker thread, where waiting blocks nothing else.
+
 Faults (a restart, a dropped connection, a server that stops answering):
 
 - A failure that means "the database is not there right now" (the backend's ``transient``)
@@ -78,6 +86,8 @@ class Pool:
         retry_window: float = 0.0,
         deadline: float | None = None,
         hint: Callable[[], str] = str,
+        here: Callable[[Any, bool], None] | None = None,
+        busy: Callable[[BaseException], bool] = lambda exc: False,
     ) -> None:
         self._connect = connect
         self._setup = setup
@@ -89,6 +99,8 @@ class Pool:
         self._window = retry_window
         self._deadline = deadline if interrupt is not None else None
         self._hint = hint
+        self._here = here
+        self._busy = busy
         self._where = where
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._limiter = anyio.CapacityLimiter(size)
@@ -129,12 +141,14 @@ class Pool:
             raise self.error(exc) from None
         try:
             self._setup(conn)
+            if self._here is not None:  # set up for calls on the event loop's thread
+                self._here(conn, True)
         except BaseException:
             _close(conn)
             raise
         return conn
 
-    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...], here: bool = False) -> T:
         conn = self._free.get_nowait()  # never empty: the limiter has one token per slot
         timed_out = False
         try:
@@ -142,7 +156,11 @@ class Pool:
                 _close(conn)
                 conn = None
             if conn is None:
+                if here:  # connecting may wait (for a lock, the schema): in a worker thread
+                    raise _Busy
                 conn = self._open_one()
+            if self._here is not None and not here:
+                fn, args = self._waiting, (fn, args)
             if self._deadline is None:
                 return fn(conn, *args)
             # A key of this call's own: the watchdog may only ever take this call's entry.
@@ -153,6 +171,8 @@ class Pool:
             finally:  # the watchdog took the entry of a call it interrupted
                 timed_out = self._running.pop(key, None) is None
         except self._errors as exc:
+            if here and not timed_out and self._busy(exc):
+                raise _Busy from None  # the same connection, in a worker thread
             transient = timed_out or self._transient(exc)
             if conn is not None and (transient or self._broken(conn)):
                 _close(conn)
@@ -165,14 +185,46 @@ class Pool:
         finally:
             self._free.put(conn)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` in a worker thread, tried again on a new connection
-        while the store has been unreachable for less than the retry window."""
+    def _waiting(self, conn: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn`` in a worker thread on a connection set up for the event loop's thread:
+        there it may wait for locks."""
+        assert self._here is not None
+        self._here(conn, False)
+        try:
+            return fn(conn, *args)
+        finally:
+            self._here(conn, True)
+
+    def _call_here(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T | _NotHere:
+        """``fn`` on the event loop's thread, if a connection is free right now."""
+        try:
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            return _NOT_HERE  # a worker thread has it: wait for it there
+        try:
+            return self._call(fn, args, here=True)
+        except _Busy:
+            return _NOT_HERE
+        finally:
+            self._limiter.release()
+
+    async def run(self, fn: Callable[..., T], *args: Any, here: bool = False) -> T:
+        """``fn(connection, *args)`` in a worker thread (``here``: on this thread, when the
+        pool can), tried again on a new connection while the store has been unreachable for
+        less than the retry window."""
+        here = here and self._here is not None and self._opened
         while True:
             if self.down is not None:
                 raise self.down
             try:
-                result = await anyio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+                result: T | _NotHere = _NOT_HERE
+                if here:
+                    here = False  # once: after a failure, the call goes to a worker thread
+                    result = self._call_here(fn, args)
+                if isinstance(result, _NotHere):
+                    result = await anyio.to_thread.run_sync(
+                        self._call, fn, args, limiter=self._limiter
+                    )
             except _Transient as exc:
                 await self._failed(exc.detail, connecting=exc.connecting)
                 continue
@@ -226,6 +278,17 @@ class Pool:
             if watchdog is not None:
                 self._stop.set()
                 await anyio.to_thread.run_sync(watchdog.join)
+
+
+class _Busy(Exception):
+    """A call on the event loop's thread would have waited for a lock (internal)."""
+
+
+class _NotHere:
+    """A call that did not run on the event loop's thread (internal)."""
+
+
+_NOT_HERE = _NotHere()
 
 
 def _nothing(conn: Any) -> None:

@@ -51,11 +51,23 @@ class SqlSession:
         self._told: dict[str, int] = {}
         self.spooled = 0  # results this session kept in the spool
         self._held: set[str] = set()  # jobs claimed and handed out, not finished yet
+        # Batch mode: jobs this run took and has not written yet (``begin``), by id.
+        self._taken: dict[str, dict[str, Any]] = {}
+        self._empty = False  # the queue had no row when the session opened (batch mode)
+        self._tidy_due = False  # the store's upkeep is due (``_tidy``)
         self._reap_due = 0.0  # monotonic time of the next reap while jobs wait for a lease
 
     async def open(self) -> None:
         await self._pool.open()
         await self.maintain()
+        await self._put_back_spool()
+        if not self.worker:  # after the spool: what it put back is there to resume
+            sql = self._sql.queue_empty
+            self._empty = bool(
+                await self._pool.run(lambda conn: self.store._execute(conn, sql, {}).fetchone()[0])
+            )
+
+    async def _put_back_spool(self) -> None:
         try:
             recovered = await self.store._recover(self._pool)
         except StoreUnavailableError:
@@ -80,7 +92,8 @@ class SqlSession:
 
     async def _apply(self, ops: list[Op]) -> None:
         try:
-            await self._pool.run(self.store._transaction, ops)
+            await self._pool.run(self.store._transaction, ops, here=True)
+            self._tidy_due = self.store._committed(len(ops)) or self._tidy_due
         except StoreUnavailableError:
             raise
         except StoreError:
@@ -94,11 +107,81 @@ class SqlSession:
 
     async def _write(self, sql: str, params: dict[str, Any], want: str = "rowcount") -> Any:
         params["owner"] = self.owner
-        return await self._group.submit(Op([(sql, params)], want))
+        result = await self._group.submit(Op([(sql, params)], want))
+        if self._tidy_due:
+            await self._tidy()
+        return result
+
+    async def _tidy(self) -> None:
+        """The store's upkeep (SQLite's WAL checkpoint), run by the caller whose write was
+        decided when it fell due: not by the commit, which would hold every waiting write
+        back meanwhile (a checkpoint syncs the database file). Its write is done: a failure
+        here is only logged, and cancellation waits for it."""
+        self._tidy_due = False
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store._tidy(self._pool)
+            except StoreError as exc:
+                logger.debug(
+                    "job store %s: upkeep failed (tried again later): %s", self.store.url, exc
+                )
 
     # -- batch mode -------------------------------------------------------------------------
 
     async def begin(self, job_id: str, index: int, job: Job) -> Begin:
+        """Take ``job`` for this run, or say why not: a read, no write.
+
+        The row is written when the job is first recorded (``sending`` before its request
+        leaves, or its end if it is never sent): a job taken and never sent leaves nothing
+        behind, as a claim given back would. Another run that takes the same job meanwhile
+        wins: this run's ``sending`` then finds the row held and does not send. In a queue
+        that was empty when this session opened there is nothing to read (until a write
+        finds a row this run did not know of). With ``wait_for_lease`` the job is claimed
+        here instead (``_claim``).
+        """
+        if self.store.wait_for_lease:
+            return await self._claim(job_id, index, job)
+        key = uuid.uuid4().hex
+        if not self._empty:
+            op = Op([(self._sql.row, {"id": job_id})], "row")
+            row = await self._group.submit(op)
+            if row is not None:
+                data = row_dict(row)
+                state = data["state"]
+                if state == "done":
+                    return Begin(record=record_of(data))
+                if state == "ambiguous":
+                    return Begin(
+                        skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
+                        "--ambiguous sends it anyway)"
+                    )
+                if state not in ("pending", "failed", "skipped"):
+                    return Begin(
+                        skip=f"held by another worker ({data['lease_owner']}): not sent by this run"
+                    )
+                if (data["prompt"], data["model"], data["image_size"], data["num"]) == (
+                    job.prompt,
+                    job.model,
+                    job.image_size,
+                    job.num,
+                ):
+                    key = data["idempotency_key"]  # a resend the server may recognise
+        self._taken[job_id] = {
+            "id": job_id,
+            "idx": index,
+            "prompt": job.prompt,
+            "model": job.model,
+            "image_size": job.image_size,
+            "num": job.num,
+            "key": key,
+        }
+        return Begin(idempotency_key=key)
+
+    async def _claim(self, job_id: str, index: int, job: Job) -> Begin:
+        """``begin`` with ``wait_for_lease``: the job is claimed now, in one statement, so
+        that runs sharing jobs at the same time see each other's claims and wait for them
+        (a row written only at "sending" would let another run take it in between, and this
+        one would have to give it up instead of waiting)."""
         params = {
             "id": job_id,
             "idx": index,
@@ -124,8 +207,6 @@ class SqlSession:
                 "--ambiguous sends it anyway)"
             )
         held = f"held by another worker ({data['lease_owner']}): not sent by this run"
-        if not self.store.wait_for_lease:
-            return Begin(skip=held)
         # Its holder may be gone (a killed process elsewhere, whose lease has to run out):
         # hand back expired leases now and then while jobs wait, not once per job.
         poll = min(_MAX_POLL, self.lease / 10)
@@ -140,13 +221,26 @@ class SqlSession:
         self, job_id: str, idempotency_key: str | None, credits: int, *, uncertain: int = 0
     ) -> bool:
         told = self._told.get(job_id, 0)
-        params = {
-            "id": job_id,
-            "key": idempotency_key,
-            "credits": credits,
-            "uncertain": uncertain - told,
-        }
-        held = bool(await self._write(self._sql.sending, params))
+        taken = self._taken.pop(job_id, None)
+        if taken is not None:  # its first record: the row is written now
+            params = {
+                **taken,
+                "key": idempotency_key or taken["key"],
+                "credits": credits,
+                "uncertain": uncertain - told,
+                "lease": self.lease,
+            }
+            held = bool(await self._write(self._sql.take, params))
+            if not held:
+                self._empty = False  # another run writes this queue: read before taking
+        else:
+            params = {
+                "id": job_id,
+                "key": idempotency_key,
+                "credits": credits,
+                "uncertain": uncertain - told,
+            }
+            held = bool(await self._write(self._sql.sending, params))
         if held and uncertain != told:
             self._told[job_id] = uncertain
         return held
@@ -200,6 +294,11 @@ class SqlSession:
             "error": clean_text(str(result.error)) if result.error else None,
             "reason": clean_text(result.reason),
         }
+        taken = self._taken.pop(job_id, None)
+        if taken is not None:  # never sent: its row is written now
+            params.update(taken)
+            await self._keep("finish", self._sql.finish_untaken, params, result)
+            return
         await self._keep("finish", self._sql.finish, params, result)
 
     async def _keep(self, op: str, sql: str, params: dict[str, Any], result: JobResult) -> None:
@@ -257,6 +356,8 @@ class SqlSession:
     async def release(self, job_id: str) -> None:
         self._told.pop(job_id, None)
         self._held.discard(job_id)
+        if self._taken.pop(job_id, None) is not None:
+            return  # never written: nothing to give back
         await self._write(self._sql.release, {"id": job_id})
 
     # -- workers ----------------------------------------------------------------------------

@@ -61,6 +61,12 @@ _FINISH = (
     "lease_owner = CASE WHEN %(state)s = 'ambiguous' THEN lease_owner ELSE NULL END, "
     "lease_until = NULL, updated_at = {now}"
 )
+# A row a batch takes: this run's job, in place of what an earlier run left there.
+_TAKEN = (
+    "idx = excluded.idx, prompt = excluded.prompt, model = excluded.model, "
+    "image_size = excluded.image_size, num = excluded.num, "
+    "idempotency_key = excluded.idempotency_key, updated_at = excluded.updated_at"
+)
 # Letters, digits and ``_.:-``: a queue name is safe to write into SQL as a literal.
 QUEUE_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
@@ -87,7 +93,6 @@ class Dialect:
     lock: str  # row locking that skips rows another transaction holds
     table_exists: str  # one row, one column: is there a table called %(name)s
     schema_lock: str = ""  # taken in the transaction that creates or upgrades the table
-    table_suffix: str = ""
     named_params: bool = False  # SQLite's :name instead of %(name)s
 
     def sql(self, text: str, queue: str = "default") -> str:
@@ -97,7 +102,6 @@ class Dialect:
             .replace("{lock}", self.lock)
             .replace("{q}", f"'{queue}'")
             .replace("{real}", self.real)
-            .replace("{suffix}", self.table_suffix)
         )
         if self.named_params:
             text = re.sub(r"%\((\w+)\)s", r":\1", text)
@@ -105,8 +109,8 @@ class Dialect:
 
 
 def table_definition(name: str = "{t}") -> str:
-    """The job table as this version of the SDK creates it (``{real}``/``{suffix}`` filled in
-    by :meth:`Dialect.sql`)."""
+    """The job table as this version of the SDK creates it (``{real}`` filled in by
+    :meth:`Dialect.sql`)."""
     return f"""CREATE TABLE IF NOT EXISTS {name} (
         queue TEXT NOT NULL DEFAULT 'default',
         id TEXT NOT NULL,
@@ -129,7 +133,7 @@ def table_definition(name: str = "{t}") -> str:
         reason TEXT,
         updated_at {{real}} NOT NULL,
         PRIMARY KEY (queue, id)
-    ){{suffix}}"""
+    )"""
 
 
 INDEXES: Final = (
@@ -169,11 +173,21 @@ class Statements:
             "%(key)s, {now}) ON CONFLICT (queue, id) DO NOTHING"
         )
 
+    # Batch mode (without wait_for_lease): a run takes a job without writing anything
+    # (``SqlSession.begin`` only reads its row, or not even that in a queue that was empty),
+    # and writes the row the first time something must be recorded: "sending" before its
+    # first request, or the end of a job that was never sent. Either statement inserts the
+    # row, or takes back one that an earlier run left pending, failed or skipped (with this
+    # run's fields and key); a row that is generated, ambiguous or held by another run stays
+    # as it is (rowcount 0). ``sending`` may find the row already this run's: a commit whose
+    # answer was lost.
+
     @functools.cached_property
     def begin(self) -> str:
-        """Batch mode: insert the job as claimed by this run, or take it back if an earlier
-        run left it pending, failed or skipped (with the fields of this run's job; a new
-        Idempotency-Key only if they changed). Generated, ambiguous and held rows stay."""
+        """Batch mode with ``wait_for_lease``: insert the job as claimed by this run, or take
+        it back if an earlier run left it pending, failed or skipped (with the fields of this
+        run's job; a new Idempotency-Key only if they changed). Generated, ambiguous and held
+        rows stay."""
         changed = (
             "({t}.prompt <> excluded.prompt OR {t}.model <> excluded.model "
             "OR {t}.image_size <> excluded.image_size OR {t}.num <> excluded.num)"
@@ -191,6 +205,39 @@ class Statements:
             "updated_at = excluded.updated_at "
             "WHERE {t}.state IN ('pending','failed','skipped')"
         )
+
+    @functools.cached_property
+    def take(self) -> str:
+        return self.sql(
+            f"INSERT INTO {{t}} (queue, {_COLUMNS}, state, idempotency_key, lease_owner, "
+            "lease_until, reserved, uncertain, updated_at) VALUES ({q}, %(id)s, %(idx)s, "
+            "%(prompt)s, %(model)s, %(image_size)s, %(num)s, 'sending', %(key)s, %(owner)s, "
+            "{now} + %(lease)s, %(credits)s, %(uncertain)s, {now}) "
+            f"ON CONFLICT (queue, id) DO UPDATE SET state = 'sending', {_TAKEN}, "
+            "lease_owner = excluded.lease_owner, lease_until = excluded.lease_until, "
+            "reserved = excluded.reserved, uncertain = {t}.uncertain + excluded.uncertain, "
+            "error = NULL, reason = NULL "
+            "WHERE {t}.state IN ('pending','failed','skipped') OR ({t}.state IN "
+            "('claimed','sending') AND {t}.lease_owner = excluded.lease_owner "
+            "AND {t}.lease_until > {now})"
+        )
+
+    @functools.cached_property
+    def finish_untaken(self) -> str:
+        return self.sql(
+            f"INSERT INTO {{t}} (queue, {_COLUMNS}, state, idempotency_key, attempts, error, "
+            "reason, uncertain, updated_at) VALUES ({q}, %(id)s, %(idx)s, %(prompt)s, "
+            "%(model)s, %(image_size)s, %(num)s, %(state)s, %(key)s, %(attempts)s, %(error)s, "
+            "%(reason)s, %(uncertain)s, {now}) "
+            f"ON CONFLICT (queue, id) DO UPDATE SET state = excluded.state, {_TAKEN}, "
+            "attempts = excluded.attempts, error = excluded.error, reason = excluded.reason, "
+            "uncertain = {t}.uncertain + excluded.uncertain, reserved = 0, lease_owner = NULL, "
+            "lease_until = NULL WHERE {t}.state IN ('pending','failed','skipped')"
+        )
+
+    @functools.cached_property
+    def queue_empty(self) -> str:
+        return self.sql("SELECT count(*) = 0 FROM (SELECT 1 FROM {t} WHERE queue = {q} LIMIT 1) x")
 
     @functools.cached_property
     def row(self) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
 
 import anyio
+import httpx
 import pytest
 
 from nanobanana_async import AsyncNanoBanana, Job
@@ -18,6 +20,7 @@ from nanobanana_async.batch.stores import (
     open_store,
 )
 from nanobanana_async.batch.stores.postgres import PostgresStore
+from nanobanana_async.batch.stores.session import SqlSession
 from nanobanana_async.emulator import Emulator, Faults
 
 pytestmark = pytest.mark.anyio
@@ -220,3 +223,138 @@ from nanobanana_async.batch.stores import PostgresStore
 assert "psycopg" in sys.modules
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+class _Witness(httpx.AsyncBaseTransport):
+    """Reads the store through a connection of its own as each request is about to leave:
+    only committed rows are visible there."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, store: SqlStore) -> None:
+        self.inner = inner
+        self.store = store
+        self.seen: list[tuple[str, str | None, str | None, int]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/generate"):
+            job_id = "job-" + json.loads(request.content)["prompt"].rsplit(" ", 1)[-1]
+            row = await self.store.get(job_id)
+            state = None if row is None else row["state"]
+            key = None if row is None else row["idempotency_key"]
+            reserved = 0 if row is None else int(row["reserved"])
+            self.seen.append((job_id, state, key, reserved))
+            assert state == "sending", f"{job_id} left while its row was {state}"
+            assert key == request.headers["idempotency-key"]
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_request_leaves_only_once_its_sending_row_is_committed(store_url: str) -> None:
+    # Group commit shares transactions between jobs, and a batch writes a job's row only when
+    # it is first recorded: the "sending" row (with its key and reservation) must still be
+    # committed, visible to any other connection, before each attempt's request leaves.
+    emulator = Emulator(faults=Faults(server_error_rate=0.3), seed=7)
+    witness = _Witness(emulator.transport(), _sql(store_url))
+    jobs = [Job(f"a quay at dusk, take {i}", id=f"job-{i}") for i in range(40)]
+    async with AsyncNanoBanana("sk-test", transport=witness, max_retries=3) as client:
+        report = await client.run_batch(jobs, journal=store_url, concurrency=16, max_credits=80)
+    assert report.succeeded + report.failed == 40
+    assert len(witness.seen) == emulator.stats.generate_requests > 40  # retries were checked
+    assert all(reserved == 2 for _, _, _, reserved in witness.seen)
+    assert {job_id for job_id, *_ in witness.seen} == {job.id for job in jobs}
+
+
+async def test_a_sqlite_lock_held_by_another_process_delays_writes_and_fails_none(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A run writes on the event loop's thread without waiting for locks (busy_timeout 0);
+    # a write that finds the database locked goes to a worker thread, which waits for it.
+    import sqlite3
+    import threading
+
+    path = tmp_path / "jobs.db"
+    url = f"sqlite:///{path}"
+    other = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    timers: list[threading.Timer] = []
+
+    class LockOnce(httpx.AsyncBaseTransport):
+        """Another process takes the write lock as the fifth request leaves (for 0.3 s)."""
+
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner, self.sent = inner, 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.sent += 1
+            if self.sent == 5:
+                other.execute("BEGIN IMMEDIATE")
+                timers.append(threading.Timer(0.3, other.execute, args=("COMMIT",)))
+                timers[0].start()
+            return await self.inner.handle_async_request(request)
+
+    emulator = Emulator()
+    jobs = [Job(f"a kite, take {i}", id=f"job-{i}") for i in range(30)]
+    try:
+        async with AsyncNanoBanana("sk-test", transport=LockOnce(emulator.transport())) as client:
+            report = await client.run_batch(jobs, journal=url, concurrency=8)
+    finally:
+        for timer in timers:
+            timer.join()
+        other.close()
+    assert timers  # the lock was taken while the batch ran
+    assert report.succeeded == 30
+    assert emulator.stats.generate_requests == 30  # nothing sent twice, nothing lost
+    assert (await _sql(url).status()).counts == {"done": 30}
+
+
+async def test_a_wal_checkpoint_holds_no_other_write_back(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint a run makes now and then syncs the database file: it is run by the job
+    # whose write made it due, not by the commit, which would hold every other write back.
+    from nanobanana_async.batch.stores import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_WRITES", 10)
+    gate = anyio.Event()
+    checkpointing = False
+    done_meanwhile = 0
+
+    async def slow_checkpoint(self: SqliteStore, pool: object) -> None:
+        nonlocal checkpointing
+        if gate.is_set() or checkpointing:
+            return
+        checkpointing = True
+        await gate.wait()  # a checkpoint that takes its time
+        checkpointing = False
+
+    monkeypatch.setattr(SqliteStore, "_tidy", slow_checkpoint)
+    emulator = Emulator()
+    jobs = [Job(f"a gull, take {i}", id=f"job-{i}") for i in range(60)]
+    async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+        with anyio.fail_after(30):
+            async with client.batch(jobs, journal=f"sqlite:///{tmp_path / 'jobs.db'}") as run:
+                async for result in run:
+                    assert result.ok
+                    if checkpointing:
+                        done_meanwhile += 1
+                        if done_meanwhile == 20:
+                            gate.set()
+    assert done_meanwhile >= 20  # jobs kept finishing (and writing) during the checkpoint
+
+
+async def test_a_job_two_runs_take_at_once_is_sent_by_one_only(store_url: str) -> None:
+    # Without wait_for_lease a batch writes a job's row only at "sending": two runs may both
+    # take it, and the first to record "sending" sends it; the other is refused there.
+    slow = _sql(store_url)
+    other = await slow.connect()
+    assert isinstance(other, SqlSession)
+    job = Job("a heron at dusk", id="heron")
+    taken = await other.begin("heron", 0, job)  # taken, not yet recorded (waiting, say)
+    assert taken.idempotency_key is not None
+    emulator = Emulator()
+    try:
+        async with AsyncNanoBanana("sk-test", transport=emulator.transport()) as client:
+            report = await client.run_batch([job], journal=store_url)
+        assert report.succeeded == 1
+        assert not await other.sending("heron", taken.idempotency_key, 2)  # refused: not sent
+    finally:
+        await other.close()
+    assert emulator.stats.generate_requests == 1
+    assert (await _sql(store_url).status()).counts == {"done": 1}

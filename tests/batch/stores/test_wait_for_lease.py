@@ -34,8 +34,11 @@ def _store(url: str, *, lease: float, wait: bool) -> SqlStore:
 
 
 async def _holder(url: str, *, lease: float, sending: bool = False) -> SqlSession:
-    """A session of a run on another machine that took ``JOB`` (and began sending it)."""
-    session = await _store(url, lease=lease, wait=False).connect()
+    """A session of a run on another machine that took ``JOB`` (and began sending it).
+
+    Its store waits for leases: such a run claims a job as it takes it (without, a batch
+    writes the job's row only at "sending")."""
+    session = await _store(url, lease=lease, wait=True).connect()
     assert isinstance(session, SqlSession)
     session.owner = ELSEWHERE
     begin = await session.begin("fox", 0, JOB)
