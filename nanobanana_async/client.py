@@ -562,7 +562,7 @@ class AsyncNanoBanana:
             follow=follow,
             poll_interval=poll_interval,
         )
-        return BatchRun(self, None, options, self._batches)
+        return BatchRun(self, None, options, self._batches, telemetry=self._telemetry)
 
     async def run_worker(
         self,
