@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import anyio
 import attrs
@@ -25,12 +25,15 @@ import httpx
 from ._http.fast import UNBOUNDED_LIMITS, FastTransport
 from ._http.httpx_client import SDKAsyncClient
 from .batch import (
+    BatchKWs,
     BatchOptions,
     BatchRegistry,
     BatchReport,
     BatchRun,
     JobInput,
     JobStore,
+    WorkerKWs,
+    options_from,
     run_to_report,
 )
 from .download import MAX_DOWNLOAD_BYTES, download_image
@@ -470,78 +473,39 @@ class AsyncNanoBanana:
         """What ``jobs`` would cost under this client's pricing table. Sends nothing."""
         return self._pricing.estimate(jobs)
 
-    def batch(
-        self,
-        jobs: JobInput,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        journal: str | os.PathLike[str] | JobStore | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        ordered: bool = False,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
-    ) -> BatchRun:
+    def batch(self, jobs: JobInput, **options: Unpack[BatchKWs]) -> BatchRun:
         """Run many jobs; an async iterator of :class:`JobResult`, one per job, as they finish.
 
         ``jobs`` is an iterable or async iterable of :class:`Job` or prompt strings, consumed
-        lazily. See :class:`~nanobanana_async.batch.options.BatchOptions` for what each option does.
+        lazily. The options (``concurrency=8``, ``max_credits``, ``max_per_second``,
+        ``journal``, ``download_dir``, ``ordered=False``, ``max_retries``,
+        ``retry_ambiguous``) are :class:`~nanobanana_async.batch.options.BatchOptions`'s.
         ``journal`` is a JSONL path, ``"sqlite:///run.db"``, ``"postgresql://..."`` or a job
         store. Breaking out of the loop cancels the requests in flight.
         """
-        options = BatchOptions(
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            journal=journal,
-            download_dir=download_dir,
-            ordered=ordered,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
+        return BatchRun(
+            self,
+            jobs,
+            options_from(options, BatchKWs, "batch"),
+            self._batches,
+            telemetry=self._telemetry,
         )
-        return BatchRun(self, jobs, options, self._batches, telemetry=self._telemetry)
 
-    async def run_batch(
-        self,
-        jobs: JobInput,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        journal: str | os.PathLike[str] | JobStore | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        ordered: bool = False,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
-    ) -> BatchReport:
+    async def run_batch(self, jobs: JobInput, **options: Unpack[BatchKWs]) -> BatchReport:
         """Run many jobs to the end and return the :class:`BatchReport` (same options as
         :meth:`batch`)."""
-        run = self.batch(
-            jobs,
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            journal=journal,
-            download_dir=download_dir,
-            ordered=ordered,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
+        return await run_to_report(
+            BatchRun(
+                self,
+                jobs,
+                options_from(options, BatchKWs, "run_batch"),
+                self._batches,
+                telemetry=self._telemetry,
+            )
         )
-        return await run_to_report(run)
 
     def worker(
-        self,
-        store: str | os.PathLike[str] | JobStore,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        follow: bool = False,
-        poll_interval: float = 1.0,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
+        self, store: str | os.PathLike[str] | JobStore, **options: Unpack[WorkerKWs]
     ) -> BatchRun:
         """Work through the pending jobs of ``store`` (``"sqlite:///jobs.db"``,
         ``"postgresql://..."`` or a store object); an async iterator of :class:`JobResult`.
@@ -549,47 +513,21 @@ class AsyncNanoBanana:
         Jobs are claimed a chunk at a time with a lease, recorded ``sending`` before each
         request and finished in the store, so workers in other processes and on other
         machines share the store without sending a job twice. Ends when no job is pending
-        (``follow=True``: keeps polling every ``poll_interval`` seconds until cancelled).
+        (``follow=True``: keeps polling every ``poll_interval=1.0`` seconds until cancelled).
+        The other options are :meth:`batch`'s, less ``journal`` and ``ordered``.
         """
-        options = BatchOptions(
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            journal=store,
-            download_dir=download_dir,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
-            follow=follow,
-            poll_interval=poll_interval,
-        )
-        return BatchRun(self, None, options, self._batches, telemetry=self._telemetry)
+        return self._worker(options_from(options, WorkerKWs, "worker", journal=store))
 
     async def run_worker(
-        self,
-        store: str | os.PathLike[str] | JobStore,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        follow: bool = False,
-        poll_interval: float = 1.0,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
+        self, store: str | os.PathLike[str] | JobStore, **options: Unpack[WorkerKWs]
     ) -> BatchReport:
         """Run :meth:`worker` to the end and return this worker's :class:`BatchReport`."""
-        run = self.worker(
-            store,
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            download_dir=download_dir,
-            follow=follow,
-            poll_interval=poll_interval,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
+        return await run_to_report(
+            self._worker(options_from(options, WorkerKWs, "run_worker", journal=store))
         )
-        return await run_to_report(run)
+
+    def _worker(self, options: BatchOptions) -> BatchRun:
+        return BatchRun(self, None, options, self._batches, telemetry=self._telemetry)
 
 
 def _refuse_overrides(job: Job, **fields: object) -> None:

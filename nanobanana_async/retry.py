@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -14,12 +13,12 @@ import attrs
 from .errors import (
     APIConnectionError,
     APIError,
-    InvalidRequestError,
     NanoBananaError,
     RateLimitError,
     ServerError,
 )
 from .limits import Cooldown, Limits, LocalLimits, Permit
+from .validation import seconds, validator, whole
 
 if TYPE_CHECKING:
     import tenacity
@@ -38,25 +37,7 @@ logger = logging.getLogger("nanobanana_async")
 
 T = TypeVar("T")
 
-
-def _count(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequestError(
-            f"{attribute.name} must be >= 0 (a whole number), got {value!r}", param=attribute.name
-        )
-
-
-def _seconds(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise InvalidRequestError(
-            f"{attribute.name} must be >= 0 seconds, got {value!r}",
-            param=attribute.name,
-        )
+_SECONDS = validator(seconds, infinite=True)  # no cap at all is a cap too
 
 
 @attrs.frozen
@@ -71,10 +52,10 @@ class RetryPolicy:
     timeouts, connections dropped after the request was sent).
     """
 
-    max_retries: int = attrs.field(default=2, validator=_count)
-    initial_delay: float = attrs.field(default=0.5, validator=_seconds)
-    max_delay: float = attrs.field(default=8.0, validator=_seconds)
-    max_retry_after: float = attrs.field(default=60.0, validator=_seconds)
+    max_retries: int = attrs.field(default=2, validator=validator(whole, minimum=0))
+    initial_delay: float = attrs.field(default=0.5, validator=_SECONDS)
+    max_delay: float = attrs.field(default=8.0, validator=_SECONDS)
+    max_retry_after: float = attrs.field(default=60.0, validator=_SECONDS)
     retry_ambiguous: bool = False
 
     def backoff(self, retry_number: int) -> float:

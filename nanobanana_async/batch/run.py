@@ -16,7 +16,8 @@ import attrs
 import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import InvalidRequestError, NanoBananaError
+from ..errors import NanoBananaError
+from ..validation import seconds
 from .options import BatchOptions, JobInput
 from .results import BatchReport, BatchStats, JobResult
 from .runner import Collector, ResultSink, Runner
@@ -262,8 +263,7 @@ class BatchRun:
         if self._state is not None and self._state.finished.is_set():
             return
         if grace is not None:
-            if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-                raise InvalidRequestError(f"grace must be seconds >= 0, got {grace!r}")
+            seconds(grace, "grace", infinite=True)
             self._deadline = min(self._deadline, anyio.current_time() + grace)
             if self._state is not None:
                 self._state.scope.deadline = self._deadline
