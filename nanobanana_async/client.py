@@ -131,7 +131,7 @@ class AsyncNanoBanana:
         # still never times out (see DEFAULT_TIMEOUT).
         self._timeout = checked_timeout(timeout)
         self._policy = RetryPolicy()
-        self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
+        self._policy = self._policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
         self._budget = RetryBudget()
         self._limits: Limits = limits if limits is not None else LocalLimits()
@@ -283,7 +283,7 @@ class AsyncNanoBanana:
         if timeout is not None:
             copy._timeout = checked_timeout(timeout)
             copy._requests = self._requests.with_timeout(copy._timeout)
-        copy._policy = self.policy_for(max_retries, retry_ambiguous)
+        copy._policy = self._policy_for(max_retries, retry_ambiguous)
         return copy
 
     def _http(self) -> httpx.AsyncClient:
@@ -336,14 +336,14 @@ class AsyncNanoBanana:
         ``timeout`` replaces the client's for each attempt of this call.
         """
         job = self.make_job(prompt, model=model, image_size=image_size, num=num)
-        return await self.send_job(
+        return await self._send_job(
             job,
-            self.policy_for(max_retries, retry_ambiguous),
+            self._policy_for(max_retries, retry_ambiguous),
             CallStats(),
             timeout=None if timeout is None else checked_timeout(timeout),
         )
 
-    def policy_for(
+    def _policy_for(
         self,
         max_retries: int | None,
         retry_ambiguous: bool | None,
@@ -359,7 +359,7 @@ class AsyncNanoBanana:
             changes["retry_ambiguous"] = retry_ambiguous
         return attrs.evolve(policy, **changes) if changes else policy
 
-    async def ready(self) -> None:
+    async def _ready(self) -> None:
         """Raise now if no request could be admitted: the client's limits cannot be consulted
         (shared limits unreachable, or refusing a budget). A batch asks once, before its first
         job, so that it fails once instead of once per job."""
@@ -367,7 +367,7 @@ class AsyncNanoBanana:
         if check is not None:
             await check()
 
-    async def send_job(
+    async def _send_job(
         self,
         job: Job,
         policy: RetryPolicy,
@@ -377,7 +377,8 @@ class AsyncNanoBanana:
         idempotency_key: str | None = None,
         timeout: httpx.Timeout | None = None,
     ) -> Generation:
-        """Generate a validated ``job`` under ``policy`` (the batch runner's way in).
+        """Generate a validated ``job`` under ``policy`` (the batch runner's way in, through
+        :class:`_Sender`).
 
         ``stats`` counts the attempts; ``hooks`` are called around each one. Every attempt
         carries ``idempotency_key`` (a job store keeps one per job), else a fresh one, and
@@ -484,7 +485,7 @@ class AsyncNanoBanana:
         store. Breaking out of the loop cancels the requests in flight.
         """
         return BatchRun(
-            self,
+            _Sender(self),
             jobs,
             options_from(options, BatchKWs, "batch"),
             self._batches,
@@ -496,7 +497,7 @@ class AsyncNanoBanana:
         :meth:`batch`)."""
         return await run_to_report(
             BatchRun(
-                self,
+                _Sender(self),
                 jobs,
                 options_from(options, BatchKWs, "run_batch"),
                 self._batches,
@@ -527,7 +528,47 @@ class AsyncNanoBanana:
         )
 
     def _worker(self, options: BatchOptions) -> BatchRun:
-        return BatchRun(self, None, options, self._batches, telemetry=self._telemetry)
+        return BatchRun(_Sender(self), None, options, self._batches, telemetry=self._telemetry)
+
+
+class _Sender:
+    """A client as its batches see it (:class:`~nanobanana_async.batch.sender.JobSender`): the
+    runner's way to the client's plumbing, which is not part of the client's public surface."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: AsyncNanoBanana) -> None:
+        self._client = client
+
+    @property
+    def pricing(self) -> PricingTable:
+        return self._client._pricing
+
+    @property
+    def limits(self) -> Limits:
+        return self._client._limits
+
+    def policy(self, max_retries: int | None, retry_ambiguous: bool | None) -> RetryPolicy:
+        return self._client._policy_for(max_retries, retry_ambiguous)
+
+    async def ready(self) -> None:
+        await self._client._ready()
+
+    async def send(
+        self,
+        job: Job,
+        policy: RetryPolicy,
+        stats: CallStats,
+        hooks: AttemptHooks | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Generation:
+        return await self._client._send_job(
+            job, policy, stats, hooks, idempotency_key=idempotency_key
+        )
+
+    async def download(self, url: str, path: str | os.PathLike[str]) -> pathlib.Path:
+        return await self._client.download(url, path)
 
 
 def _refuse_overrides(job: Job, **fields: object) -> None:

@@ -264,7 +264,7 @@ class JobProcessor:
         self.stats.started += 1
         self.stats.in_flight += 1
         try:
-            generation = await self.sender.send_job(
+            generation = await self.sender.send(
                 job, self.policy, call, attempts, idempotency_key=key
             )
         except NanoBananaError as exc:

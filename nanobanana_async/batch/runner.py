@@ -87,7 +87,7 @@ class Runner:
             raise _not_a_directory(directory)
         self.processor = JobProcessor(
             sender,
-            sender.policy_for(options.max_retries, options.retry_ambiguous),
+            sender.policy(options.max_retries, options.retry_ambiguous),
             self.stats,
             limiter=RateLimiter(options.max_per_second) if options.max_per_second else None,
             budget=CreditBudget(options.max_credits) if options.max_credits is not None else None,

@@ -20,11 +20,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, NanoBananaError, RetryPolicy
+from nanobanana_async import NanoBananaError
 from nanobanana_async.batch.runner import single_error
 from nanobanana_async.batch.stores import StoreError
 from nanobanana_async.emulator import Emulator
 from tests.cli.test_cli import cli_env, run_cli, write
+from tests.support.clients import emulated
 
 KEY = "nb-disk-0123456789abcdefXYZ"
 PAGE = 4096
@@ -90,22 +91,13 @@ def roomy_disk(tmp_path: pathlib.Path) -> Iterator[TinyDisk]:
     yield from mount_tmpfs(tmp_path, 4 << 20)
 
 
-def client(emulator: Emulator) -> AsyncNanoBanana:
-    return AsyncNanoBanana(
-        KEY,
-        base_url="https://api.test",
-        transport=emulator.transport(),
-        retry_policy=RetryPolicy(initial_delay=0.001, max_delay=0.01),
-    )
-
-
 @pytest.mark.anyio
 async def test_a_full_disk_under_the_jsonl_journal(anyio_backend: str, disk: TinyDisk) -> None:
     emulator = Emulator(keys={KEY: 10_000}, seed=8)
     journal = disk.path / "run.jsonl"
     disk.fill()
     failure: NanoBananaError | None = None
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         try:
             await api.run_batch(PROMPTS, concurrency=1, journal=journal)
         except NanoBananaError as exc:  # an OSError would fail the test as itself
@@ -122,7 +114,7 @@ async def test_a_full_disk_under_the_jsonl_journal(anyio_backend: str, disk: Tin
     assert 0 < generated < len(PROMPTS)
 
     disk.free()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(PROMPTS, concurrency=1, journal=journal)
     # The torn job may have been charged: it is skipped as ambiguous, never paid again.
     assert emulator.stats.generations == len(PROMPTS)
@@ -209,14 +201,14 @@ async def test_a_full_disk_under_the_images_fails_those_jobs_only(
     emulator = Emulator(keys={KEY: 10_000}, seed=10)
     journal = f"sqlite:///{tmp_path / 'run.db'}"
     roomy_disk.fill(to_the_brim=True)
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         report = await api.run_batch(PROMPTS[:4], journal=journal, download_dir=roomy_disk.path)
     assert report.failed == 4
     assert all("No space left on device" in str(r.error) for r in report.results)
     # Generated and paid for: counted, and journaled with their URLs.
     assert report.credits_spent == 10_000 - emulator.balance(KEY) == 8
     roomy_disk.free()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(PROMPTS[:4], journal=journal, download_dir=roomy_disk.path)
     assert again.succeeded == again.resumed == 4
     assert emulator.stats.generations == 4
