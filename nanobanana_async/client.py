@@ -13,7 +13,6 @@ import logging
 import os
 import pathlib
 import time
-import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -175,10 +174,10 @@ class AsyncNanoBanana:
         )
         self._closed = False
         self._transport_ready = self._fast_transport is None
+        # Its batches, and the task group its async with owns (copies tell it of theirs).
         self._batches = BatchRegistry()
-        # with_options copies share what this client owns; it closes their batches with its own.
+        # with_options copies share what this client owns.
         self._root = self
-        self._copies: weakref.WeakSet[BatchRegistry] = weakref.WeakSet()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
         if hooks is not None and not isinstance(hooks, Hooks):
             raise InvalidRequestError(
@@ -198,8 +197,15 @@ class AsyncNanoBanana:
         return f"AsyncNanoBanana(base_url={self.base_url!r}, api_key={self._endpoint.masked_key!r})"
 
     async def __aenter__(self) -> Self:
+        """Open the client: its limits, and the task group where batches iterated without an
+        ``async with`` of their own run (left, after they were stopped, by ``__aexit__``)."""
+        await self._batches.open()
         if self._root is self:  # a copy's limits are its original's, opened and closed there
-            await self._limits.open()
+            try:
+                await self._limits.open()
+            except BaseException:
+                await self._batches.leave()
+                raise
         return self
 
     async def __aexit__(
@@ -208,7 +214,10 @@ class AsyncNanoBanana:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            await self._batches.leave()
 
     async def aclose(self) -> None:
         """Close the connections this client opened (never a caller's ``http_client``).
@@ -219,11 +228,9 @@ class AsyncNanoBanana:
         its own batches: the pool and the limits are its original's.
         """
         self._closed = True
-        await self._batches.close()
+        await self._batches.close()  # a copy's batches too: each copy's registry tells this one
         if self._root is not self:
             return
-        for registry in list(self._copies):
-            await registry.close()
         client, self._own_client = self._own_client, None
         try:
             if client is not None:
@@ -278,8 +285,7 @@ class AsyncNanoBanana:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy._closed = False
-        copy._batches = BatchRegistry()
-        self._root._copies.add(copy._batches)
+        copy._batches = BatchRegistry(parent=self._batches)
         if timeout is not None:
             copy._timeout = checked_timeout(timeout)
             copy._requests = self._requests.with_timeout(copy._timeout)

@@ -7,8 +7,9 @@ get back; ``shutdown`` stops batches gracefully (SIGTERM, SIGINT, or code asking
 """
 
 from .options import BatchKWs, BatchOptions, JobInput, WorkerKWs, options_from
+from .owner import BatchRegistry
 from .results import BatchReport, BatchStats, JobResult
-from .run import BatchRegistry, BatchRun, run_to_report
+from .run import BatchRun, run_to_report
 from .sender import JobSender
 from .shutdown import DEFAULT_GRACE, GracefulStop, stop_on_signals
 from .stores import JobStore

@@ -203,7 +203,7 @@ async def wait_until_idle(emulator: Emulator) -> float:
     return time.perf_counter() - started
 
 
-async def test_break_stops_requests_in_flight_over_loopback(
+async def test_leaving_a_batch_s_block_stops_requests_in_flight_over_loopback(
     anyio_backend: str, tmp_path: pathlib.Path
 ) -> None:
     pytest.importorskip("uvicorn")
@@ -214,18 +214,21 @@ async def test_break_stops_requests_in_flight_over_loopback(
     pulls = Pulls()
     with serve(emulator, "127.0.0.1", 0) as server:
         async with AsyncNanoBanana(KEY, base_url=server.base_url, retry_policy=FAST) as client:
-            async for _ in client.batch(
-                prompts(500, pulls, "prompt number"), concurrency=16, journal=journal
-            ):
-                # On a loaded machine the first result can come before most requests have
-                # reached the server: break only once there is something in flight to stop.
-                with anyio.fail_after(5.0):
-                    while emulator.stats.in_flight < 8:  # noqa: ASYNC110 - another thread's
-                        await anyio.sleep(0.005)
-                break
-            in_flight_at_break = emulator.stats.in_flight
-            requests_at_break = emulator.stats.generate_requests
-            took = await wait_until_idle(emulator)
+            jobs = prompts(500, pulls, "prompt number")
+            async with client.batch(jobs, concurrency=16, journal=journal) as run:
+                async for _ in run:
+                    # On a loaded machine the first result can come before most requests have
+                    # reached the server: break only once there is something in flight.
+                    with anyio.fail_after(5.0):
+                        while emulator.stats.in_flight < 8:  # noqa: ASYNC110 - another thread's
+                            await anyio.sleep(0.005)
+                    in_flight_at_break = emulator.stats.in_flight
+                    requests_at_break = emulator.stats.generate_requests
+                    broke = time.perf_counter()
+                    break
+            # Leaving the block cancelled the requests in flight and waited for the batch.
+            await wait_until_idle(emulator)
+            took = time.perf_counter() - broke
             # A request already on the wire at the break may be counted by the server (another
             # thread) a moment later: at most one per worker. After that, nothing more.
             await settle(lambda: emulator.stats.generate_requests)
