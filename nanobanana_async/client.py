@@ -382,13 +382,15 @@ class AsyncNanoBanana:
         *,
         idempotency_key: str | None = None,
         timeout: httpx.Timeout | None = None,
+        limits: Limits | None = None,
     ) -> Generation:
         """Generate a validated ``job`` under ``policy`` (the batch runner's way in, through
         :class:`_Sender`).
 
         ``stats`` counts the attempts; ``hooks`` are called around each one. Every attempt
         carries ``idempotency_key`` (a job store keeps one per job), else a fresh one, and
-        ``timeout`` if given (else the client's).
+        ``timeout`` if given (else the client's), and is admitted and settled by ``limits``
+        (a batch's caps over this client's), else by the client's own.
         """
         started = time.perf_counter()
         idempotency_key = idempotency_key or new_idempotency_key()
@@ -421,7 +423,7 @@ class AsyncNanoBanana:
                 post if call is None else functools.partial(call.attempt, post, headers),
                 policy=policy,
                 budget=self._budget,
-                limits=self._limits,
+                limits=self._limits if limits is None else limits,
                 stats=stats,
                 hooks=hooks,
                 what=lambda: f"generate ({job.model}, {job.num} image(s))",
@@ -568,9 +570,10 @@ class _Sender:
         hooks: AttemptHooks | None = None,
         *,
         idempotency_key: str | None = None,
+        limits: Limits | None = None,
     ) -> Generation:
         return await self._client._send_job(
-            job, policy, stats, hooks, idempotency_key=idempotency_key
+            job, policy, stats, hooks, idempotency_key=idempotency_key, limits=limits
         )
 
     async def download(self, url: str, path: str | os.PathLike[str]) -> pathlib.Path:

@@ -18,6 +18,7 @@ from .errors import (
     ServerError,
 )
 from .limits import Cooldown, Limits, LocalLimits, Permit
+from .limits.base import ending
 from .validation import seconds, validator, whole
 
 if TYPE_CHECKING:
@@ -126,9 +127,10 @@ class AttemptHooks(Protocol):
 
     async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
         """Awaited before each attempt; raising skips the attempt and ends the call with that
-        exception. Must await ``admit`` once (the client's limits: cool-down, credits, start
+        exception. Must await ``admit`` once (the call's limits: cool-down, credits, start
         slot), as the last wait before the request goes out: a start slot used late would
-        crowd the next one. Checks made after ``admit`` see every wait done."""
+        crowd the next one. Checks made after ``admit`` see every wait done; an attempt they
+        stop is settled as never sent."""
         ...
 
     def attempt_failed(self, outcome: BaseException) -> None:
@@ -138,9 +140,12 @@ class AttemptHooks(Protocol):
 
 @attrs.define
 class CallStats:
-    """What one logical call went through: attempts made, retries slept."""
+    """What one logical call went through: attempts made, and the credits of those whose
+    reservation the money rule kept (:func:`~nanobanana_async.limits.base.ending`): the
+    server may have charged them, their answers never read."""
 
     attempts: int = 0
+    uncertain: int = 0
 
 
 async def call_with_retries(
@@ -263,6 +268,8 @@ class _Call(Generic[T]):
         try:
             result = await self._attempt()
         except BaseException as exc:
+            if ending(None, exc) == "keep":
+                self._stats.uncertain += self._cost
             if hooks is not None:
                 hooks.attempt_failed(exc)
             await self._settle(permit, outcome=exc, pause=_pause(exc, self._policy))

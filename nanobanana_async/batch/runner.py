@@ -16,11 +16,10 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import InvalidRequestError, NanoBananaError
+from ..limits import Caps
 from .feeds import ClaimFeed, Feed, InputFeed
-from .money import CreditBudget
 from .options import BatchOptions, JobInput
 from .process import JobProcessor
-from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
 from .stores import StoreError, StoreSession, StoreUnavailableError, open_store
@@ -89,8 +88,11 @@ class Runner:
             sender,
             sender.policy(options.max_retries, options.retry_ambiguous),
             self.stats,
-            limiter=RateLimiter(options.max_per_second) if options.max_per_second else None,
-            budget=CreditBudget(options.max_credits) if options.max_credits is not None else None,
+            caps=(
+                Caps(max_credits=options.max_credits, max_per_second=options.max_per_second)
+                if options.max_credits is not None or options.max_per_second is not None
+                else None
+            ),
             download_dir=self.download_dir,
         )
         self.permits = anyio.Semaphore(options.concurrency)

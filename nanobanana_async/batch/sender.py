@@ -50,10 +50,12 @@ class JobSender(Protocol):
         hooks: AttemptHooks | None = None,
         *,
         idempotency_key: str | None = None,
+        limits: Limits | None = None,
     ) -> Generation:
         """Generate ``job`` under ``policy``, counting attempts in ``stats`` and calling
         ``hooks`` around each attempt. ``idempotency_key`` (a job store's, kept across runs)
-        is sent on every attempt; None makes a fresh one for this call."""
+        is sent on every attempt; None makes a fresh one for this call. ``limits`` admit and
+        settle each attempt instead of the sender's own (a batch's caps layered over them)."""
         ...
 
     async def download(self, url: str, path: str | os.PathLike[str]) -> pathlib.Path:

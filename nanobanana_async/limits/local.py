@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import BudgetExceededError, may_have_charged
+from ..errors import BudgetExceededError
 from ..validation import positive, whole
 from .base import LimitsStatus, Permit
 from .budget import CreditBudget
@@ -107,14 +107,8 @@ class LocalLimits:
         if permit.settled:
             return True
         permit.settled = True
-        if self._budget is None or not permit.cost:
-            return True
-        if spent is not None:
-            self._budget.settle(permit.cost, spent=min(spent, permit.cost))
-        elif outcome is not None and may_have_charged(outcome):
-            self._budget.settle(permit.cost, uncertain=permit.cost)
-        else:
-            self._budget.settle(permit.cost)
+        if self._budget is not None and permit.cost:
+            self._budget.end_attempt(permit.cost, spent=spent, outcome=outcome)
         return True
 
     async def status(self) -> LimitsStatus:
