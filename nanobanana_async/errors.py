@@ -259,6 +259,33 @@ class APIConnectionError(_HTTPDetails, NanoBananaError):
         self.may_have_been_charged = may_have_been_charged
 
 
+_NOT_RETRIED = (
+    "so it was not retried. Pass retry_ambiguous=True to retry such failures (at the risk of "
+    "paying twice)."
+)
+
+
+def lost_answer(target: str, detail: str) -> str:
+    """The message of a failure after the request to ``target`` was sent (by default such a
+    failure is not retried: :func:`say_retried` tells otherwise)."""
+    return (
+        f"the connection to {target} failed after the request was sent ({detail}); the server "
+        f"may have generated and charged for it, {_NOT_RETRIED}"
+    )
+
+
+def say_retried(exc: APIConnectionError, attempt: int, attempts: int) -> None:
+    """``exc``, a lost answer, met ``retry_ambiguous=True``: its message says that such
+    failures are retried (``exc`` was attempt ``attempt`` of at most ``attempts``), not that
+    it was not retried."""
+    if exc.message.endswith(_NOT_RETRIED):
+        exc.message = exc.message[: -len(_NOT_RETRIED)] + (
+            "and retry_ambiguous=True retries such failures (at the risk of paying twice): "
+            f"this was attempt {attempt} of at most {attempts}."
+        )
+        exc.args = (exc.message,)
+
+
 class APITimeoutError(APIConnectionError):
     """The request timed out."""
 

@@ -16,6 +16,7 @@ from .errors import (
     NanoBananaError,
     RateLimitError,
     ServerError,
+    say_retried,
 )
 from .limits import Cooldown, Limits, LocalLimits, Permit
 from .limits.base import ending
@@ -310,6 +311,8 @@ async def _retry_after_failure(
         exc = outcome.exception()
         if not isinstance(exc, Exception):
             return False
+        if policy.retry_ambiguous and isinstance(exc, APIConnectionError):
+            say_retried(exc, state.attempt_number, policy.max_retries + 1)
         if _server_fault(exc):
             budget.record_failure()
         elif isinstance(exc, APIError):

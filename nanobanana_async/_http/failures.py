@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from ..errors import APIConnectionError, APITimeoutError
+from ..errors import APIConnectionError, APITimeoutError, lost_answer
 
 __all__ = ["connection_error", "request_was_sent"]
 
@@ -15,12 +15,7 @@ def connection_error(exc: httpx.HTTPError, target: str, *, sent: bool) -> APICon
     detail = str(exc) or type(exc).__name__
     if not sent:
         return cls(f"could not reach {target}: {detail}", may_have_been_charged=False)
-    return cls(
-        f"the connection to {target} failed after the request was sent ({detail}); the server "
-        "may have generated and charged for it, so it was not retried. Pass "
-        "retry_ambiguous=True to retry such failures (at the risk of paying twice).",
-        may_have_been_charged=True,
-    )
+    return cls(lost_answer(target, detail), may_have_been_charged=True)
 
 
 def request_was_sent(exc: httpx.HTTPError) -> bool:

@@ -185,8 +185,12 @@ class ClaimFeed(Feed):
             return stored_item(claimed.popleft(), self._pricing, self._names)
 
     def _stopping(self) -> bool:
-        runner = self._runner
-        if runner.stats.stopped_reason is not None or runner.processor.over_budget is not None:
+        runner, processor = self._runner, self._runner.processor
+        if (
+            runner.stats.stopped_reason is not None
+            or processor.over_budget is not None
+            or processor.store_failure is not None
+        ):
             # What is left stays pending for other workers (or this one, rerun).
             self.done = True
         return self.done

@@ -249,15 +249,25 @@ class Journal:
                         "journal %s: line %d is not a job record; ignored", self.path, number
                     )
                 continue
-            if record.status == "ambiguous":
-                self.ambiguous.setdefault(record.id, UNSETTLED)
-                continue
-            # A later line for the same id wins, but a generated job is never forgotten: a later
-            # failure (say, of a re-download) must not make the next run pay for it again.
-            previous = self.done.get(record.id)
-            if previous is None or record.generated or not previous.generated:
-                self.done[record.id] = record
+            self._take(record)
         return torn
+
+    def _take(self, record: JournalRecord) -> None:
+        if record.status == "ambiguous":
+            self.ambiguous.setdefault(record.id, UNSETTLED)
+            return
+        # A later line for the same id wins, but a generated job is never forgotten: a later
+        # failure (say, of a re-download) must not make the next run pay for it again.
+        previous = self.done.get(record.id)
+        if previous is None or record.generated or not previous.generated:
+            self.done[record.id] = record
+
+    def absorb(self, entry: Mapping[str, Any]) -> None:
+        """Know ``entry`` (a job's line, from elsewhere than the file: the spool) as if it had
+        been read from the file."""
+        record = _record(entry)
+        if record is not None:
+            self._take(record)
 
     def resumable(self, job_id: str) -> JournalRecord | None:
         """The record of ``job_id`` if an earlier run generated it."""

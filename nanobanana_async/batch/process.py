@@ -78,7 +78,7 @@ class _Attempts:
     store's ``sending`` record. Admission and settlement are the limits': the batch's caps
     over the client's (:class:`~nanobanana_async.limits.Layered`)."""
 
-    __slots__ = ("_call", "_cost", "_item", "_key", "_processor", "last_error", "recorded", "told")
+    __slots__ = ("_call", "_item", "_key", "_processor", "last_error", "recorded", "told")
 
     def __init__(
         self, processor: JobProcessor, item: Item, key: str | None, call: CallStats
@@ -142,6 +142,7 @@ class JobProcessor:
         *,
         caps: Caps | None,
         download_dir: pathlib.Path | None,
+        on_store_failure: Callable[[], object] = lambda: None,
     ) -> None:
         self.sender = sender
         self.policy = policy
@@ -154,8 +155,10 @@ class JobProcessor:
         # Why a job did not fit max_credits (the batch's or the client's limits'): a worker
         # stops claiming, since every job it claims next would be skipped and released again.
         self.over_budget: str | None = None
-        # The store stopped answering: no more jobs are taken, and the run ends with this.
+        # The store stopped answering: no more jobs are taken, and the run ends with this
+        # (``on_store_failure`` wakes a worker waiting to poll the store again).
         self.store_failure: StoreError | None = None
+        self._on_store_failure = on_store_failure
         # Jobs that a cancellation (a grace period that ran out, Ctrl-C twice) ended after
         # they were sent: counted in the stats at once, since no worker hands them over.
         self.unreported: list[JobResult] = []
@@ -180,6 +183,7 @@ class JobProcessor:
         if self.store_failure is None:
             self.store_failure = error
             logger.error("batch stops taking jobs: %s", error)
+            self._on_store_failure()
 
     async def _journal(self, result: JobResult, *, status: str | None = None) -> JobResult:
         if self.store is not None:
@@ -306,19 +310,25 @@ class JobProcessor:
             # server may have charged it); a reservation no attempt used goes back.
             if limits is not None:
                 limits.release()
+            # Sent: reported, with what it may have cost, and recorded as such (ambiguous),
+            # like any result: a store that cannot take it keeps it in its spool.
+            ended = _cancelled_send(item, job, call, started)
             if attempts.recorded and self.store is not None and item.id is not None:
                 try:
                     with anyio.CancelScope(shield=True):
                         if call.uncertain:
-                            await self.store.unsettled(item.id, call.uncertain)
+                            await self.store.record(ended)
                         else:  # every attempt sent got a clear answer: nothing was charged
                             await self.store.release(item.id)
                 except StoreError as exc:
-                    # The row stays "sending" (counted as may-have-been-spent) until its
-                    # lease runs out and it turns ambiguous: nothing is lost.
-                    logger.warning("job %s: the store did not take its end: %s", item.id, exc)
-            if call.attempts:  # sent: reported, with what it may have cost
-                self._cancelled(_cancelled_send(item, job, call, started))
+                    logger.warning(
+                        "job %s was cancelled after its request left; the store did not "
+                        "record that: %s",
+                        item.id,
+                        exc,
+                    )
+            if call.attempts:
+                self._cancelled(ended)
             raise
         else:
             error = None

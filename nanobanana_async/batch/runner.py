@@ -94,6 +94,7 @@ class Runner:
                 else None
             ),
             download_dir=self.download_dir,
+            on_store_failure=self._wake,
         )
         self.permits = anyio.Semaphore(options.concurrency)
         self.store = open_store(options.journal) if options.journal is not None else None
@@ -119,15 +120,20 @@ class Runner:
             stats.stopped_reason = reason
             stats.stop_cause = "stopped"
             logger.info("batch stopping: %s", reason)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Cut the waits for the next job short: the run stops, or its store went away."""
         for scope in self._waits:
             scope.cancel()
 
     async def wait_for_job(self, wait: Callable[..., Awaitable[T]], *args: Any) -> tuple[T] | None:
-        """``(await wait(*args),)``, or None when :meth:`stop` cuts the wait short."""
+        """``(await wait(*args),)``, or None when :meth:`stop` (or the store going away) cuts
+        the wait short."""
         with anyio.CancelScope() as scope:
             self._waits.add(scope)
             try:
-                if not self.stopping:
+                if not self.stopping and self.processor.store_failure is None:
                     return (await wait(*args),)
             finally:
                 self._waits.discard(scope)

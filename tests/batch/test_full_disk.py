@@ -22,9 +22,10 @@ import pytest
 
 from nanobanana_async import NanoBananaError
 from nanobanana_async.batch.runner import single_error
-from nanobanana_async.batch.stores import StoreError
-from nanobanana_async.emulator import Emulator
+from nanobanana_async.batch.stores import JsonlStore, StoreError
+from nanobanana_async.emulator import Emulator, Faults
 from tests.cli.test_cli import cli_env, run_cli, write
+from tests.support.batches import consuming, until
 from tests.support.clients import emulated
 
 KEY = "nb-disk-0123456789abcdefXYZ"
@@ -107,7 +108,6 @@ async def test_a_full_disk_under_the_jsonl_journal(anyio_backend: str, disk: Tin
     assert "\n" not in message
     assert str(journal) in message
     assert "No space left on device" in message
-    assert "may have been charged" in message
     torn = journal.read_bytes()
     assert not torn.endswith(b"\n")  # the disk filled in the middle of a line
     generated = emulator.stats.generations
@@ -116,14 +116,73 @@ async def test_a_full_disk_under_the_jsonl_journal(anyio_backend: str, disk: Tin
     disk.free()
     async with emulated(emulator, KEY) as api:
         again = await api.run_batch(PROMPTS, concurrency=1, journal=journal)
-    # The torn job may have been charged: it is skipped as ambiguous, never paid again.
+    # The torn line's job is whole in the spool: put back, it resumes, never paid again.
     assert emulator.stats.generations == len(PROMPTS)
     assert emulator.stats.duplicate_charges == 0
-    assert again.resumed == generated - 1
-    assert again.succeeded == len(PROMPTS) - 1
-    (unsure,) = [r for r in again.results if r.status == "skipped"]
-    assert unsure.reason is not None
-    assert "ambiguous" in unsure.reason
+    assert again.resumed == generated
+    assert again.succeeded == len(PROMPTS)
+    spool = JsonlStore(journal).spool
+    assert f"kept in the spool {spool.path}" in message
+    assert not spool.pending()
+
+
+@pytest.mark.anyio
+async def test_results_in_flight_when_the_jsonl_disk_fills_are_spooled(
+    anyio_backend: str, disk: TinyDisk
+) -> None:
+    # Found by the store checker: at concurrency 4 the jobs in flight when the disk filled
+    # finished after it; their lines could not be written, and the rerun paid for them again.
+    emulator = Emulator(keys={KEY: 10_000}, faults=Faults(latency=(0.01, 0.05)), seed=11)
+    journal = disk.path / "run.jsonl"
+    disk.fill()
+    async with emulated(emulator, KEY) as api:
+        with pytest.raises(StoreError, match="No space left on device"):
+            await api.run_batch(PROMPTS, concurrency=4, journal=journal)
+    generated = emulator.stats.generations
+    kept = JsonlStore(journal).spool.count() if hasattr(JsonlStore, "spool") else 0
+
+    disk.free()
+    async with emulated(emulator, KEY) as api:
+        again = await api.run_batch(PROMPTS, concurrency=4, journal=journal)
+    assert emulator.stats.duplicate_charges == 0
+    assert emulator.stats.generations == len(PROMPTS)
+    assert again.resumed == generated
+    assert again.succeeded == len(PROMPTS)
+    assert kept >= 2  # the torn line's job, and at least one that finished after it
+    assert not JsonlStore(journal).spool.pending()
+
+
+@pytest.mark.anyio
+async def test_a_job_cancelled_on_a_full_jsonl_disk_stays_ambiguous(
+    anyio_backend: str, disk: TinyDisk
+) -> None:
+    # A job cancelled while its request was out may have been charged (the server charges
+    # clients that hang up); the journal's disk is full, so its "ambiguous" line goes to the
+    # spool, and the rerun skips it instead of paying for it again.
+    emulator = Emulator(
+        keys={KEY: 10_000}, faults=Faults(latency=30.0, charge_on_hangup_rate=1.0), seed=12
+    )
+    journal = disk.path / "run.jsonl"
+    disk.fill(to_the_brim=True)
+    async with emulated(emulator, KEY) as api:
+        run = api.batch(PROMPTS[:2], concurrency=2, journal=journal)
+        async with consuming(run) as results:
+            await until(lambda: emulator.stats.in_flight == 2)
+            run.stop("test", grace=0)
+        report = run.report(results)
+    await until(lambda: emulator.stats.in_flight == 0)
+    assert 10_000 - emulator.balance(KEY) == 4  # charged on hang-up
+    assert report.credits_may_have_been_spent == 4
+    assert journal.read_bytes() == b""  # nothing fitted
+
+    disk.free()
+    emulator.faults = Faults()
+    async with emulated(emulator, KEY) as api:
+        again = await api.run_batch(PROMPTS[:2], journal=journal)
+    assert emulator.stats.generate_requests == 2  # neither was sent again
+    assert again.skipped == 2
+    assert all("ambiguous" in (r.reason or "") for r in again.results)
+    assert not JsonlStore(journal).spool.pending()
 
 
 def test_the_cli_on_a_full_disk_says_so_in_one_line(tmp_path: pathlib.Path, disk: TinyDisk) -> None:
@@ -149,7 +208,7 @@ def test_the_default_sqlite_journal_on_a_disk_that_fills_mid_run(
     tmp_path: pathlib.Path, roomy_disk: TinyDisk
 ) -> None:
     pytest.importorskip("uvicorn")
-    from nanobanana_async.emulator import Faults, serve
+    from nanobanana_async.emulator import serve
     from tests.cli.test_cli import command, store_counts, wait_for_done
 
     # The server charges requests whose client went away: what the run could not record

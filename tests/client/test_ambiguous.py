@@ -211,6 +211,28 @@ async def test_opting_in_retries_with_the_same_idempotency_key(
     assert all(body == server.bodies[0] for body in server.bodies)
 
 
+async def test_a_lost_answer_retried_to_the_end_does_not_say_it_was_not_retried(
+    anyio_backend: str,
+) -> None:
+    # With retry_ambiguous=True the last lost answer was retried (max_retries ran out): its
+    # error must not say "so it was not retried. Pass retry_ambiguous=True".
+    async with (
+        raw_server("drop") as server,
+        client(server.base_url, retry_ambiguous=True, max_retries=2) as c,
+    ):
+        with pytest.raises(APIConnectionError) as info:
+            await c.generate("x")
+    assert len(server.requests) == 3
+    text = str(info.value)
+    assert info.value.may_have_been_charged
+    assert "may have generated and charged" in text
+    assert "not retried" not in text
+    assert "Pass retry_ambiguous=True" not in text
+    assert "retry_ambiguous=True retries such failures" in text
+    assert "attempt 3 of at most 3" in text
+    assert "\n" not in text
+
+
 async def test_a_call_can_opt_out_of_a_client_that_opted_in(anyio_backend: str) -> None:
     async with (
         raw_server("drop", "ok") as server,

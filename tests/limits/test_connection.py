@@ -153,3 +153,13 @@ async def test_a_batch_fails_once_when_its_limits_cannot_be_reached() -> None:
         with pytest.raises(LimitsUnavailableError, match="nothing was sent"):
             await batch.__anext__()  # not one result: the error
     assert emulator.stats.generate_requests == 0
+
+
+@pytest.mark.parametrize(
+    "reply", [b"$abc\r\nxyz\r\n", b":twelve\r\n", b"*x\r\n", b"*1\r\n:1.5\r\n", b"!oops\r\n"]
+)
+def test_bytes_that_are_not_resp_are_a_protocol_error(reply: bytes) -> None:
+    from nanobanana_async.limits.redis.resp import ProtocolError, parse
+
+    with pytest.raises(ProtocolError, match="not a RESP reply"):
+        parse(reply)

@@ -154,16 +154,13 @@ class StoreSession(Protocol):
 
     async def record(self, result: JobResult, *, status: str | None = None) -> None:
         """Record a job's result (``status="generated"``: its answer was read, the files are
-        still to come). A store that cannot take it keeps it elsewhere if it can (the SQL
-        stores' spool) and raises :class:`StoreError` when the run must stop."""
+        still to come). A store that cannot take it keeps it elsewhere if it can (its
+        spool) and raises :class:`StoreError` when the run must stop. A job cancelled after
+        its request left is recorded so too: failed, with what it may have cost."""
         ...
 
     async def release(self, job_id: str) -> None:
         """Give back a job this run took and never sent."""
-        ...
-
-    async def unsettled(self, job_id: str, credits: int) -> None:
-        """A job stopped (cancelled) after its request may have left: it is ambiguous."""
         ...
 
     async def claim(self, limit: int) -> list[StoredJob]:

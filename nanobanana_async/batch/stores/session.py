@@ -246,11 +246,6 @@ class SqlSession:
         self._held.discard(job_id)
         await self._write(self._sql.release, {"id": job_id})
 
-    async def unsettled(self, job_id: str, credits: int) -> None:
-        uncertain = credits - self._told.pop(job_id, 0)
-        self._held.discard(job_id)
-        await self._write(self._sql.unsettled, {"id": job_id, "uncertain": uncertain})
-
     # -- workers ----------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[StoredJob]:

@@ -1,4 +1,4 @@
-"""The spool: results a SQL store could not take, kept in a local append-only file.
+"""The spool: results a store could not take, kept in a local append-only file.
 
 A result that could not be written to the store (it stayed down for its whole retry window)
 is appended here as one JSON line, flushed and fsynced, before the run goes on: a paid
@@ -10,7 +10,8 @@ Where: ``spool_dir`` of the store, by default ``$XDG_STATE_HOME/nanobanana/spool
 store's id and queue (``<store id>-<queue>.jsonl``), so every URL that reaches one database
 (directly, or through pgbouncer) finds the same file. Writers and the recovery take an
 exclusive lock on the file (an OS advisory lock), so several processes on one machine share
-it safely.
+it safely. A JSONL journal keeps the lines it could not write (a full disk) in a spool of its
+own in the same directory (``jsonl.py``), put back by the next run on that journal.
 """
 
 from __future__ import annotations

@@ -277,14 +277,6 @@ class Statements:
             f"WHERE queue = {{q}} AND id = %(id)s AND lease_owner = %(owner)s AND {_LEASED}"
         )
 
-    @functools.cached_property
-    def unsettled(self) -> str:
-        return self.sql(
-            "UPDATE {t} SET state = 'ambiguous', reserved = 0, "
-            "uncertain = uncertain + %(uncertain)s, lease_until = NULL, updated_at = {now} "
-            f"WHERE queue = {{q}} AND id = %(id)s AND lease_owner = %(owner)s AND {_LEASED}"
-        )
-
     # -- leases ---------------------------------------------------------------------------
 
     @functools.cached_property

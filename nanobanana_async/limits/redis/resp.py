@@ -82,8 +82,15 @@ def parse(buffer: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
     """The reply starting at ``pos`` and where it ends; :class:`_More` when it is cut.
 
     Strings are decoded (everything RedisLimits reads is text); an error inside an array is a
-    :class:`ReplyError` in its place.
+    :class:`ReplyError` in its place. Bytes that are not RESP raise :class:`ProtocolError`.
     """
+    try:
+        return _parse(buffer, pos)
+    except ValueError:  # a length or an integer that is not a number
+        raise ProtocolError(f"not a RESP reply: {bytes(buffer[pos : pos + 20])!r}") from None
+
+
+def _parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
     end = buffer.find(b"\r\n", pos)
     if end < 0:
         raise _More
@@ -109,7 +116,7 @@ def parse(buffer: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
         pos = end + 2
         items = []
         for _ in range(count):
-            item, pos = parse(buffer, pos)
+            item, pos = _parse(buffer, pos)
             items.append(item)
         return items, pos
     raise ProtocolError(f"not a RESP reply: {bytes(buffer[pos : pos + 20])!r}")

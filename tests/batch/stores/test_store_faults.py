@@ -16,6 +16,7 @@ import pytest
 from nanobanana_async import AsyncNanoBanana, Job, StoreUnavailableError
 from nanobanana_async.batch.stores import SqlStore, open_store
 from nanobanana_async.emulator import Emulator, Faults
+from tests.support.batches import until
 from tests.support.store_faults import StoreFaults, run_through
 
 pytestmark = pytest.mark.anyio
@@ -193,3 +194,36 @@ async def test_a_store_that_never_answered_fails_at_once(store_url: str) -> None
             with pytest.raises(StoreUnavailableError, match="unreachable"):
                 await client.run_batch(_jobs(3), journal=store)
     assert emulator.stats.generate_requests == 0
+
+
+async def test_a_following_worker_waiting_for_jobs_ends_when_the_store_goes_away(
+    store_url: str,
+) -> None:
+    # A --follow worker between two polls: the store goes away, its lease renewal finds out,
+    # and the worker ends with the store's error at once, not after its poll interval.
+    faults = StoreFaults()
+    store = faults.install(_store(store_url, retry_window="0.2", lease="0.6"))
+    await store.add(_jobs(2))
+    emulator = Emulator()
+    results: list[Any] = []
+    failure: list[StoreUnavailableError] = []
+    async with AsyncNanoBanana(KEY, transport=emulator.transport()) as client:
+        run = client.worker(store, follow=True, poll_interval=3600)
+
+        async def consume() -> None:
+            try:
+                async with run:
+                    async for result in run:
+                        results.append(result)
+            except StoreUnavailableError as exc:
+                failure.append(exc)
+
+        with anyio.fail_after(60):  # a guard against a hang: the poll would sleep an hour
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                await until(lambda: len(results) == 2 and run._runner._waits)  # polling
+                faults.down = True
+    faults.down = False
+    assert len(failure) == 1
+    assert [r.status for r in results] == ["succeeded", "succeeded"]
+    assert (await store.status()).counts == {"done": 2}

@@ -176,7 +176,9 @@ async def test_retry_puts_ambiguous_failed_and_skipped_jobs_back(store_url: str)
     try:
         jobs = await session.claim(3)
         assert await session.sending(jobs[0].id, None, 4)
-        await session.unsettled(jobs[0].id, 4)
+        # Cancelled after its request left: ambiguous.
+        cancelled = JobResult(0, Job("x"), "failed", jobs[0].id, credits_may_have_been_spent=4)
+        await session.record(cancelled)
         await session.record(JobResult(1, Job("x"), "failed", jobs[1].id, attempts=1))
         assert (await store.status()).counts == {"ambiguous": 1, "failed": 1, "claimed": 1}
     finally:
