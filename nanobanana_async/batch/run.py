@@ -17,7 +17,7 @@ from ..validation import seconds
 from .options import BatchOptions, JobInput
 from .owner import Background, BatchRegistry, OwnedGroup
 from .results import BatchReport, BatchStats, JobResult
-from .runner import Collector, ResultSink, Runner
+from .runner import Collector, PlainSink, ResultSink, Runner
 from .sender import JobSender
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ _NO_OWNER = (
 )
 
 
-class _Handover:
+class _Handover(PlainSink):
     """Results on their way from a batch's workers to its consumer.
 
     The runner's permits keep fewer than ``concurrency`` results here, so handing one over never
@@ -79,20 +79,6 @@ class _Handover:
         taken = list(self._items)
         self._items.clear()
         return taken
-
-    def clone(self) -> _Handover:
-        return self
-
-    async def __aenter__(self) -> _Handover:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
 
 async def _run(runner: Runner, state: Background, out: ResultSink, registry: BatchRegistry) -> None:
