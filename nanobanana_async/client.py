@@ -13,10 +13,9 @@ import logging
 import os
 import pathlib
 import time
-import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import anyio
 import attrs
@@ -25,12 +24,15 @@ import httpx
 from ._http.fast import UNBOUNDED_LIMITS, FastTransport
 from ._http.httpx_client import SDKAsyncClient
 from .batch import (
+    BatchKWs,
     BatchOptions,
     BatchRegistry,
     BatchReport,
     BatchRun,
     JobInput,
     JobStore,
+    WorkerKWs,
+    options_from,
     run_to_report,
 )
 from .download import MAX_DOWNLOAD_BYTES, download_image
@@ -128,7 +130,7 @@ class AsyncNanoBanana:
         # still never times out (see DEFAULT_TIMEOUT).
         self._timeout = checked_timeout(timeout)
         self._policy = RetryPolicy()
-        self._policy = self.policy_for(max_retries, retry_ambiguous, base=retry_policy)
+        self._policy = self._policy_for(max_retries, retry_ambiguous, base=retry_policy)
         self._pricing = resolve_pricing(pricing)
         self._budget = RetryBudget()
         self._limits: Limits = limits if limits is not None else LocalLimits()
@@ -172,10 +174,10 @@ class AsyncNanoBanana:
         )
         self._closed = False
         self._transport_ready = self._fast_transport is None
+        # Its batches, and the task group its async with owns (copies tell it of theirs).
         self._batches = BatchRegistry()
-        # with_options copies share what this client owns; it closes their batches with its own.
+        # with_options copies share what this client owns.
         self._root = self
-        self._copies: weakref.WeakSet[BatchRegistry] = weakref.WeakSet()
         self._auth_headers = {"Authorization": f"Bearer {self._api_key}"}
         if hooks is not None and not isinstance(hooks, Hooks):
             raise InvalidRequestError(
@@ -195,8 +197,15 @@ class AsyncNanoBanana:
         return f"AsyncNanoBanana(base_url={self.base_url!r}, api_key={self._endpoint.masked_key!r})"
 
     async def __aenter__(self) -> Self:
+        """Open the client: its limits, and the task group where batches iterated without an
+        ``async with`` of their own run (left, after they were stopped, by ``__aexit__``)."""
+        await self._batches.open()
         if self._root is self:  # a copy's limits are its original's, opened and closed there
-            await self._limits.open()
+            try:
+                await self._limits.open()
+            except BaseException:
+                await self._batches.leave()
+                raise
         return self
 
     async def __aexit__(
@@ -205,7 +214,10 @@ class AsyncNanoBanana:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            await self._batches.leave()
 
     async def aclose(self) -> None:
         """Close the connections this client opened (never a caller's ``http_client``).
@@ -216,11 +228,9 @@ class AsyncNanoBanana:
         its own batches: the pool and the limits are its original's.
         """
         self._closed = True
-        await self._batches.close()
+        await self._batches.close()  # a copy's batches too: each copy's registry tells this one
         if self._root is not self:
             return
-        for registry in list(self._copies):
-            await registry.close()
         client, self._own_client = self._own_client, None
         try:
             if client is not None:
@@ -275,12 +285,11 @@ class AsyncNanoBanana:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy._closed = False
-        copy._batches = BatchRegistry()
-        self._root._copies.add(copy._batches)
+        copy._batches = BatchRegistry(parent=self._batches)
         if timeout is not None:
             copy._timeout = checked_timeout(timeout)
             copy._requests = self._requests.with_timeout(copy._timeout)
-        copy._policy = self.policy_for(max_retries, retry_ambiguous)
+        copy._policy = self._policy_for(max_retries, retry_ambiguous)
         return copy
 
     def _http(self) -> httpx.AsyncClient:
@@ -333,14 +342,14 @@ class AsyncNanoBanana:
         ``timeout`` replaces the client's for each attempt of this call.
         """
         job = self.make_job(prompt, model=model, image_size=image_size, num=num)
-        return await self.send_job(
+        return await self._send_job(
             job,
-            self.policy_for(max_retries, retry_ambiguous),
+            self._policy_for(max_retries, retry_ambiguous),
             CallStats(),
             timeout=None if timeout is None else checked_timeout(timeout),
         )
 
-    def policy_for(
+    def _policy_for(
         self,
         max_retries: int | None,
         retry_ambiguous: bool | None,
@@ -356,7 +365,7 @@ class AsyncNanoBanana:
             changes["retry_ambiguous"] = retry_ambiguous
         return attrs.evolve(policy, **changes) if changes else policy
 
-    async def ready(self) -> None:
+    async def _ready(self) -> None:
         """Raise now if no request could be admitted: the client's limits cannot be consulted
         (shared limits unreachable, or refusing a budget). A batch asks once, before its first
         job, so that it fails once instead of once per job."""
@@ -364,7 +373,7 @@ class AsyncNanoBanana:
         if check is not None:
             await check()
 
-    async def send_job(
+    async def _send_job(
         self,
         job: Job,
         policy: RetryPolicy,
@@ -373,12 +382,15 @@ class AsyncNanoBanana:
         *,
         idempotency_key: str | None = None,
         timeout: httpx.Timeout | None = None,
+        limits: Limits | None = None,
     ) -> Generation:
-        """Generate a validated ``job`` under ``policy`` (the batch runner's way in).
+        """Generate a validated ``job`` under ``policy`` (the batch runner's way in, through
+        :class:`_Sender`).
 
         ``stats`` counts the attempts; ``hooks`` are called around each one. Every attempt
         carries ``idempotency_key`` (a job store keeps one per job), else a fresh one, and
-        ``timeout`` if given (else the client's).
+        ``timeout`` if given (else the client's), and is admitted and settled by ``limits``
+        (a batch's caps over this client's), else by the client's own.
         """
         started = time.perf_counter()
         idempotency_key = idempotency_key or new_idempotency_key()
@@ -411,7 +423,7 @@ class AsyncNanoBanana:
                 post if call is None else functools.partial(call.attempt, post, headers),
                 policy=policy,
                 budget=self._budget,
-                limits=self._limits,
+                limits=self._limits if limits is None else limits,
                 stats=stats,
                 hooks=hooks,
                 what=lambda: f"generate ({job.model}, {job.num} image(s))",
@@ -470,78 +482,39 @@ class AsyncNanoBanana:
         """What ``jobs`` would cost under this client's pricing table. Sends nothing."""
         return self._pricing.estimate(jobs)
 
-    def batch(
-        self,
-        jobs: JobInput,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        journal: str | os.PathLike[str] | JobStore | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        ordered: bool = False,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
-    ) -> BatchRun:
+    def batch(self, jobs: JobInput, **options: Unpack[BatchKWs]) -> BatchRun:
         """Run many jobs; an async iterator of :class:`JobResult`, one per job, as they finish.
 
         ``jobs`` is an iterable or async iterable of :class:`Job` or prompt strings, consumed
-        lazily. See :class:`~nanobanana_async.batch.options.BatchOptions` for what each option does.
+        lazily. The options (``concurrency=8``, ``max_credits``, ``max_per_second``,
+        ``journal``, ``download_dir``, ``ordered=False``, ``max_retries``,
+        ``retry_ambiguous``) are :class:`~nanobanana_async.batch.options.BatchOptions`'s.
         ``journal`` is a JSONL path, ``"sqlite:///run.db"``, ``"postgresql://..."`` or a job
         store. Breaking out of the loop cancels the requests in flight.
         """
-        options = BatchOptions(
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            journal=journal,
-            download_dir=download_dir,
-            ordered=ordered,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
+        return BatchRun(
+            _Sender(self),
+            jobs,
+            options_from(options, BatchKWs, "batch"),
+            self._batches,
+            telemetry=self._telemetry,
         )
-        return BatchRun(self, jobs, options, self._batches, telemetry=self._telemetry)
 
-    async def run_batch(
-        self,
-        jobs: JobInput,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        journal: str | os.PathLike[str] | JobStore | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        ordered: bool = False,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
-    ) -> BatchReport:
+    async def run_batch(self, jobs: JobInput, **options: Unpack[BatchKWs]) -> BatchReport:
         """Run many jobs to the end and return the :class:`BatchReport` (same options as
         :meth:`batch`)."""
-        run = self.batch(
-            jobs,
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            journal=journal,
-            download_dir=download_dir,
-            ordered=ordered,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
+        return await run_to_report(
+            BatchRun(
+                _Sender(self),
+                jobs,
+                options_from(options, BatchKWs, "run_batch"),
+                self._batches,
+                telemetry=self._telemetry,
+            )
         )
-        return await run_to_report(run)
 
     def worker(
-        self,
-        store: str | os.PathLike[str] | JobStore,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        follow: bool = False,
-        poll_interval: float = 1.0,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
+        self, store: str | os.PathLike[str] | JobStore, **options: Unpack[WorkerKWs]
     ) -> BatchRun:
         """Work through the pending jobs of ``store`` (``"sqlite:///jobs.db"``,
         ``"postgresql://..."`` or a store object); an async iterator of :class:`JobResult`.
@@ -549,47 +522,62 @@ class AsyncNanoBanana:
         Jobs are claimed a chunk at a time with a lease, recorded ``sending`` before each
         request and finished in the store, so workers in other processes and on other
         machines share the store without sending a job twice. Ends when no job is pending
-        (``follow=True``: keeps polling every ``poll_interval`` seconds until cancelled).
+        (``follow=True``: keeps polling every ``poll_interval=1.0`` seconds until cancelled).
+        The other options are :meth:`batch`'s, less ``journal`` and ``ordered``.
         """
-        options = BatchOptions(
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            journal=store,
-            download_dir=download_dir,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
-            follow=follow,
-            poll_interval=poll_interval,
-        )
-        return BatchRun(self, None, options, self._batches)
+        return self._worker(options_from(options, WorkerKWs, "worker", journal=store))
 
     async def run_worker(
-        self,
-        store: str | os.PathLike[str] | JobStore,
-        *,
-        concurrency: int = 8,
-        max_credits: int | None = None,
-        max_per_second: float | None = None,
-        download_dir: str | os.PathLike[str] | None = None,
-        follow: bool = False,
-        poll_interval: float = 1.0,
-        max_retries: int | None = None,
-        retry_ambiguous: bool | None = None,
+        self, store: str | os.PathLike[str] | JobStore, **options: Unpack[WorkerKWs]
     ) -> BatchReport:
         """Run :meth:`worker` to the end and return this worker's :class:`BatchReport`."""
-        run = self.worker(
-            store,
-            concurrency=concurrency,
-            max_credits=max_credits,
-            max_per_second=max_per_second,
-            download_dir=download_dir,
-            follow=follow,
-            poll_interval=poll_interval,
-            max_retries=max_retries,
-            retry_ambiguous=retry_ambiguous,
+        return await run_to_report(
+            self._worker(options_from(options, WorkerKWs, "run_worker", journal=store))
         )
-        return await run_to_report(run)
+
+    def _worker(self, options: BatchOptions) -> BatchRun:
+        return BatchRun(_Sender(self), None, options, self._batches, telemetry=self._telemetry)
+
+
+class _Sender:
+    """A client as its batches see it (:class:`~nanobanana_async.batch.sender.JobSender`): the
+    runner's way to the client's plumbing, which is not part of the client's public surface."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: AsyncNanoBanana) -> None:
+        self._client = client
+
+    @property
+    def pricing(self) -> PricingTable:
+        return self._client._pricing
+
+    @property
+    def limits(self) -> Limits:
+        return self._client._limits
+
+    def policy(self, max_retries: int | None, retry_ambiguous: bool | None) -> RetryPolicy:
+        return self._client._policy_for(max_retries, retry_ambiguous)
+
+    async def ready(self) -> None:
+        await self._client._ready()
+
+    async def send(
+        self,
+        job: Job,
+        policy: RetryPolicy,
+        stats: CallStats,
+        hooks: AttemptHooks | None = None,
+        *,
+        idempotency_key: str | None = None,
+        limits: Limits | None = None,
+    ) -> Generation:
+        return await self._client._send_job(
+            job, policy, stats, hooks, idempotency_key=idempotency_key, limits=limits
+        )
+
+    async def download(self, url: str, path: str | os.PathLike[str]) -> pathlib.Path:
+        return await self._client.download(url, path)
 
 
 def _refuse_overrides(job: Job, **fields: object) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
@@ -34,6 +33,7 @@ from .errors import (
     parse_generate_response,
 )
 from .telemetry import CallTelemetry
+from .validation import positive_problem
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -93,11 +93,9 @@ def checked_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
             )
         spec = httpx.Timeout(timeout, pool=None)
     for name, value in spec.as_dict().items():
-        if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
-            raise InvalidRequestError(
-                f"timeout {name} must be a positive number of seconds or None, got {value!r}",
-                param="timeout",
-            )
+        problem = positive_problem(value, unit="number of seconds", none=True)
+        if problem is not None:
+            raise InvalidRequestError(f"timeout {name} {problem}", param="timeout")
     return spec
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from .errors import InvalidRequestError
+from .validation import whole_problem
 
 DEFAULT_MODEL = "gemini-2.5-flash-image"
 
@@ -71,8 +72,9 @@ def validate_fields(
             "image_size",
             f"{image_size!r} is not available for {model}; allowed: " + " ".join(sizes_for(model)),
         )
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise _invalid("num", f"must be an integer >= 1, got {num!r}")
+    problem = whole_problem(num, 1)
+    if problem is not None:
+        raise _invalid("num", problem)
 
 
 def _encodable(text: str) -> bool:

@@ -11,6 +11,7 @@ import attrs
 
 from .errors import InvalidRequestError
 from .models import Job
+from .validation import whole_problem
 
 __all__ = ["DEFAULT_PRICES", "DEFAULT_PRICING", "CreditEstimate", "PricingTable", "as_job"]
 
@@ -41,11 +42,9 @@ def _freeze_prices(prices: Mapping[str, int]) -> Mapping[str, int]:
             raise InvalidRequestError(
                 f"pricing: model names must be non-empty strings, got {model!r}", param="pricing"
             )
-        if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
-            raise InvalidRequestError(
-                f"pricing: credits for {model!r} must be an integer >= 0, got {credits!r}",
-                param="pricing",
-            )
+        problem = whole_problem(credits, 0)
+        if problem is not None:
+            raise InvalidRequestError(f"pricing: credits for {model!r} {problem}", param="pricing")
         frozen[model] = credits
     return MappingProxyType(frozen)
 

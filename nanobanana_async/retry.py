@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -14,13 +13,14 @@ import attrs
 from .errors import (
     APIConnectionError,
     APIError,
-    InvalidRequestError,
     NanoBananaError,
     RateLimitError,
     ServerError,
     say_retried,
 )
 from .limits import Cooldown, Limits, LocalLimits, Permit
+from .limits.base import ending
+from .validation import seconds, validator, whole
 
 if TYPE_CHECKING:
     import tenacity
@@ -39,25 +39,7 @@ logger = logging.getLogger("nanobanana_async")
 
 T = TypeVar("T")
 
-
-def _count(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequestError(
-            f"{attribute.name} must be >= 0 (a whole number), got {value!r}", param=attribute.name
-        )
-
-
-def _seconds(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise InvalidRequestError(
-            f"{attribute.name} must be >= 0 seconds, got {value!r}",
-            param=attribute.name,
-        )
+_SECONDS = validator(seconds, infinite=True)  # no cap at all is a cap too
 
 
 @attrs.frozen
@@ -72,10 +54,10 @@ class RetryPolicy:
     timeouts, connections dropped after the request was sent).
     """
 
-    max_retries: int = attrs.field(default=2, validator=_count)
-    initial_delay: float = attrs.field(default=0.5, validator=_seconds)
-    max_delay: float = attrs.field(default=8.0, validator=_seconds)
-    max_retry_after: float = attrs.field(default=60.0, validator=_seconds)
+    max_retries: int = attrs.field(default=2, validator=validator(whole, minimum=0))
+    initial_delay: float = attrs.field(default=0.5, validator=_SECONDS)
+    max_delay: float = attrs.field(default=8.0, validator=_SECONDS)
+    max_retry_after: float = attrs.field(default=60.0, validator=_SECONDS)
     retry_ambiguous: bool = False
 
     def backoff(self, retry_number: int) -> float:
@@ -146,9 +128,10 @@ class AttemptHooks(Protocol):
 
     async def before_attempt(self, admit: Callable[[], Awaitable[None]]) -> None:
         """Awaited before each attempt; raising skips the attempt and ends the call with that
-        exception. Must await ``admit`` once (the client's limits: cool-down, credits, start
+        exception. Must await ``admit`` once (the call's limits: cool-down, credits, start
         slot), as the last wait before the request goes out: a start slot used late would
-        crowd the next one. Checks made after ``admit`` see every wait done."""
+        crowd the next one. Checks made after ``admit`` see every wait done; an attempt they
+        stop is settled as never sent."""
         ...
 
     def attempt_failed(self, outcome: BaseException) -> None:
@@ -158,9 +141,12 @@ class AttemptHooks(Protocol):
 
 @attrs.define
 class CallStats:
-    """What one logical call went through: attempts made, retries slept."""
+    """What one logical call went through: attempts made, and the credits of those whose
+    reservation the money rule kept (:func:`~nanobanana_async.limits.base.ending`): the
+    server may have charged them, their answers never read."""
 
     attempts: int = 0
+    uncertain: int = 0
 
 
 async def call_with_retries(
@@ -283,6 +269,8 @@ class _Call(Generic[T]):
         try:
             result = await self._attempt()
         except BaseException as exc:
+            if ending(None, exc) == "keep":
+                self._stats.uncertain += self._cost
             if hooks is not None:
                 hooks.attempt_failed(exc)
             await self._settle(permit, outcome=exc, pause=_pause(exc, self._policy))

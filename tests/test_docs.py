@@ -265,3 +265,19 @@ def test_readme_links_work_on_pypi() -> None:
         for url in urls.values():
             if url.startswith(prefix):
                 assert (ROOT / url.removeprefix(prefix)).exists(), url
+
+
+def test_the_repository_cites_no_document_outside_it() -> None:
+    # The product brief the project started from is not part of the repository: what the code
+    # relies on is written in docs/, and nothing here may send a reader to the brief.
+    brief = "DESIGN" + ".md"
+    citing = []
+    for path in [ROOT / "pyproject.toml", *markdown_files()]:
+        if brief in path.read_text("utf-8"):
+            citing.append(path.relative_to(ROOT).as_posix())
+    for folder in ("nanobanana_async", "benchmarks", "examples", "tests"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            readable = path.suffix in {".py", ".js", ".toml", ".md", ".txt"} and path.is_file()
+            if readable and brief in path.read_text("utf-8", errors="replace"):
+                citing.append(path.relative_to(ROOT).as_posix())
+    assert citing == []

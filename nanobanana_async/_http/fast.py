@@ -2,7 +2,8 @@
 
 httpx's own pool (httpcore 1.0) re-assigns every queued request to every connection on each
 change, so its bookkeeping grows with the square of the connections in one pool: at a few
-hundred concurrent requests the client spends its CPU there, not on I/O (DESIGN.md section 7).
+hundred concurrent requests the client spends its CPU there, not on I/O (the figures are in
+docs/architecture.md, "Why the SDK has its own transports").
 :class:`FastTransport` keeps the httpx interface (``httpx.AsyncClient``, ``http_client=``,
 respx) and picks, per request:
 

@@ -6,15 +6,17 @@ here imports the client. ``run`` is the async iterator users hold; ``results`` t
 get back; ``shutdown`` stops batches gracefully (SIGTERM, SIGINT, or code asking).
 """
 
-from .options import BatchOptions, JobInput
+from .options import BatchKWs, BatchOptions, JobInput, WorkerKWs, options_from
+from .owner import BatchRegistry
 from .results import BatchReport, BatchStats, JobResult
-from .run import BatchRegistry, BatchRun, run_to_report
+from .run import BatchRun, run_to_report
 from .sender import JobSender
 from .shutdown import DEFAULT_GRACE, GracefulStop, stop_on_signals
 from .stores import JobStore
 
 __all__ = [
     "DEFAULT_GRACE",
+    "BatchKWs",
     "BatchOptions",
     "BatchRegistry",
     "BatchReport",
@@ -25,6 +27,8 @@ __all__ = [
     "JobResult",
     "JobSender",
     "JobStore",
+    "WorkerKWs",
+    "options_from",
     "run_to_report",
     "stop_on_signals",
 ]

@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import math
+import difflib
 import os
-from collections.abc import AsyncIterable, Iterable
-from typing import Any
+from collections.abc import AsyncIterable, Iterable, Mapping
+from typing import Any, TypedDict
 
 import attrs
 
-from ..errors import InvalidRequestError
 from ..models import Job
+from ..validation import positive, validator, whole
 from .stores import JobStore
 
-__all__ = ["BatchOptions", "JobInput"]
+__all__ = ["BatchKWs", "BatchOptions", "JobInput", "WorkerKWs", "options_from"]
 
 JobInput = Iterable[Job | str] | AsyncIterable[Job | str]
-
-
-def _positive_or_none(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or not value > 0 or math.isinf(value)):
-        raise InvalidRequestError(
-            f"{attr.name} must be a positive number, got {value!r}", param=attr.name
-        )
-
-
-def _positive_int(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError(
-            f"{attr.name} must be an integer >= 1, got {value!r}", param=attr.name
-        )
-
-
-def _credits_or_none(_inst: object, attr: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise InvalidRequestError(
-            f"{attr.name} must be an integer >= 0 or None, got {value!r}", param=attr.name
-        )
 
 
 @attrs.frozen(kw_only=True)
@@ -60,13 +39,56 @@ class BatchOptions:
       seconds instead of ending once none is pending.
     """
 
-    concurrency: int = attrs.field(default=8, validator=_positive_int)
-    max_credits: int | None = attrs.field(default=None, validator=_credits_or_none)
-    max_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
+    concurrency: int = attrs.field(default=8, validator=validator(whole, minimum=1))
+    max_credits: int | None = attrs.field(
+        default=None, validator=validator(whole, minimum=0, none=True)
+    )
+    max_per_second: float | None = attrs.field(
+        default=None, validator=validator(positive, none=True)
+    )
     journal: str | os.PathLike[str] | JobStore | None = None
     download_dir: str | os.PathLike[str] | None = None
     ordered: bool = False
     max_retries: int | None = None
     retry_ambiguous: bool | None = None
     follow: bool = False
-    poll_interval: float = attrs.field(default=1.0, validator=_positive_or_none)
+    poll_interval: float = attrs.field(default=1.0, validator=validator(positive))
+
+
+class _RunKWs(TypedDict, total=False):
+    concurrency: int
+    max_credits: int | None
+    max_per_second: float | None
+    download_dir: str | os.PathLike[str] | None
+    max_retries: int | None
+    retry_ambiguous: bool | None
+
+
+class BatchKWs(_RunKWs, total=False):
+    """The options of :meth:`AsyncNanoBanana.batch` and ``run_batch`` (see
+    :class:`BatchOptions`), typed for ``**options: Unpack[BatchKWs]``."""
+
+    journal: str | os.PathLike[str] | JobStore | None
+    ordered: bool
+
+
+class WorkerKWs(_RunKWs, total=False):
+    """The options of :meth:`AsyncNanoBanana.worker` and ``run_worker`` (see
+    :class:`BatchOptions`; the store is the worker's first argument)."""
+
+    follow: bool
+    poll_interval: float
+
+
+def options_from(
+    kwargs: Mapping[str, Any], allowed: type[BatchKWs] | type[WorkerKWs], call: str, **more: Any
+) -> BatchOptions:
+    """:class:`BatchOptions` from the keywords of ``call``; one it does not take is refused as
+    Python refuses it, naming the closest one it does take."""
+    known = allowed.__annotations__.keys()
+    for name in kwargs:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{call}() got an unexpected keyword argument {name!r}{hint}")
+    return BatchOptions(**kwargs, **more)

@@ -17,12 +17,11 @@ from ..errors import (
     InvalidRequestError,
     NanoBananaError,
 )
+from ..limits import Caps, Layered
 from ..models import Generation, Job
 from ..retry import CallStats, RetryPolicy
 from .files import download_images, in_directory
 from .journal import JournalRecord
-from .money import CreditBudget, JobMoney, NoRoomForAttempt
-from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
 from .stores import Begin, StoreError, StoreSession, StoreUnavailableError
@@ -74,18 +73,20 @@ class _Stopped(Exception):
 
 
 class _Attempts:
-    """The batch's side of each attempt of one job: stop check, reservation, rate limit, and
-    (first attempt) the store's ``sending`` record."""
+    """The batch's side of each attempt of one job: the stop check before and after the waits,
+    and (before the first, and before one that follows an attempt whose answer was lost) the
+    store's ``sending`` record. Admission and settlement are the limits': the batch's caps
+    over the client's (:class:`~nanobanana_async.limits.Layered`)."""
 
-    __slots__ = ("_item", "_key", "_money", "_processor", "last_error", "recorded", "told")
+    __slots__ = ("_call", "_item", "_key", "_processor", "last_error", "recorded", "told")
 
     def __init__(
-        self, processor: JobProcessor, money: JobMoney, item: Item, key: str | None
+        self, processor: JobProcessor, item: Item, key: str | None, call: CallStats
     ) -> None:
         self._processor = processor
-        self._money = money
         self._item = item
         self._key = key
+        self._call = call
         self.last_error: BaseException | None = None
         self.recorded = False  # the store holds this job as "sending"
         self.told = 0  # the may-have-been-spent credits the store has for this job
@@ -94,25 +95,13 @@ class _Attempts:
         processor = self._processor
         if processor.stats.stopped_reason is not None:
             raise _Stopped
-        # Every attempt that may be charged holds its own reservation (a retry after a lost
-        # answer included), taken before the rate limit so a slot is never spent waiting.
-        if not await self._money.reserve():
-            raise NoRoomForAttempt
-        try:
-            # The client's limits (cool-down, shared credits and start slot) admit the
-            # attempt inside the batch's own rate slot: the batch's cap holds inside theirs.
-            if processor.limiter is not None:
-                await processor.limiter.acquire(admit)
-            else:
-                await admit()
-        except BaseException:
-            self._money.unused()
-            raise
-        store, item, money = processor.store, self._item, self._money
+        # Budget, rate and the client's limits; released by the retry loop if not sent.
+        await admit()
+        store, item, uncertain = processor.store, self._item, self._call.uncertain
         if (
             store is not None
             and item.id is not None
-            and (not self.recorded or money.uncertain > self.told)
+            and (not self.recorded or uncertain > self.told)
         ):
             # Recorded (and committed) before the request leaves: a kill from here on leaves
             # the job visible as ambiguous, never silently sent again; and before a retry of
@@ -120,25 +109,21 @@ class _Attempts:
             try:
                 with anyio.CancelScope(shield=True):
                     sending = await store.sending(
-                        item.id, self._key, money.cost, uncertain=money.uncertain
+                        item.id, self._key, item.cost, uncertain=uncertain
                     )
             except StoreError as exc:
-                money.unused()
                 raise _StoreFailed(exc) from None
             if not sending:
-                money.unused()
                 raise _LeaseLost
             self.recorded = True
-            self.told = money.uncertain
+            self.told = uncertain
         # Checked after the waits (budget, rate limits, 429 cool-down, retry backoff): a job
         # that was waiting when a 401 or "insufficient credits" came back must not send.
         if processor.stats.stopped_reason is not None:
-            self._money.unused()
             raise _Stopped
 
     def attempt_failed(self, outcome: BaseException) -> None:
         self.last_error = outcome
-        self._money.attempt_failed(outcome)
 
 
 class JobProcessor:
@@ -155,16 +140,16 @@ class JobProcessor:
         policy: RetryPolicy,
         stats: BatchStats,
         *,
-        limiter: RateLimiter | None,
-        budget: CreditBudget | None,
+        caps: Caps | None,
         download_dir: pathlib.Path | None,
         on_store_failure: Callable[[], object] = lambda: None,
     ) -> None:
         self.sender = sender
         self.policy = policy
         self.stats = stats
-        self.limiter = limiter
-        self.budget = budget
+        # The batch's max_credits and max_per_second, layered over the client's limits for
+        # each job; None: the client's limits alone.
+        self.caps = caps
         self.download_dir = download_dir
         self.store: StoreSession | None = None
         # Why a job did not fit max_credits (the batch's or the client's limits'): a worker
@@ -244,21 +229,26 @@ class JobProcessor:
         self.stats.credits_estimated += item.cost
         if self.stats.stopped_reason is not None:
             return await self._journal(self._skipped_stopped(item, job))
-        money = JobMoney(self.budget, item.cost)
-        if not await money.reserve():
-            assert self.budget is not None
+        caps = self.caps
+        limits = caps.over(self.sender.limits, item.cost) if caps is not None else None
+        # The first attempt's credits are reserved before the job is dispatched: one that can
+        # never fit is skipped unsent (and a worker stops claiming).
+        if limits is not None and not await limits.hold():
+            budget = caps.budget if caps is not None else None
+            assert budget is not None  # only a budget refuses to hold
             reason = (
-                f"over budget: needs {item.cost} credits, {self.budget.left} of "
-                f"max_credits={self.budget.limit} left"
+                f"over budget: needs {item.cost} credits, {budget.left} of "
+                f"max_credits={budget.limit} left"
             )
             self.over_budget = self.over_budget or reason
             return await self._journal(
                 JobResult(item.index, job, "skipped", item.id, reason=reason)
             )
         if self.stats.stopped_reason is not None:  # stopped while waiting for the budget
-            money.unused()
+            if limits is not None:
+                limits.release()
             return await self._journal(self._skipped_stopped(item, job))
-        return await self._send(item, job, money, key)
+        return await self._send(item, job, limits, key)
 
     async def _begin(self, job_id: str, index: int, job: Job) -> Begin:
         assert self.store is not None
@@ -270,15 +260,17 @@ class JobProcessor:
             # Another run holds the job: wait (cancellable) for it to finish or to expire.
             await anyio.sleep(begin.wait)
 
-    async def _send(self, item: Item, job: Job, money: JobMoney, key: str | None) -> JobResult:
-        attempts = _Attempts(self, money, item, key)
+    async def _send(
+        self, item: Item, job: Job, limits: Layered | None, key: str | None
+    ) -> JobResult:
         call = CallStats()
+        attempts = _Attempts(self, item, key, call)
         started = time.perf_counter()
         self.stats.started += 1
         self.stats.in_flight += 1
         try:
-            generation = await self.sender.send_job(
-                job, self.policy, call, attempts, idempotency_key=key
+            generation = await self.sender.send(
+                job, self.policy, call, attempts, idempotency_key=key, limits=limits
             )
         except NanoBananaError as exc:
             if isinstance(exc, BudgetExceededError) and call.attempts == 0:
@@ -288,13 +280,24 @@ class JobProcessor:
                 return await self._journal(
                     JobResult(item.index, job, "skipped", item.id, reason=str(exc))
                 )
+            if limits is not None and exc is limits.refused:
+                # The batch's max_credits has no room for a retry of an attempt whose answer
+                # was lost: the job fails with what it may have cost.
+                exc = NanoBananaError(
+                    f"not retried after {call.attempts} attempt(s): {exc} while "
+                    f"{call.uncertain} credits may have been spent on this job; last error: "
+                    f"{attempts.last_error}"
+                )
             if isinstance(exc, _STOP_ERRORS):
                 self.stop(exc)
             error: NanoBananaError | None = exc
         except _LeaseLost:
-            reason = "another worker took this job (this run's lease on it expired): not sent"
             if call.attempts == 0:
+                # A run writes a job's row when it records "sending": another run or worker
+                # that recorded it first holds it (or this run's claim on it expired).
+                reason = "another run or worker took this job first: not sent by this run"
                 return JobResult(item.index, job, "skipped", item.id, reason=reason)
+            reason = "another worker took this job (this run's lease on it expired): not sent"
             error = NanoBananaError(f"not retried after {call.attempts} attempt(s): {reason}")
         except _StoreFailed as failed:
             if call.attempts == 0:
@@ -306,32 +309,26 @@ class JobProcessor:
                 f"record the next one ({failed.error})"
             )
         except _Stopped:
-            money.unused()
+            if limits is not None:
+                limits.release()
             if call.attempts == 0:
                 return await self._journal(self._skipped_stopped(item, job))
             error = NanoBananaError(
                 f"not retried after {call.attempts} failed attempt(s): "
                 f"batch stopped: {self.stats.stopped_reason}"
             )
-        except NoRoomForAttempt:
-            assert self.budget is not None
-            error = NanoBananaError(
-                f"not retried after {call.attempts} attempt(s): max_credits="
-                f"{self.budget.limit} has no room for another attempt while "
-                f"{money.uncertain} credits may have been spent on this job; last error: "
-                f"{attempts.last_error}"
-            )
         except BaseException:
-            # Cancelled: an attempt in progress was settled by attempt_failed (kept, since the
+            # Cancelled: an attempt in progress was settled by the limits (kept, since the
             # server may have charged it); a reservation no attempt used goes back.
-            money.unused()
+            if limits is not None:
+                limits.release()
             # Sent: reported, with what it may have cost, and recorded as such (ambiguous),
             # like any result: a store that cannot take it keeps it in its spool.
-            ended = _cancelled_send(item, job, call.attempts, money, started)
+            ended = _cancelled_send(item, job, call, started)
             if attempts.recorded and self.store is not None and item.id is not None:
                 try:
                     with anyio.CancelScope(shield=True):
-                        if money.uncertain:
+                        if call.uncertain:
                             await self.store.record(ended)
                         else:  # every attempt sent got a clear answer: nothing was charged
                             await self.store.release(item.id)
@@ -346,12 +343,15 @@ class JobProcessor:
                 self._cancelled(ended)
             raise
         else:
-            money.succeeded(generation.credits)
             error = None
         finally:
+            # A reservation held for an attempt that never came (stopped, cancelled, refused
+            # before the first one) goes back.
+            if limits is not None:
+                limits.release()
             self.stats.in_flight -= 1
         if error is None:
-            return await self._generated(item, job, generation, money, call, started)
+            return await self._generated(item, job, generation, call, started)
         return await self._journal(
             JobResult(
                 item.index,
@@ -361,7 +361,7 @@ class JobProcessor:
                 error=error,
                 attempts=call.attempts,
                 elapsed=time.perf_counter() - started,
-                credits_may_have_been_spent=money.uncertain,
+                credits_may_have_been_spent=call.uncertain,
             )
         )
 
@@ -370,7 +370,6 @@ class JobProcessor:
         item: Item,
         job: Job,
         generation: Generation,
-        money: JobMoney,
         call: CallStats,
         started: float,
     ) -> JobResult:
@@ -383,7 +382,7 @@ class JobProcessor:
             attempts=call.attempts,
             elapsed=time.perf_counter() - started,
             credits=generation.credits,
-            credits_may_have_been_spent=money.uncertain,
+            credits_may_have_been_spent=call.uncertain,
         )
         if self.download_dir is None or item.stem is None:
             return await self._journal(result)
@@ -468,12 +467,10 @@ class JobProcessor:
         return await self._journal(result)
 
 
-def _cancelled_send(
-    item: Item, job: Job, attempts: int, money: JobMoney, started: float
-) -> JobResult:
+def _cancelled_send(item: Item, job: Job, call: CallStats, started: float) -> JobResult:
     lost = (
-        f": the answer never came back, so {money.uncertain} credits may have been spent"
-        if money.uncertain
+        f": the answer never came back, so {call.uncertain} credits may have been spent"
+        if call.uncertain
         else ""
     )
     return JobResult(
@@ -481,10 +478,10 @@ def _cancelled_send(
         job,
         "failed",
         item.id,
-        error=NanoBananaError(f"cancelled after {attempts} attempt(s){lost}"),
-        attempts=attempts,
+        error=NanoBananaError(f"cancelled after {call.attempts} attempt(s){lost}"),
+        attempts=call.attempts,
         elapsed=time.perf_counter() - started,
-        credits_may_have_been_spent=money.uncertain,
+        credits_may_have_been_spent=call.uncertain,
     )
 
 

@@ -1,104 +1,99 @@
-"""The async iterator a batch is consumed through, and the background task it runs in."""
+"""The async iterator a batch is consumed through, and the task its work runs in."""
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import collections
 import math
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import anyio
 import anyio.lowlevel
-import attrs
-import sniffio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import InvalidRequestError, NanoBananaError
+from ..errors import NanoBananaError
+from ..validation import seconds
 from .options import BatchOptions, JobInput
+from .owner import Background, BatchRegistry, OwnedGroup
 from .results import BatchReport, BatchStats, JobResult
-from .runner import Collector, ResultSink, Runner
+from .runner import Collector, PlainSink, ResultSink, Runner
 from .sender import JobSender
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
 
-__all__ = ["BatchRegistry", "BatchRun", "run_to_report"]
+__all__ = ["BatchRun", "run_to_report"]
+
+_TASK = "nanobanana batch"
+_NO_OWNER = (
+    "iterate this batch inside `async with client.batch(...) as run:`, or open the client "
+    "first with `async with AsyncNanoBanana(...) as client:`: a batch's work runs in a task "
+    "group that one of them owns"
+)
 
 
-@attrs.define(eq=False)
-class _Background:
-    """What a batch's background task shares with its :class:`BatchRun` and the client.
+class _Handover(PlainSink):
+    """Results on their way from a batch's workers to its consumer.
 
-    Never the ``BatchRun`` itself: a task holding it would keep it alive, so breaking out of
-    ``async for`` (which only drops the reference) would not reach ``__del__`` and the
-    workers would go on generating, and paying, with nobody reading the results.
+    The runner's permits keep fewer than ``concurrency`` results here, so handing one over never
+    blocks. A queue and an event rather than a memory stream: nothing in it needs closing, so a
+    run its consumer dropped without closing it leaves nothing behind to warn about.
     """
 
-    scope: anyio.CancelScope
-    finished: anyio.Event
-    started: float
-    stats: BatchStats
-    failure: BaseException | None = None
-    ended: float | None = None
-    task: Any = None
-    completed: bool = False
-
-
-class BatchRegistry:
-    """The batches of one client still running, so that closing the client can stop them.
-
-    Closing the connection pool under a running batch would strand the connections it was
-    still opening: :meth:`close` cancels each batch and waits (a few seconds at most) for it.
-    """
+    __slots__ = ("_items", "_ready", "ended")
 
     def __init__(self) -> None:
-        self._running: set[_Background] = set()
+        self._items: collections.deque[JobResult] = collections.deque()
+        self._ready: anyio.Event | None = None
+        self.ended = False
 
-    def add(self, state: _Background) -> None:
-        self._running.add(state)
+    async def send(self, item: JobResult, /) -> None:
+        # The checkpoint first, as a stream's send: cancelled, the result is not handed over.
+        await anyio.lowlevel.checkpoint()
+        self._items.append(item)
+        self._wake()
 
-    def discard(self, state: _Background) -> None:
-        self._running.discard(state)
+    def _wake(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.set()
 
-    async def close(self) -> None:
-        """Cancel every running batch and wait for them to end.
+    def end(self) -> None:
+        """No more results will come."""
+        self.ended = True
+        self._wake()
 
-        A consumer still reading one gets an error rather than a quiet, short end: results it
-        never got would otherwise look like a batch that finished.
-        """
-        batches = list(self._running)
-        for batch in batches:
-            if not batch.completed and batch.failure is None:
-                batch.failure = NanoBananaError(
-                    "the AsyncNanoBanana client was closed (aclose) while this batch was running: "
-                    f"it stopped after {batch.stats.finished} job(s) finished, before every job "
-                    "was reported. Close the client after the batch ends (a journal keeps what "
-                    "finished, so a rerun resumes)"
-                )
-            batch.scope.cancel()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            for batch in batches:
-                await batch.finished.wait()
+    async def receive(self) -> JobResult:
+        """The next result; ``anyio.EndOfStream`` once every one was taken after :meth:`end`."""
+        while not self._items:
+            if self.ended:
+                raise anyio.EndOfStream
+            if self._ready is None:
+                self._ready = anyio.Event()
+            await self._ready.wait()
+        await anyio.lowlevel.checkpoint()  # cancelled here, the result stays for the next call
+        return self._items.popleft()
+
+    def take_all(self) -> list[JobResult]:
+        taken = list(self._items)
+        self._items.clear()
+        return taken
 
 
-async def _run_in_background(
-    runner: Runner,
-    state: _Background,
-    send: ResultSink,
-    registry: BatchRegistry,
-) -> None:
-    # The batch's span is current in this task only (never across the consumer's yields); the
-    # workers started below inherit it. (``BatchRun.collect`` runs this in the caller's task:
-    # the span is current there until the batch ends.)
+async def _run(runner: Runner, state: Background, out: ResultSink, registry: BatchRegistry) -> None:
+    """Run a batch to its end, its failure kept for its consumer: never raised into the task
+    group it runs in, whose cancel scope covers the owner's code."""
     telemetry = runner.telemetry
-    span = telemetry.start_batch(runner.options) if telemetry is not None else None
+    span = None
     try:
         with state.scope:
             try:
-                await runner.run(send)
+                # The batch's span is current in this task only (never across the consumer's
+                # yields); the workers started below inherit it. (collect() runs this in the
+                # caller's task: the span is current there until the batch ends.)
+                span = telemetry.start_batch(runner.options) if telemetry is not None else None
+                await runner.run(out)
                 state.completed = True
             except anyio.get_cancelled_exc_class():
                 raise
@@ -108,17 +103,24 @@ async def _run_in_background(
         state.ended = time.perf_counter()
         if span is not None:
             span.end(state.stats, state.failure, state.completed)
+        if isinstance(out, _Handover):
+            out.end()
         state.finished.set()
         registry.discard(state)
 
 
 class BatchRun:
-    """The async iterator returned by :meth:`AsyncNanoBanana.batch`.
+    """The async iterator returned by :meth:`AsyncNanoBanana.batch` (and ``worker``).
 
-    Results arrive as jobs finish (in input order with ``ordered=True``). The work runs in a
-    background task tied to this object: breaking out of ``async for``, cancelling the scope
-    around it, or :meth:`aclose` cancels the requests in flight. ``async with`` around it also
-    waits for that background task to end. ``stats`` are live counters.
+    Results arrive as jobs finish (in input order with ``ordered=True``). Iterated, the work
+    runs in a task of a task group that an ``async with`` owns: this run's own (``async with
+    client.batch(...) as run:``), else its client's (``async with AsyncNanoBanana(...) as
+    client:``). Leaving this run's ``async with``, cancelling the scope around the loop, or
+    :meth:`aclose` cancels the requests in flight and waits for the batch to end. A loop left
+    with ``break`` and nothing more costs at most the jobs already in flight (a job is
+    dispatched only when the consumer asks for a result); the rest stops when the owner's block
+    ends. :meth:`collect` runs the batch in the caller's task instead. ``stats`` are live
+    counters.
     """
 
     def __init__(
@@ -130,14 +132,14 @@ class BatchRun:
         *,
         telemetry: Telemetry | None = None,
     ) -> None:
-        # Set before the runner, which validates ``jobs`` and may raise: ``__del__`` still runs
-        # on the half-built object and reads these.
-        self._receive: MemoryObjectReceiveStream[JobResult] | None = None
-        self._state: _Background | None = None
         self._runner = Runner(sender, jobs, options, telemetry)
         self._registry = registry
+        self._handover: _Handover | None = None
+        self._state: Background | None = None
+        self._owned = OwnedGroup()  # entered by this run's own ``async with``
+        self._closed = False
         self._deadline = math.inf  # when stop(grace=...) cancels what is still in flight
-        self._unread: list[JobResult] = []  # handed over, never read: closed with them queued
+        self._unread: list[JobResult] = []  # handed over, never read: closed with them waiting
 
     @property
     def stats(self) -> BatchStats:
@@ -151,8 +153,8 @@ class BatchRun:
             return 0.0
         return (self._state.ended or time.perf_counter()) - self._state.started
 
-    def _new_state(self) -> _Background:
-        state = self._state = _Background(
+    def _new_state(self) -> Background:
+        state = self._state = Background(
             anyio.CancelScope(deadline=self._deadline),
             anyio.Event(),
             time.perf_counter(),
@@ -162,41 +164,24 @@ class BatchRun:
         self._registry.add(state)
         return state
 
-    def _start(self) -> MemoryObjectReceiveStream[JobResult]:
-        send, receive = anyio.create_memory_object_stream[JobResult](
-            self._runner.options.concurrency
-        )
-        self._receive = receive
+    def _start(self) -> _Handover:
+        # The work outlives each __anext__ call, so it runs in a task of its own, in the group
+        # of whichever async with owns this run; never in a task nothing owns.
+        group = self._owned.group or self._registry.group
+        if self._registry.closed:
+            raise NanoBananaError("this AsyncNanoBanana client is closed; create a new one")
+        if group is None:
+            raise NanoBananaError(f"this batch has no owner: {_NO_OWNER}")
+        handover = self._handover = _Handover()
         state = self._new_state()
-        # The work must outlive each __anext__ call but not the batch; a task group cannot
-        # span the caller's yields, so it runs as its own top-level task that this object
-        # cancels. Trio needs a system task for that; asyncio a plain task.
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            trio.lowlevel.spawn_system_task(
-                _run_in_background,
-                self._runner,
-                state,
-                send,
-                self._registry,
-                name="nanobanana batch",
-                context=contextvars.copy_context(),
-            )
-        else:
-            import asyncio
-
-            state.task = asyncio.get_running_loop().create_task(
-                _run_in_background(self._runner, state, send, self._registry),
-                name="nanobanana batch",
-            )
-        return receive
+        group.start_soon(_run, self._runner, state, handover, self._registry, name=_TASK)
+        return handover
 
     async def collect(self) -> list[JobResult]:
         """Run the whole batch in the calling task and return every result, in the order they
         finished (input order with ``ordered=True``).
 
-        What :meth:`AsyncNanoBanana.run_batch` does: no background task and no stream
+        What :meth:`AsyncNanoBanana.run_batch` does: no task of its own and no hand-over
         between tasks (its consumer always wants the next result at once), with the same
         cancellation, failure hand-over and closing by the client as iterating.
         """
@@ -204,7 +189,7 @@ class BatchRun:
             raise NanoBananaError("this batch has already started: iterate it, or collect once")
         collector = Collector(self._runner.permits)
         state = self._new_state()
-        await _run_in_background(self._runner, state, collector, self._registry)
+        await _run(self._runner, state, collector, self._registry)
         if state.failure is not None:
             failure, state.failure = state.failure, None
             raise failure from None
@@ -215,25 +200,27 @@ class BatchRun:
         return self
 
     async def __anext__(self) -> JobResult:
-        receive = self._receive
-        if receive is None and self._state is not None:
+        handover = self._handover
+        if handover is None and self._state is not None:
             # Started by collect(): starting again would send (and pay for) every job twice.
             # Raised before the try below, which would cancel that collect.
             raise NanoBananaError(
                 "this batch was run with collect(): its results are what collect() returned; "
                 "iterate a batch or collect it, once"
             )
+        if self._closed:
+            raise StopAsyncIteration
         try:
-            if receive is None:
-                receive = self._start()
+            if handover is None:
+                handover = self._start()
             else:
                 # Asking for the next result is what lets one more job be dispatched: a
                 # consumer that stops asking, or is being cancelled, costs no more than the
                 # jobs already in flight.
                 await anyio.lowlevel.checkpoint_if_cancelled()
                 self._runner.permits.release()
-            return await receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return await handover.receive()
+        except anyio.EndOfStream:
             state = self._state
             if state is not None:
                 await state.finished.wait()
@@ -262,8 +249,7 @@ class BatchRun:
         if self._state is not None and self._state.finished.is_set():
             return
         if grace is not None:
-            if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-                raise InvalidRequestError(f"grace must be seconds >= 0, got {grace!r}")
+            seconds(grace, "grace", infinite=True)
             self._deadline = min(self._deadline, anyio.current_time() + grace)
             if self._state is not None:
                 self._state.scope.deadline = self._deadline
@@ -274,22 +260,21 @@ class BatchRun:
             self._state.scope.cancel()
 
     async def aclose(self) -> None:
-        """Cancel what is in flight and wait (up to a few seconds) for the batch to end."""
+        """Cancel what is in flight and wait (up to a few seconds) for the batch to end; its
+        results not yet read are kept for :meth:`report`. Iterating it again ends at once."""
+        self._closed = True
         self._cancel()
         if self._state is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._state.finished.wait()
-        receive = self._receive
-        if receive is not None:
+        if self._handover is not None:
             # Results handed over and never read are still this batch's: report() has them.
-            with contextlib.suppress(
-                anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError
-            ):
-                while True:
-                    self._unread.append(receive.receive_nowait())
-            receive.close()
+            self._unread.extend(self._handover.take_all())
 
     async def __aenter__(self) -> Self:
+        """Own the task group the batch will run in (``async with client.batch(...) as run``),
+        whether or not the client was opened with ``async with``."""
+        await self._owned.enter()
         return self
 
     async def __aexit__(
@@ -298,14 +283,10 @@ class BatchRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        # Breaking out of ``async for`` drops the last reference: stop the work right away.
-        with contextlib.suppress(Exception):  # the event loop may already be gone at shutdown
-            self._cancel()
-        if self._receive is not None:
-            self._receive.close()
+        try:
+            await self.aclose()
+        finally:
+            await self._owned.leave()
 
     def report(self, results: Sequence[JobResult]) -> BatchReport:
         """A :class:`BatchReport` over ``results`` with this batch's totals.
@@ -323,7 +304,10 @@ class BatchRun:
 
 
 async def run_to_report(run: BatchRun) -> BatchReport:
-    """Run ``run`` to the end (:meth:`BatchRun.collect`) and build its report."""
-    async with run:
+    """Run ``run`` to the end (:meth:`BatchRun.collect`, in the calling task) and build its
+    report."""
+    try:
         results = await run.collect()
+    finally:
+        await run.aclose()
     return run.report(results)

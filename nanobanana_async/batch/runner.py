@@ -8,7 +8,7 @@ import math
 import pathlib
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -16,11 +16,10 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import InvalidRequestError, NanoBananaError
+from ..limits import Caps
 from .feeds import ClaimFeed, Feed, InputFeed
-from .money import CreditBudget
 from .options import BatchOptions, JobInput
 from .process import JobProcessor
-from .rate import RateLimiter
 from .results import BatchStats, JobResult
 from .sender import JobSender
 from .stores import StoreError, StoreSession, StoreUnavailableError, open_store
@@ -28,7 +27,7 @@ from .stores import StoreError, StoreSession, StoreUnavailableError, open_store
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
 
-__all__ = ["Collector", "ResultSink", "Runner", "single_error"]
+__all__ = ["Collector", "PlainSink", "ResultSink", "Runner", "single_error"]
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -87,10 +86,13 @@ class Runner:
             raise _not_a_directory(directory)
         self.processor = JobProcessor(
             sender,
-            sender.policy_for(options.max_retries, options.retry_ambiguous),
+            sender.policy(options.max_retries, options.retry_ambiguous),
             self.stats,
-            limiter=RateLimiter(options.max_per_second) if options.max_per_second else None,
-            budget=CreditBudget(options.max_credits) if options.max_credits is not None else None,
+            caps=(
+                Caps(max_credits=options.max_credits, max_per_second=options.max_per_second)
+                if options.max_credits is not None or options.max_per_second is not None
+                else None
+            ),
             download_dir=self.download_dir,
             on_store_failure=self._wake,
         )
@@ -305,7 +307,28 @@ class ResultSink(Protocol):
     ) -> Any: ...
 
 
-class Collector:
+class PlainSink:
+    """A sink with nothing to close: every worker shares it (its clone is itself) and leaving
+    ``async with`` does nothing. What a result reaching it means is the subclass's."""
+
+    __slots__ = ()
+
+    def clone(self) -> Self:
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class Collector(PlainSink):
     """The consumer ``run_batch`` needs: every result into a list as it comes, and at once a
     permit back (it asks for the next result right away), with no stream between tasks.
 
@@ -322,20 +345,6 @@ class Collector:
         await anyio.lowlevel.checkpoint()
         self.results.append(item)
         self._permits.release()
-
-    def clone(self) -> Collector:
-        return self
-
-    async def __aenter__(self) -> Collector:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
 
 async def _maintain(store: StoreSession, processor: JobProcessor) -> None:

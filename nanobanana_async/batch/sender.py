@@ -6,6 +6,7 @@ import os
 import pathlib
 from typing import Protocol
 
+from ..limits import Limits
 from ..models import Generation, Job
 from ..pricing import PricingTable
 from ..retry import AttemptHooks, CallStats, RetryPolicy
@@ -14,7 +15,8 @@ __all__ = ["JobSender"]
 
 
 class JobSender(Protocol):
-    """What a batch sends its jobs through; :class:`~nanobanana_async.AsyncNanoBanana` is one.
+    """What a batch sends its jobs through; each client hands its batches one (an adapter over
+    its private plumbing).
 
     The runner depends on this protocol, never on the client class, so the client imports the
     batch package and not the other way round.
@@ -25,7 +27,13 @@ class JobSender(Protocol):
         """The pricing table jobs are validated and priced with."""
         ...
 
-    def policy_for(self, max_retries: int | None, retry_ambiguous: bool | None) -> RetryPolicy:
+    @property
+    def limits(self) -> Limits:
+        """The limits every attempt of the sender is admitted by (a batch layers its own caps
+        over them)."""
+        ...
+
+    def policy(self, max_retries: int | None, retry_ambiguous: bool | None) -> RetryPolicy:
         """The sender's retry policy with these overrides applied."""
         ...
 
@@ -34,7 +42,7 @@ class JobSender(Protocol):
         refusing): asked once before the first job."""
         ...
 
-    async def send_job(
+    async def send(
         self,
         job: Job,
         policy: RetryPolicy,
@@ -42,10 +50,12 @@ class JobSender(Protocol):
         hooks: AttemptHooks | None = None,
         *,
         idempotency_key: str | None = None,
+        limits: Limits | None = None,
     ) -> Generation:
         """Generate ``job`` under ``policy``, counting attempts in ``stats`` and calling
         ``hooks`` around each attempt. ``idempotency_key`` (a job store's, kept across runs)
-        is sent on every attempt; None makes a fresh one for this call."""
+        is sent on every attempt; None makes a fresh one for this call. ``limits`` admit and
+        settle each attempt instead of the sender's own (a batch's caps layered over them)."""
         ...
 
     async def download(self, url: str, path: str | os.PathLike[str]) -> pathlib.Path:

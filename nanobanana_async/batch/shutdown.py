@@ -19,7 +19,7 @@ from typing import Final
 
 import anyio
 
-from ..errors import InvalidRequestError
+from ..validation import seconds
 from .run import BatchRun
 from .runner import single_error
 
@@ -44,9 +44,7 @@ class GracefulStop:
     """
 
     def __init__(self, grace: float = DEFAULT_GRACE) -> None:
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-            raise InvalidRequestError(f"grace must be seconds >= 0, got {grace!r}", param="grace")
-        self.grace = float(grace)
+        self.grace = float(seconds(grace, "grace", infinite=True))
         self.signal: signal.Signals | None = None
         self.requests = 0
         self._runs: list[BatchRun] = []

@@ -33,6 +33,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream
     from rich.table import Table
 
     from ..batch.stores import SqlStore, StoreStatus
@@ -338,15 +339,15 @@ def cmd_recover(args: argparse.Namespace) -> int:
 async def _download(
     store: SqlStore, client: AsyncNanoBanana, directory: pathlib.Path, concurrency: int
 ) -> tuple[int, int, int]:
-    import asyncio
+    import anyio
 
     from ..batch.files import file_stem, image_filename
 
     fetched = present = failed = 0
-    limit = asyncio.Semaphore(concurrency)
 
-    async def one(row: dict[str, Any], stem: str) -> None:
+    async def one(row: dict[str, Any]) -> None:
         nonlocal fetched, present, failed
+        stem = file_stem(row["id"])
         paths: list[str] = []
         error = None
         for position, url in enumerate(row["urls"]):
@@ -355,8 +356,7 @@ async def _download(
                 present += 1
             else:
                 try:
-                    async with limit:
-                        await client.download(url, target)
+                    await client.download(url, target)
                     fetched += 1
                 except (NanoBananaError, OSError) as exc:
                     failed += 1
@@ -365,16 +365,22 @@ async def _download(
             paths.append(str(target))
         await store.set_files(row["id"], paths, error)
 
-    pending: set[asyncio.Task[None]] = set()
-    async for row in store.rows(done_only=True):
-        stem = file_stem(row["id"])
-        task = asyncio.create_task(one(row, stem))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-        if len(pending) >= concurrency * 4:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-    if pending:
-        await asyncio.gather(*pending)
+    # ``concurrency`` downloaders in one task group, fed the rows as they are read: memory
+    # stays flat however many rows the store holds.
+    send, receive = anyio.create_memory_object_stream[dict[str, Any]]()
+
+    async def downloader(rows: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+        async with rows:
+            async for row in rows:
+                await one(row)
+
+    async with anyio.create_task_group() as tg:
+        async with receive:
+            for _ in range(concurrency):
+                tg.start_soon(downloader, receive.clone())
+        async with send:
+            async for row in store.rows(done_only=True):
+                await send.send(row)
     return fetched, present, failed
 
 

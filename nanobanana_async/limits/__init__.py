@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Limits, LimitsStatus, Permit
+from .base import Limits, LimitsStatus, Permit, ending
 from .budget import CreditBudget
 from .cooldown import Cooldown
+from .layered import Caps, Layered
 from .local import LocalLimits
 from .spacing import RateLimiter
 
@@ -20,14 +21,17 @@ if TYPE_CHECKING:
     from .redis import RedisLimits
 
 __all__ = [
+    "Caps",
     "Cooldown",
     "CreditBudget",
+    "Layered",
     "Limits",
     "LimitsStatus",
     "LocalLimits",
     "Permit",
     "RateLimiter",
     "RedisLimits",
+    "ending",
 ]
 
 

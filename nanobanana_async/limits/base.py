@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Limits", "LimitsStatus", "Permit"]
+from ..errors import may_have_charged
+
+__all__ = ["Ending", "Limits", "LimitsStatus", "Permit", "ending"]
+
+Ending = Literal["spent", "keep", "release"]
+
+
+def ending(spent: int | None, outcome: BaseException | None) -> Ending:
+    """How an attempt's reservation ends: the money rule, for every ledger that keeps one.
+
+    Every attempt that may be charged holds a reservation of its own. It is ``"spent"`` when
+    the attempt generated (``spent`` credits: the rest of it is released), ``"keep"`` (may have
+    been spent) when it ended with an ``outcome`` after which the server may have charged (a
+    connection lost after sending, an unreadable success body, a cancellation:
+    :func:`~nanobanana_async.errors.may_have_charged`), and ``"release"`` when it cannot have
+    charged (a clear error answer, a request that never left, an attempt never sent). A budget
+    is therefore never exceeded, whatever the server did with a request whose answer was lost.
+    """
+    if spent is not None:
+        return "spent"
+    if outcome is not None and may_have_charged(outcome):
+        return "keep"
+    return "release"
 
 
 @attrs.define(eq=False, slots=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import anyio
 
+from .base import ending
+
 __all__ = ["CreditBudget"]
 
 
@@ -49,3 +51,16 @@ class CreditBudget:
         self.spent += spent
         self.uncertain += uncertain
         self._notify()
+
+    def end_attempt(
+        self, cost: int, *, spent: int | None = None, outcome: BaseException | None = None
+    ) -> None:
+        """End an attempt's reservation of ``cost`` by the money rule (:func:`ending`): spent
+        (at most ``cost``), kept as may-have-been-spent, or released."""
+        how = ending(spent, outcome)
+        if how == "spent":
+            self.settle(cost, spent=min(spent or 0, cost))
+        elif how == "keep":
+            self.settle(cost, uncertain=cost)
+        else:
+            self.settle(cost)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
-from ..errors import BudgetExceededError, InvalidRequestError, may_have_charged
+from ..errors import BudgetExceededError
+from ..validation import positive, whole
 from .base import LimitsStatus, Permit
 from .budget import CreditBudget
 from .cooldown import Cooldown
@@ -15,22 +14,8 @@ __all__ = ["LocalLimits", "check_caps"]
 
 def check_caps(max_per_second: float | None, max_credits: int | None) -> None:
     """Refuse caps that are not a positive rate or a whole number of credits >= 0."""
-    if max_per_second is not None and (
-        isinstance(max_per_second, bool)
-        or not isinstance(max_per_second, int | float)
-        or not 0 < max_per_second < math.inf
-    ):
-        raise InvalidRequestError(
-            f"max_per_second must be a positive number, got {max_per_second!r}",
-            param="max_per_second",
-        )
-    if max_credits is not None and (
-        isinstance(max_credits, bool) or not isinstance(max_credits, int) or max_credits < 0
-    ):
-        raise InvalidRequestError(
-            f"max_credits must be an integer >= 0 or None, got {max_credits!r}",
-            param="max_credits",
-        )
+    positive(max_per_second, "max_per_second", none=True)
+    whole(max_credits, "max_credits", minimum=0, none=True)
 
 
 class LocalLimits:
@@ -122,14 +107,8 @@ class LocalLimits:
         if permit.settled:
             return True
         permit.settled = True
-        if self._budget is None or not permit.cost:
-            return True
-        if spent is not None:
-            self._budget.settle(permit.cost, spent=min(spent, permit.cost))
-        elif outcome is not None and may_have_charged(outcome):
-            self._budget.settle(permit.cost, uncertain=permit.cost)
-        else:
-            self._budget.settle(permit.cost)
+        if self._budget is not None and permit.cost:
+            self._budget.end_attempt(permit.cost, spent=spent, outcome=outcome)
         return True
 
     async def status(self) -> LimitsStatus:

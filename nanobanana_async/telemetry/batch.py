@@ -7,13 +7,14 @@ from typing import Any, Protocol
 from .otel import Api
 from .outcomes import error_type
 
-__all__ = ["BATCH_SPAN", "BatchOptions", "BatchStats", "BatchTelemetry"]
+__all__ = ["BATCH_SPAN", "BatchShape", "BatchTelemetry", "BatchTotals"]
 
 BATCH_SPAN = "nanobanana batch"
 
 
-# What the span reads of the batch package's types (telemetry sits below it: no import of them).
-class BatchOptions(Protocol):
+# What the span reads of the batch package's options and stats (telemetry sits below it: no
+# import of them), under names of its own.
+class BatchShape(Protocol):
     @property
     def concurrency(self) -> int: ...
     @property
@@ -24,7 +25,7 @@ class BatchOptions(Protocol):
     def max_per_second(self) -> float | None: ...
 
 
-class BatchStats(Protocol):
+class BatchTotals(Protocol):
     succeeded: int
     failed: int
     skipped: int
@@ -41,7 +42,7 @@ class BatchTelemetry:
 
     __slots__ = ("_api", "_span", "_token")
 
-    def __init__(self, api: Api, tracer: Any, options: BatchOptions) -> None:
+    def __init__(self, api: Api, tracer: Any, options: BatchShape) -> None:
         attributes: dict[str, Any] = {
             "nanobanana.batch.concurrency": options.concurrency,
             "nanobanana.batch.ordered": options.ordered,
@@ -54,7 +55,7 @@ class BatchTelemetry:
         self._span = tracer.start_span(BATCH_SPAN, attributes=attributes)
         self._token = api.context.attach(api.set_span_in_context(self._span))
 
-    def end(self, stats: BatchStats, failure: BaseException | None, completed: bool) -> None:
+    def end(self, stats: BatchTotals, failure: BaseException | None, completed: bool) -> None:
         """Detach the span, give it the batch's totals and end it. Same task as it started."""
         api = self._api
         api.context.detach(self._token)

@@ -28,7 +28,7 @@ import httpx
 
 from ..errors import APIError, NanoBananaError, may_have_charged
 from ..models import Generation, Job
-from .batch import BatchOptions, BatchTelemetry
+from .batch import BatchShape, BatchTelemetry
 from .events import AttemptEvent, Hooks, ResponseEvent, RetryEvent, call_hook
 from .otel import Api, Instruments, Totals, load_api, resolve_meter, resolve_tracer
 from .outcomes import error_type, outcome_of
@@ -37,7 +37,7 @@ __all__ = ["BatchTelemetry", "CallTelemetry", "Telemetry"]
 
 
 # What the sink reads of the batch package's results (it sits below it: no import of them).
-class JobResult(Protocol):
+class FinishedJob(Protocol):
     @property
     def status(self) -> str: ...
 
@@ -166,7 +166,7 @@ class Telemetry:
 
     # -- batches -------------------------------------------------------------------------------
 
-    def start_batch(self, options: BatchOptions) -> BatchTelemetry | None:
+    def start_batch(self, options: BatchShape) -> BatchTelemetry | None:
         """Start the span of a batch and make it current (in the batch's background task)."""
         if not self.active or self.tracer is None or self.api is None:
             return None
@@ -177,7 +177,7 @@ class Telemetry:
         """Whether :meth:`job_result` has anything to do (metrics or a hook)."""
         return self.totals is not None or self.hooks is not None
 
-    async def job_result(self, result: JobResult) -> None:
+    async def job_result(self, result: FinishedJob) -> None:
         """A job of a batch finished."""
         totals = self.totals
         if totals is not None:

@@ -28,22 +28,15 @@ from nanobanana_async import (
 )
 from nanobanana_async.batch import BatchOptions, BatchReport
 from nanobanana_async.emulator import Emulator, Faults, serve
+from tests.support.clients import FAST, emulated
 from tests.support.pulls import Pulls, prompts
 
 pytestmark = pytest.mark.anyio
 
 KEY = "nb-batch-0123456789abcdefXYZ"
-FAST = RetryPolicy(initial_delay=0.001, max_delay=0.01)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHEAP = "gemini-2.5-flash-image"  # 2 credits per image
 PRO_4K = "gemini-3-pro-image-preview-4k"  # 16 credits per image
-
-
-def client_for(emulator: Emulator, key: str = KEY, **kwargs: Any) -> AsyncNanoBanana:
-    kwargs.setdefault("retry_policy", FAST)
-    return AsyncNanoBanana(
-        key, base_url="https://api.test", transport=emulator.transport(), **kwargs
-    )
 
 
 def mixed_jobs(n: int) -> list[Job]:
@@ -85,7 +78,7 @@ async def test_in_flight_never_exceeds_concurrency_and_reaches_it(
     # loaded machine (at 20 ms, 32 requests' client and server CPU did not always fit).
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.15, 0.2)), seed=1)
     n = 3 * concurrency + 5
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await collect(
             client, [f"c{concurrency} {i}" for i in range(n)], concurrency=concurrency
         )
@@ -106,7 +99,7 @@ async def test_jobs_are_pulled_as_workers_free_up_not_up_front(anyio_backend: st
     pulls = Pulls()
     tasks_seen: list[int] = []
     pulled_seen: list[int] = []
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         baseline = live_tasks()
         async with client.batch(prompts(1000, pulls), concurrency=4) as run:
             async for result in run:
@@ -154,7 +147,7 @@ async def test_every_job_is_reported_once_under_faults_and_credits_match_the_led
     n = 150
     jobs = mixed_jobs(n)
     before = emulator.balance(KEY)
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         # One retry: at 25% 5xx about 9 of 150 jobs run out of retries (with two, about 2, and
         # none at all in one run out of ten: which job meets which seeded fault depends on
         # the order requests arrive in).
@@ -187,7 +180,7 @@ async def test_ordered_results_come_in_input_order(anyio_backend: str) -> None:
         seed=4,
     )
     n = 80
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         ordered: list[int] = []
         async for result in client.batch([f"o{i}" for i in range(n)], concurrency=8, ordered=True):
             ordered.append(result.index)
@@ -213,7 +206,7 @@ async def test_the_budget_holds_at_concurrency_32(anyio_backend: str, mixed: boo
     jobs: list[Job] = mixed_jobs(n) if mixed else [Job(f"b{i}", model=CHEAP) for i in range(n)]
     max_credits = 101
     before = emulator.balance(KEY)
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         # No retries: a quarter of the jobs fail and must hand their reservation back.
         report = await client.run_batch(
             jobs, concurrency=32, max_credits=max_credits, max_retries=0
@@ -244,7 +237,7 @@ async def test_insufficient_credits_stops_dispatch(anyio_backend: str) -> None:
     concurrency = 4
     emulator = Emulator(keys={KEY: 21}, faults=Faults(latency=(0.0, 0.01)), seed=6)
     n = 60
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await client.run_batch(
             [Job(f"s{i}", model=CHEAP) for i in range(n)], concurrency=concurrency
         )
@@ -273,7 +266,7 @@ async def test_a_rejected_key_stops_dispatch(anyio_backend: str) -> None:
     emulator = Emulator(keys={KEY: 1000}, faults=Faults(latency=(0.0, 0.01)), seed=7)
     wrong = "nb-wrong-0123456789abcdefQQQ"
     n = 40
-    async with client_for(emulator, key=wrong) as client:
+    async with emulated(emulator, wrong) as client:
         report = await client.run_batch([f"k{i}" for i in range(n)], concurrency=concurrency)
     assert report.stopped_reason is not None
     assert "API key" in report.stopped_reason
@@ -317,7 +310,7 @@ async def test_bad_options_are_refused_before_anything_is_sent(
         BatchOptions(**options)
     assert info.value.param == name
     emulator = Emulator(keys={KEY: 100})
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         with pytest.raises(InvalidRequestError):
             client.batch(["x"], **options)
         with pytest.raises(InvalidRequestError):
@@ -327,7 +320,7 @@ async def test_bad_options_are_refused_before_anything_is_sent(
 
 async def test_a_single_string_is_not_a_batch(anyio_backend: str) -> None:
     emulator = Emulator(keys={KEY: 100})
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         with pytest.raises(InvalidRequestError, match="wrap it in a list"):
             client.batch("one prompt")
         with pytest.raises(InvalidRequestError):
@@ -350,7 +343,7 @@ async def test_invalid_jobs_fail_alone_and_are_never_sent(
         Job("second with this id", id="dup"),
         "also fine",
     ]
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await client.run_batch(inputs, concurrency=3, journal=tmp_path / "j.jsonl")
     status = [r.status for r in report.results]
     assert status == [
@@ -401,7 +394,7 @@ async def test_plain_and_async_iterables_of_str_and_job_mixed(anyio_backend: str
         finally:
             closed.append(True)
 
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         reports = [
             await client.run_batch(mixed, ordered=True),
             await client.run_batch(iter(mixed)),
@@ -454,7 +447,7 @@ DOWNLOAD_JOBS: list[Job | str] = [
 async def test_downloads_land_in_the_directory(anyio_backend: str, tmp_path: pathlib.Path) -> None:
     emulator = Emulator(keys={KEY: 10**6}, seed=10)
     out = tmp_path / "out" / "nested"
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await client.run_batch(DOWNLOAD_JOBS, concurrency=3, download_dir=out)
     check_downloads(report, out, images=6)
     assert [p.name for p in report.results[1].paths] == ["kites+1.png", "kites+2.png"]
@@ -480,7 +473,7 @@ async def test_downloads_over_a_loopback_socket(anyio_backend: str, tmp_path: pa
 async def test_a_dead_server_is_not_hammered_with_retries(anyio_backend: str) -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(server_error_rate=1.0), seed=12)
     n, max_retries = 200, 3
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await client.run_batch(
             [f"dead {i}" for i in range(n)], concurrency=8, max_retries=max_retries
         )
@@ -497,7 +490,7 @@ async def test_a_dead_server_is_not_hammered_with_retries(anyio_backend: str) ->
 async def test_a_flaky_server_is_still_retried(anyio_backend: str) -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(server_error_rate=0.25), seed=13)
     n, max_retries = 200, 3
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await client.run_batch(
             [f"flaky {i}" for i in range(n)], concurrency=8, max_retries=max_retries
         )
@@ -594,7 +587,7 @@ async def test_an_input_that_raises_ends_the_batch_with_its_error(
         async for result in client.batch(broken(), concurrency=8, journal=journal):
             results.append(result)
 
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         with pytest.raises(LookupError, match="the input broke"):
             await drain(client)
         assert (await client.run_batch([])).total == 0
@@ -630,7 +623,7 @@ async def test_jobs_waiting_for_the_rate_limit_do_not_send_after_a_stop(
     # back 401 after 50 ms, long before the next start is due: none of the 7 may send.
     emulator = Emulator(keys={KEY: 1000}, faults=Faults(latency=0.05), seed=17)
     wrong = "nb-wrong-0123456789abcdefRRR"
-    async with client_for(emulator, key=wrong) as client:
+    async with emulated(emulator, wrong) as client:
         report = await client.run_batch(
             [f"limited {i}" for i in range(40)], concurrency=8, max_per_second=5
         )
@@ -646,7 +639,7 @@ async def test_retries_waiting_in_backoff_do_not_send_after_a_stop(anyio_backend
     # long after the stop and must not be sent.
     emulator = Emulator(keys={KEY: 0}, faults=Faults(server_error_rate=0.5, latency=0.02), seed=18)
     slow_retry = RetryPolicy(initial_delay=0.3, max_delay=0.3, max_retries=3)
-    async with client_for(emulator, retry_policy=slow_retry) as client:
+    async with emulated(emulator, KEY, retry_policy=slow_retry) as client:
         report = await client.run_batch([f"broke {i}" for i in range(40)], concurrency=8)
     assert report.stopped_reason is not None
     assert "insufficient credits" in report.stopped_reason

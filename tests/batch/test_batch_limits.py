@@ -16,21 +16,14 @@ from typing import Any
 import anyio
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, RetryPolicy
+from nanobanana_async import AsyncNanoBanana
 from nanobanana_async.emulator import Emulator, Faults, serve
+from tests.support.clients import FAST, emulated
 from tests.support.pulls import Pulls, prompts
 
 pytestmark = pytest.mark.anyio
 
 KEY = "nb-limits-0123456789abcdefLIM"
-FAST = RetryPolicy(initial_delay=0.001, max_delay=0.01)
-
-
-def client_for(emulator: Emulator, **kwargs: Any) -> AsyncNanoBanana:
-    kwargs.setdefault("retry_policy", FAST)
-    return AsyncNanoBanana(
-        KEY, base_url="https://api.test", transport=emulator.transport(), **kwargs
-    )
 
 
 def max_in_window(starts: list[float], window: float) -> int:
@@ -60,7 +53,7 @@ async def test_max_per_second_holds_for_every_window_retries_included(anyio_back
         keys={KEY: 10**6}, faults=Faults(server_error_rate=0.25, latency=(0.0, 0.01)), seed=1
     )
     n = 50
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await client.run_batch(
             [f"rated {i}" for i in range(n)], concurrency=16, max_per_second=limit
         )
@@ -109,7 +102,7 @@ async def test_max_per_second_holds_where_the_server_measures_over_loopback(
 async def test_a_rate_below_one_per_second_spaces_every_start(anyio_backend: str) -> None:
     # 2.5/s: at most 2 starts in any second, never a burst of 3.
     emulator = Emulator(keys={KEY: 10**6}, seed=2)
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         await client.run_batch([f"slow {i}" for i in range(5)], concurrency=5, max_per_second=2.5)
     starts = emulator.stats.request_start_times
     assert len(starts) == 5
@@ -126,7 +119,7 @@ async def test_a_million_prompt_generator_is_pulled_lazily(anyio_backend: str) -
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        async with client_for(emulator) as client:
+        async with emulated(emulator, KEY) as client:
             seen = 0
             async with client.batch(
                 prompts(1_000_000, pulls, "prompt number"), concurrency=concurrency
@@ -156,7 +149,7 @@ async def test_a_consumer_that_stops_reading_stops_dispatch(
     emulator = Emulator(keys={KEY: 10**8}, seed=4)
     pulls = Pulls()
     concurrency = 4
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         run = client.batch(
             prompts(100_000, pulls, "prompt number"), concurrency=concurrency, ordered=ordered
         )
@@ -210,7 +203,7 @@ async def wait_until_idle(emulator: Emulator) -> float:
     return time.perf_counter() - started
 
 
-async def test_break_stops_requests_in_flight_over_loopback(
+async def test_leaving_a_batch_s_block_stops_requests_in_flight_over_loopback(
     anyio_backend: str, tmp_path: pathlib.Path
 ) -> None:
     pytest.importorskip("uvicorn")
@@ -221,18 +214,21 @@ async def test_break_stops_requests_in_flight_over_loopback(
     pulls = Pulls()
     with serve(emulator, "127.0.0.1", 0) as server:
         async with AsyncNanoBanana(KEY, base_url=server.base_url, retry_policy=FAST) as client:
-            async for _ in client.batch(
-                prompts(500, pulls, "prompt number"), concurrency=16, journal=journal
-            ):
-                # On a loaded machine the first result can come before most requests have
-                # reached the server: break only once there is something in flight to stop.
-                with anyio.fail_after(5.0):
-                    while emulator.stats.in_flight < 8:  # noqa: ASYNC110 - another thread's
-                        await anyio.sleep(0.005)
-                break
-            in_flight_at_break = emulator.stats.in_flight
-            requests_at_break = emulator.stats.generate_requests
-            took = await wait_until_idle(emulator)
+            jobs = prompts(500, pulls, "prompt number")
+            async with client.batch(jobs, concurrency=16, journal=journal) as run:
+                async for _ in run:
+                    # On a loaded machine the first result can come before most requests have
+                    # reached the server: break only once there is something in flight.
+                    with anyio.fail_after(5.0):
+                        while emulator.stats.in_flight < 8:  # noqa: ASYNC110 - another thread's
+                            await anyio.sleep(0.005)
+                    in_flight_at_break = emulator.stats.in_flight
+                    requests_at_break = emulator.stats.generate_requests
+                    broke = time.perf_counter()
+                    break
+            # Leaving the block cancelled the requests in flight and waited for the batch.
+            await wait_until_idle(emulator)
+            took = time.perf_counter() - broke
             # A request already on the wire at the break may be counted by the server (another
             # thread) a moment later: at most one per worker. After that, nothing more.
             await settle(lambda: emulator.stats.generate_requests)
@@ -259,7 +255,7 @@ async def test_cancelling_the_scope_around_a_batch_stops_it(
 ) -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.05, 10.0)), seed=6)
     journal = tmp_path / "run.jsonl"
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         results = 0
         # ``run`` stays referenced: the cancellation itself, not the garbage collector, must
         # stop the work.
@@ -303,7 +299,7 @@ async def test_an_async_generator_input_is_closed_when_the_batch_stops(anyio_bac
         finally:
             closed.append(True)
 
-    async with client_for(emulator) as client, client.batch(source(), concurrency=4) as run:
+    async with emulated(emulator, KEY) as client, client.batch(source(), concurrency=4) as run:
         async for _ in run:
             break
     assert closed == [True]

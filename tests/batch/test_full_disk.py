@@ -20,12 +20,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, NanoBananaError, RetryPolicy
+from nanobanana_async import NanoBananaError
 from nanobanana_async.batch.runner import single_error
 from nanobanana_async.batch.stores import JsonlStore, StoreError
 from nanobanana_async.emulator import Emulator, Faults
 from tests.cli.test_cli import cli_env, run_cli, write
 from tests.support.batches import consuming, until
+from tests.support.clients import emulated
 
 KEY = "nb-disk-0123456789abcdefXYZ"
 PAGE = 4096
@@ -91,22 +92,13 @@ def roomy_disk(tmp_path: pathlib.Path) -> Iterator[TinyDisk]:
     yield from mount_tmpfs(tmp_path, 4 << 20)
 
 
-def client(emulator: Emulator) -> AsyncNanoBanana:
-    return AsyncNanoBanana(
-        KEY,
-        base_url="https://api.test",
-        transport=emulator.transport(),
-        retry_policy=RetryPolicy(initial_delay=0.001, max_delay=0.01),
-    )
-
-
 @pytest.mark.anyio
 async def test_a_full_disk_under_the_jsonl_journal(anyio_backend: str, disk: TinyDisk) -> None:
     emulator = Emulator(keys={KEY: 10_000}, seed=8)
     journal = disk.path / "run.jsonl"
     disk.fill()
     failure: NanoBananaError | None = None
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         try:
             await api.run_batch(PROMPTS, concurrency=1, journal=journal)
         except NanoBananaError as exc:  # an OSError would fail the test as itself
@@ -122,7 +114,7 @@ async def test_a_full_disk_under_the_jsonl_journal(anyio_backend: str, disk: Tin
     assert 0 < generated < len(PROMPTS)
 
     disk.free()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(PROMPTS, concurrency=1, journal=journal)
     # The torn line's job is whole in the spool: put back, it resumes, never paid again.
     assert emulator.stats.generations == len(PROMPTS)
@@ -143,14 +135,14 @@ async def test_results_in_flight_when_the_jsonl_disk_fills_are_spooled(
     emulator = Emulator(keys={KEY: 10_000}, faults=Faults(latency=(0.01, 0.05)), seed=11)
     journal = disk.path / "run.jsonl"
     disk.fill()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         with pytest.raises(StoreError, match="No space left on device"):
             await api.run_batch(PROMPTS, concurrency=4, journal=journal)
     generated = emulator.stats.generations
     kept = JsonlStore(journal).spool.count() if hasattr(JsonlStore, "spool") else 0
 
     disk.free()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(PROMPTS, concurrency=4, journal=journal)
     assert emulator.stats.duplicate_charges == 0
     assert emulator.stats.generations == len(PROMPTS)
@@ -172,7 +164,7 @@ async def test_a_job_cancelled_on_a_full_jsonl_disk_stays_ambiguous(
     )
     journal = disk.path / "run.jsonl"
     disk.fill(to_the_brim=True)
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch(PROMPTS[:2], concurrency=2, journal=journal)
         async with consuming(run) as results:
             await until(lambda: emulator.stats.in_flight == 2)
@@ -185,7 +177,7 @@ async def test_a_job_cancelled_on_a_full_jsonl_disk_stays_ambiguous(
 
     disk.free()
     emulator.faults = Faults()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(PROMPTS[:2], journal=journal)
     assert emulator.stats.generate_requests == 2  # neither was sent again
     assert again.skipped == 2
@@ -268,14 +260,14 @@ async def test_a_full_disk_under_the_images_fails_those_jobs_only(
     emulator = Emulator(keys={KEY: 10_000}, seed=10)
     journal = f"sqlite:///{tmp_path / 'run.db'}"
     roomy_disk.fill(to_the_brim=True)
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         report = await api.run_batch(PROMPTS[:4], journal=journal, download_dir=roomy_disk.path)
     assert report.failed == 4
     assert all("No space left on device" in str(r.error) for r in report.results)
     # Generated and paid for: counted, and journaled with their URLs.
     assert report.credits_spent == 10_000 - emulator.balance(KEY) == 8
     roomy_disk.free()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(PROMPTS[:4], journal=journal, download_dir=roomy_disk.path)
     assert again.succeeded == again.resumed == 4
     assert emulator.stats.generations == 4

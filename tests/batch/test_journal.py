@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, InvalidRequestError, Job, RetryPolicy
+from nanobanana_async import InvalidRequestError, Job
 from nanobanana_async.batch.journal import JobIds, Journal, content_id
 from nanobanana_async.emulator import Emulator, Faults
+from tests.support.clients import emulated
 
 pytestmark = pytest.mark.anyio
 
 KEY = "nb-journal-0123456789abcdefJK"
-FAST = RetryPolicy(initial_delay=0.001, max_delay=0.01)
 FIELDS = {
     "id",
     "index",
@@ -29,13 +29,6 @@ FIELDS = {
     "attempts",
     "error",
 }
-
-
-def client_for(emulator: Emulator, **kwargs: Any) -> AsyncNanoBanana:
-    kwargs.setdefault("retry_policy", FAST)
-    return AsyncNanoBanana(
-        KEY, base_url="https://api.test", transport=emulator.transport(), **kwargs
-    )
 
 
 def lines(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -55,7 +48,7 @@ async def test_a_line_per_job_with_the_documented_fields(
 ) -> None:
     emulator = Emulator(keys={KEY: 10**6}, seed=1)
     journal = tmp_path / "run.jsonl"
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         report = await client.run_batch(JOBS, journal=journal)
     records = sorted(lines(journal), key=lambda r: r["index"])
     assert len(records) == 4
@@ -89,7 +82,7 @@ async def test_a_failed_job_is_journaled_with_its_error(
 ) -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(server_error_rate=1.0), seed=2)
     journal = tmp_path / "run.jsonl"
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         await client.run_batch(["doomed"], journal=journal, max_retries=1)
     (record,) = lines(journal)
     assert set(record) >= FIELDS
@@ -107,7 +100,7 @@ async def test_a_rerun_sends_nothing_and_reports_every_job_resumed(
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.0, 0.005)), seed=3)
     journal = tmp_path / "run.jsonl"
     jobs = [*JOBS, *(f"more {i}" for i in range(30))]
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         first = await client.run_batch(jobs, concurrency=8, journal=journal)
         assert first.succeeded == len(jobs)
         requests, balance = emulator.stats.generate_requests, emulator.balance(KEY)
@@ -133,7 +126,7 @@ async def test_a_torn_last_line_makes_its_job_ambiguous(
     emulator = Emulator(keys={KEY: 10**6}, seed=4)
     journal = tmp_path / "run.jsonl"
     jobs = [f"torn {i}" for i in range(10)]
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         await client.run_batch(jobs, concurrency=1, journal=journal)
         data = journal.read_bytes()
         # A kill in the middle of writing the last line.
@@ -174,7 +167,7 @@ async def test_a_rerun_after_failures_retries_only_the_failed(
     )
     journal = tmp_path / "run.jsonl"
     jobs = [f"partly {i}" for i in range(40)] + ["partly 0", "partly 0"]
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         first = await client.run_batch(jobs, concurrency=8, journal=journal, max_retries=0)
         failed_ids = {r.id for r in first.results if r.status == "failed"}
         assert 0 < len(failed_ids) < len(jobs)
@@ -197,7 +190,7 @@ async def test_a_job_id_resumes_only_the_job_it_named(
 ) -> None:
     emulator = Emulator(keys={KEY: 10**6}, seed=6)
     journal = tmp_path / "run.jsonl"
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         await client.run_batch([Job("first wording", id="hero")], journal=journal)
         same = await client.run_batch([Job("first wording", id="hero")], journal=journal)
         # Issue 11, finding 13: same id, other fields. The journaled result is another job's:
@@ -256,7 +249,7 @@ async def test_lines_of_invalid_inputs_are_not_reported_as_garbage_on_rerun(
     emulator = Emulator(keys={KEY: 10**6}, seed=7)
     journal = tmp_path / "run.jsonl"
     jobs: list[Job | str] = ["fine", "", Job("a", id="d"), Job("b", id="d")]
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         first = await client.run_batch(jobs, journal=journal)
         with caplog.at_level("WARNING", logger="nanobanana_async"):
             second = await client.run_batch(jobs, journal=journal)
@@ -280,7 +273,7 @@ async def test_a_rerun_with_downloads_fetches_only_missing_files(
     emulator = Emulator(keys={KEY: 10**6}, seed=8)
     journal, out = tmp_path / "run.jsonl", tmp_path / "out"
     jobs: list[Job | str] = ["one", Job("two", num=2, id="two"), "three"]
-    async with client_for(emulator) as client:
+    async with emulated(emulator, KEY) as client:
         first = await client.run_batch(jobs, journal=journal, download_dir=out)
         assert first.ok
         assert emulator.stats.images_served == 4

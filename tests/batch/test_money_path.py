@@ -21,8 +21,9 @@ import attrs
 import httpx
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, InvalidRequestError, Job, NanoBananaError, RetryPolicy
+from nanobanana_async import AsyncNanoBanana, InvalidRequestError, Job, NanoBananaError
 from nanobanana_async.emulator import Emulator, Faults
+from tests.support.clients import FAST, emulated
 from tests.support.pulls import Pulls, prompts
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +31,6 @@ pytestmark = pytest.mark.anyio
 KEY = "nb-money-0123456789abcdefMNOP"
 BASE = "https://api.money.test"
 CDN = "https://cdn.money.test"
-FAST = RetryPolicy(initial_delay=0.001, max_delay=0.01)
 PRICE = 2  # gemini-2.5-flash-image, the default model
 PNG = b"\x89PNG\r\n\x1a\n" + b"money" * 50
 
@@ -71,11 +71,6 @@ class Scripted:
     def client(self, **kwargs: Any) -> AsyncNanoBanana:
         kwargs.setdefault("retry_policy", FAST)
         return AsyncNanoBanana(KEY, base_url=BASE, transport=httpx.MockTransport(self), **kwargs)
-
-
-def emulated(emulator: Emulator, **kwargs: Any) -> AsyncNanoBanana:
-    kwargs.setdefault("retry_policy", FAST)
-    return AsyncNanoBanana(KEY, base_url=BASE, transport=emulator.transport(), **kwargs)
 
 
 def named(prefix: str, n: int) -> list[str]:
@@ -153,7 +148,7 @@ async def test_f03_a_batch_stopped_during_downloads_is_downloaded_not_paid_again
 async def test_f04_an_abandoned_iterator_costs_at_most_the_jobs_in_flight() -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.02, 0.1)), seed=4)
     pulls = Pulls()
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
         run = client.batch(prompts(200, pulls), concurrency=8)
         async for _ in run:
             break  # ``run`` stays referenced: nothing but the consumer's pulls may dispatch
@@ -169,7 +164,7 @@ async def test_f04_an_abandoned_iterator_costs_at_most_the_jobs_in_flight() -> N
 
 async def test_f04_the_async_with_form_ends_a_named_run() -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=0.05), seed=4)
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
         async with client.batch(named("named", 100), concurrency=4) as run:
             async for _ in run:
                 break
@@ -182,7 +177,7 @@ async def test_f04_the_async_with_form_ends_a_named_run() -> None:
 async def test_f05_a_journal_is_held_by_one_run_at_a_time(tmp_path: pathlib.Path) -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=0.05), seed=5)
     journal = tmp_path / "shared.jsonl"
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
         async with client.batch(named("held", 20), journal=journal, concurrency=2) as first:
             await first.__anext__()  # started, and busy for a while: it holds the journal
             with pytest.raises(InvalidRequestError, match="in use by another run") as info:
@@ -210,7 +205,7 @@ async def test_f05_a_journal_held_by_another_process_is_refused(tmp_path: pathli
             assert holder.stdout is not None
             assert (await holder.stdout.receive()).strip() == b"held"
             emulator = Emulator(keys={KEY: 10**6})
-            async with emulated(emulator) as client:
+            async with emulated(emulator, KEY, base_url=BASE) as client:
                 with pytest.raises(InvalidRequestError, match="in use by another run"):
                     await client.run_batch(named("other process", 3), journal=journal)
             assert emulator.stats.generate_requests == 0
@@ -286,7 +281,7 @@ async def test_f08_lone_surrogates_from_the_server_never_break_the_journal(
 async def test_f11_closing_the_client_under_run_batch_raises() -> None:
     emulator = Emulator(keys={KEY: 10**6}, faults=Faults(latency=(0.05, 0.2)), seed=11)
     outcome: list[BaseException | int] = []
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
 
         async def run() -> None:
             try:
@@ -339,7 +334,7 @@ async def test_f16_resuming_into_a_new_download_dir_downloads_there(
 ) -> None:
     emulator = Emulator(keys={KEY: 10**6}, seed=16)
     journal = tmp_path / "run.jsonl"
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
         await client.run_batch(named("move", 3), journal=journal, download_dir=tmp_path / "a")
         report = await client.run_batch(
             named("move", 3), journal=journal, download_dir=tmp_path / "b"
@@ -356,7 +351,7 @@ async def test_f16_a_download_dir_that_is_a_file_is_an_invalid_request(
     target = tmp_path / "file.png"
     target.write_bytes(b"x")
     emulator = Emulator(keys={KEY: 10**6})
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
         with pytest.raises(InvalidRequestError) as info:
             await client.run_batch(["x"], download_dir=target)
     assert info.value.param == "download_dir"
@@ -367,14 +362,14 @@ async def test_f16_a_deeply_nested_journal_line_is_skipped(tmp_path: pathlib.Pat
     journal = tmp_path / "deep.jsonl"
     journal.write_bytes(b"[" * 200_000 + b"]" * 200_000 + b"\n")
     emulator = Emulator(keys={KEY: 10**6})
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
         report = await client.run_batch(["after the deep line"], journal=journal)
     assert report.succeeded == 1
 
 
 async def test_f17_one_job_at_a_huge_concurrency_starts_one_worker() -> None:
     emulator = Emulator(keys={KEY: 10**6})
-    async with emulated(emulator) as client:
+    async with emulated(emulator, KEY, base_url=BASE) as client:
         await client.run_batch(["warm up"], concurrency=1)
         tracemalloc.start()
         try:

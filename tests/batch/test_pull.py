@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from nanobanana_async import AsyncNanoBanana, NanoBananaError
-from nanobanana_async.batch import BatchOptions, BatchRegistry, BatchRun
+from nanobanana_async.batch import BatchRun
 
 pytestmark = pytest.mark.anyio
 
@@ -118,7 +118,7 @@ async def test_an_input_failing_midway_finishes_what_started_then_raises(
 
 async def test_a_run_collects_once(anyio_backend: str) -> None:
     async with client() as nb:
-        run = BatchRun(nb, ["a"], BatchOptions(), BatchRegistry())
+        run = nb.batch(["a"])
         assert len(await run.collect()) == 1
         with pytest.raises(NanoBananaError, match="already started"):
             await run.collect()
@@ -141,7 +141,7 @@ async def test_a_collected_run_cannot_be_iterated_into_a_second_run(
     transport = httpx.MockTransport(answer)
     collected: list[int] = []
     async with AsyncNanoBanana(KEY, base_url="http://127.0.0.1:1", transport=transport) as nb:
-        run = BatchRun(nb, ["a", "b", "c"], BatchOptions(concurrency=2), BatchRegistry())
+        run = nb.batch(["a", "b", "c"], concurrency=2)
 
         async def collect() -> None:
             collected.extend(result.index for result in await run.collect())

@@ -18,18 +18,18 @@ import anyio
 import httpx
 import pytest
 
-from nanobanana_async import AsyncNanoBanana, InvalidRequestError, Job, RetryPolicy
+from nanobanana_async import InvalidRequestError, Job
 from nanobanana_async.batch import GracefulStop
 from nanobanana_async.batch.stores import SqlStore, open_store
 from nanobanana_async.emulator import Emulator, Faults
 from tests.support.batches import consuming, until
+from tests.support.clients import emulated
 
 pytestmark = pytest.mark.anyio
 
 KEY = "nb-stop-0123456789abcdefXYZ"
 BALANCE = 100_000
 PRICE = 2
-FAST = RetryPolicy(initial_delay=0.001, max_delay=0.01)
 CDN = "https://cdn.stop.test"
 
 
@@ -52,17 +52,6 @@ class SlowImages(httpx.AsyncBaseTransport):
                 request.method, request.url.copy_with(scheme="https", host="api.test")
             )
         return await self.inner.handle_async_request(request)
-
-
-def client(
-    emulator: Emulator, transport: httpx.AsyncBaseTransport | None = None
-) -> AsyncNanoBanana:
-    return AsyncNanoBanana(
-        KEY,
-        base_url="https://api.test",
-        transport=transport or emulator.transport(),
-        retry_policy=FAST,
-    )
 
 
 def spent(emulator: Emulator) -> int:
@@ -103,7 +92,7 @@ async def test_cancelled_downloads_are_counted_in_report_stats_and_store(
     emulator = Emulator(keys={KEY: BALANCE}, image_base_url=CDN, seed=1)
     transport = SlowImages(emulator)
     jobs = [Job(f"a slow image {i}", id=f"slow-{i}") for i in range(8)]
-    async with client(emulator, transport) as api:
+    async with emulated(emulator, KEY, transport=transport) as api:
         run = api.batch(jobs, concurrency=4, journal=journal, download_dir=tmp_path / "out")
         with anyio.CancelScope() as scope:
             async with consuming(run) as results:
@@ -126,7 +115,7 @@ async def test_cancelled_downloads_are_counted_in_report_stats_and_store(
 
     # The rerun downloads them without paying again, and runs the rest.
     transport.opened.set()
-    async with client(emulator, transport) as api:
+    async with emulated(emulator, KEY, transport=transport) as api:
         again = await api.run_batch(jobs, journal=journal, download_dir=tmp_path / "out")
     assert again.succeeded == 8
     assert again.resumed == 4
@@ -139,7 +128,7 @@ async def test_cancelled_requests_are_counted_as_may_have_been_spent(journal: st
         keys={KEY: BALANCE}, faults=Faults(latency=30.0, charge_on_hangup_rate=1.0), seed=2
     )
     jobs = [Job(f"a long wait {i}", id=f"wait-{i}") for i in range(6)]
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch(jobs, concurrency=3, journal=journal)
         async with consuming(run) as results:
             await until(lambda: emulator.stats.in_flight == 3)
@@ -154,7 +143,7 @@ async def test_cancelled_requests_are_counted_as_may_have_been_spent(journal: st
     assert await stored_spent(journal) == (0, 3 * PRICE)
     # Never sent again without asking: the journal holds them as ambiguous.
     emulator.faults = Faults()
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(jobs, journal=journal)
     assert emulator.stats.generate_requests == 3 + 3
     assert again.skipped == 3
@@ -167,7 +156,7 @@ async def test_cancelled_requests_are_counted_as_may_have_been_spent(journal: st
 async def test_stop_lets_jobs_in_flight_finish_and_runs_nothing_more(journal: str) -> None:
     emulator = Emulator(keys={KEY: BALANCE}, faults=Faults(latency=0.2), seed=3)
     jobs = [Job(f"a gentle stop {i}", id=f"gentle-{i}") for i in range(20)]
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch(jobs, concurrency=4, journal=journal)
         async with consuming(run) as results:
             await until(lambda: len(results) >= 4 and emulator.stats.in_flight == 4)
@@ -183,7 +172,7 @@ async def test_stop_lets_jobs_in_flight_finish_and_runs_nothing_more(journal: st
     assert report.total == len(results) <= requests + 4  # at most the pulled ones skipped
     assert all(r.status == "succeeded" or "stopped" in (r.reason or "") for r in results)
     assert spent(emulator) == report.credits_spent == (await stored_spent(journal))[0]
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         again = await api.run_batch(jobs, journal=journal)
     assert again.succeeded == 20
     assert emulator.stats.generations == 20  # nothing paid twice
@@ -194,7 +183,7 @@ async def test_a_grace_period_that_runs_out_cancels_what_is_left(journal: str) -
         keys={KEY: BALANCE}, faults=Faults(latency=(0.05, 30.0), charge_on_hangup_rate=1.0), seed=4
     )
     jobs = [Job(f"some slow {i}", id=f"some-{i}") for i in range(12)]
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch(jobs, concurrency=4, journal=journal)
         async with consuming(run) as results:
             await until(lambda: emulator.stats.generate_requests >= 4)
@@ -210,7 +199,7 @@ async def test_a_grace_period_that_runs_out_cancels_what_is_left(journal: str) -
 
 async def test_stop_before_the_batch_starts_sends_nothing() -> None:
     emulator = Emulator(keys={KEY: BALANCE})
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch([f"never {i}" for i in range(5)])
         run.stop("not today")
         async with run:
@@ -222,7 +211,7 @@ async def test_stop_before_the_batch_starts_sends_nothing() -> None:
 
 async def test_stop_refuses_a_bad_grace() -> None:
     emulator = Emulator(keys={KEY: BALANCE})
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch(["a"])
         for bad in (-1, float("nan"), True, "3"):
             with pytest.raises(InvalidRequestError, match="grace"):
@@ -242,7 +231,7 @@ async def test_stop_cuts_short_a_wait_for_the_next_input() -> None:
         await anyio.sleep_forever()  # a queue nobody fills
         yield "never"
 
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch(stalling(), concurrency=2)
         async with consuming(run) as results:
             await stalled.wait()
@@ -255,7 +244,7 @@ async def test_stop_cuts_short_a_wait_for_the_next_input() -> None:
 async def test_graceful_stop_stops_at_once_the_second_time() -> None:
     emulator = Emulator(keys={KEY: BALANCE}, faults=Faults(latency=30.0))
     stopping = GracefulStop(grace=60)
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = stopping.watch(api.batch([f"long {i}" for i in range(4)], concurrency=2))
         async with consuming(run) as results:
             await until(lambda: emulator.stats.in_flight == 2)
@@ -277,7 +266,7 @@ async def test_stop_after_the_batch_ended_changes_nothing() -> None:
     # A signal that comes once the batch is over (while its summary is written) must not
     # make a finished batch look stopped.
     emulator = Emulator(keys={KEY: BALANCE})
-    async with client(emulator) as api:
+    async with emulated(emulator, KEY) as api:
         run = api.batch(["done already"])
         async with run:
             results = [r async for r in run]

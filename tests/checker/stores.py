@@ -480,6 +480,7 @@ class StoreChecker:
             outcome.results = data["results"]
             outcome.reported = data["reported"]
             raised = data["raised"]
+            outcome.ended_alone = outcome.stopped and data["signal"] is None
             if raised is not None:
                 outcome.raised = f"{raised['type']}: {raised['message']}"
 

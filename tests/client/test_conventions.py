@@ -283,22 +283,23 @@ async def test_copies_share_the_limits_and_the_retry_budget(anyio_backend: str) 
 
 async def test_closing_the_original_stops_the_copy_s_batch(anyio_backend: str) -> None:
     emulator = Emulator(faults=Faults(latency=0.2))
-    client = AsyncNanoBanana(KEY, transport=emulator.transport())
-    copy = client.with_options(max_retries=0)
     results: list[object] = []
+    async with AsyncNanoBanana(KEY, transport=emulator.transport()) as client:
+        copy = client.with_options(max_retries=0)
 
-    async def consume() -> None:
-        run = copy.batch([f"p {i}" for i in range(50)], concurrency=2)
-        try:
-            async for result in run:
-                results.append(result)
-        except NanoBananaError as exc:
-            results.append(exc)
+        async def consume() -> None:
+            # A plain loop over the copy's batch runs in the original's task group.
+            run = copy.batch([f"p {i}" for i in range(50)], concurrency=2)
+            try:
+                async for result in run:
+                    results.append(result)
+            except NanoBananaError as exc:
+                results.append(exc)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
-        await anyio.sleep(0.3)
-        await client.aclose()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.sleep(0.3)
+            await client.aclose()
     assert len(results) < 50
     assert isinstance(results[-1], NanoBananaError)
     assert "closed" in str(results[-1])

@@ -149,9 +149,9 @@ async def test_a_batch_fails_once_when_its_limits_cannot_be_reached() -> None:
     nb = client(emulator, RedisLimits("redis://127.0.0.1:1/0", timeout=0.5))
     with pytest.raises(LimitsUnavailableError, match="nothing was sent"):
         await nb.run_batch([f"p{i}" for i in range(40)])
-    batch = nb.batch([f"p{i}" for i in range(40)])
-    with pytest.raises(LimitsUnavailableError, match="nothing was sent"):
-        await batch.__anext__()  # not one result: the error
+    async with nb.batch([f"p{i}" for i in range(40)]) as batch:
+        with pytest.raises(LimitsUnavailableError, match="nothing was sent"):
+            await batch.__anext__()  # not one result: the error
     assert emulator.stats.generate_requests == 0
 
 

@@ -5,6 +5,8 @@ Every test reads the SDK's in-memory exporter; nothing of OpenTelemetry is mocke
 
 from __future__ import annotations
 
+import pathlib
+
 import anyio
 import pytest
 from opentelemetry import trace
@@ -15,8 +17,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from nanobanana_async import (
     APIConnectionError,
     AsyncNanoBanana,
+    Hooks,
     InsufficientCreditsError,
+    Job,
+    JobResult,
     RateLimitError,
+    SqliteStore,
 )
 from nanobanana_async.emulator import Emulator, Faults
 
@@ -270,6 +276,34 @@ async def test_batch_span_with_its_totals_parents_the_calls(otel: Otel) -> None:
     # 6 jobs fit in the budget, 2 are skipped: the totals are not trivial.
     assert (report.succeeded, report.skipped, report.credits_spent) == (6, 2, 12)
     assert batch.status.status_code == StatusCode.UNSET
+
+
+async def test_a_worker_run_has_its_batch_span_and_job_results(
+    otel: Otel, tmp_path: pathlib.Path
+) -> None:
+    # worker() builds the same run as batch(): the client's telemetry goes with it.
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.add([Job(f"prompt {i}", id=f"job-{i}") for i in range(6)])
+    finished: list[JobResult] = []
+
+    async def record(result: JobResult) -> None:
+        finished.append(result)
+
+    emulator = Emulator(keys={KEY: 1000})
+    hooks = Hooks(on_job_result=record)
+    async with AsyncNanoBanana(
+        KEY, transport=emulator.transport(), retry_policy=FAST, hooks=hooks, **otel.providers
+    ) as client:
+        report = await client.run_worker(store, concurrency=2, max_credits=8)
+    (batch,) = otel.spans(BATCH)
+    calls = otel.spans(GENERATE)
+    assert {parent_id(c) for c in calls} == {span_id(batch)}
+    assert len(calls) == report.succeeded == 4
+    attributes = dict(batch.attributes or {})
+    assert attributes["nanobanana.batch.max_credits"] == 8
+    assert attributes["nanobanana.batch.jobs.succeeded"] == 4
+    assert attributes["nanobanana.batch.jobs.skipped"] == report.skipped
+    assert sorted(r.id or "" for r in finished) == sorted(r.id or "" for r in report.results)
 
 
 async def test_breaking_out_of_a_batch_ends_its_span(otel: Otel) -> None:

@@ -7,7 +7,6 @@ is any option neither the SDK nor (for Postgres) libpq knows (``nanobanana_async
 
 from __future__ import annotations
 
-import math
 import os
 import pathlib
 import urllib.parse
@@ -16,6 +15,7 @@ from typing import Any, Final
 
 from ...errors import InvalidRequestError
 from ...urls import flag, split_options
+from ...validation import positive_problem, seconds_problem, whole_problem
 from .sql import QUEUE_PATTERN
 
 __all__ = [
@@ -31,24 +31,30 @@ DEFAULT_RETRY_WINDOW: Final = 20.0
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
 
 
-def _number(value: object) -> float:
+def _parsed(value: object, parse: Callable[[str], object], what: str) -> object:
+    # A URL's options are text; a keyword is already a number.
     if isinstance(value, str):
         try:
-            value = float(value)
+            return parse(value)
         except ValueError:
-            raise ValueError("expected a number of seconds") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"expected a number of seconds, got {value!r}")
-    if math.isinf(value) or value < 0:
-        raise ValueError(f"expected finite seconds >= 0, got {value!r}")
-    return float(value)
+            raise ValueError(f"must be {what}, got {value!r}") from None
+    return value
+
+
+def _checked(problem: str | None, value: object) -> Any:
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _number(value: object) -> float:
+    value = _parsed(value, float, "a number of seconds")
+    return float(_checked(seconds_problem(value), value))
 
 
 def positive_seconds(value: object) -> float:
-    seconds = _number(value)
-    if seconds <= 0:
-        raise ValueError(f"expected seconds > 0, got {value!r}")
-    return seconds
+    value = _parsed(value, float, "a number of seconds")
+    return float(_checked(positive_problem(value, unit="number of seconds"), value))
 
 
 def queue_name(value: object) -> str:
@@ -67,14 +73,8 @@ def directory(value: object) -> pathlib.Path:
 
 
 def positive_int(value: object) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise ValueError("expected a whole number") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a whole number >= 1, got {value!r}")
-    return value
+    value = _parsed(value, int, "a whole number")
+    return int(_checked(whole_problem(value, 1), value))
 
 
 # The options every SQL store reads, and how each is checked.

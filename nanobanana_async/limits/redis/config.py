@@ -3,7 +3,6 @@ namespace, caps, lease, timeout, and whether a Redis that can lose a ledger is a
 
 from __future__ import annotations
 
-import math
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -13,6 +12,7 @@ import attrs
 
 from ...errors import InvalidRequestError
 from ...urls import credentials, flag, redact_url, split_options
+from ...validation import positive
 from ..local import check_caps
 from .resp import Target
 
@@ -127,11 +127,7 @@ def _target(url: str) -> Target:
 
 
 def _seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise InvalidRequestError(
-            f"{name} must be a positive number of seconds, got {value!r}", param=name
-        )
-    return float(value)
+    return float(positive(value, name, unit="number of seconds"))
 
 
 @attrs.frozen

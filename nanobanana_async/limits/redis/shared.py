@@ -10,8 +10,8 @@ from typing import Any, Self
 import anyio
 import anyio.lowlevel
 
-from ...errors import BudgetExceededError, InvalidRequestError, may_have_charged
-from ..base import LimitsStatus, Permit
+from ...errors import BudgetExceededError, InvalidRequestError
+from ..base import LimitsStatus, Permit, ending
 from ..cooldown import Cooldown
 from ..spacing import start_interval
 from . import scripts
@@ -408,10 +408,6 @@ class RedisLimits:
 
 
 def _kind(spent: int | None, outcome: BaseException | None) -> str:
-    """How an attempt's reservation ends: spent, kept (the server may have charged) or
-    released."""
-    if spent is not None:
-        return "spent"
-    if outcome is not None and may_have_charged(outcome):
-        return "keep"
-    return "release"
+    """How an attempt's reservation ends (the money rule, :func:`ending`), as the settlement
+    script reads it."""
+    return ending(spent, outcome)
