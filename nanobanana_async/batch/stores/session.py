@@ -147,18 +147,11 @@ class SqlSession:
             row = await self._group.submit(op)
             if row is not None:
                 data = row_dict(row)
-                state = data["state"]
-                if state == "done":
-                    return Begin(record=record_of(data))
-                if state == "ambiguous":
-                    return Begin(
-                        skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
-                        "--ambiguous sends it anyway)"
-                    )
-                if state not in ("pending", "failed", "skipped"):
-                    return Begin(
-                        skip=f"held by another worker ({data['lease_owner']}): not sent by this run"
-                    )
+                ended = _settled(data)
+                if ended is not None:
+                    return ended
+                if data["state"] not in ("pending", "failed", "skipped"):
+                    return Begin(skip=_held(data))
                 if (data["prompt"], data["model"], data["image_size"], data["num"]) == (
                     job.prompt,
                     job.model,
@@ -196,24 +189,18 @@ class SqlSession:
         op = Op([(self._sql.begin, params), (self._sql.row, {"id": job_id})], "row")
         row = await self._group.submit(op)
         data = row_dict(row)
-        state = data["state"]
-        if state == "claimed" and data["lease_owner"] == self.owner:
+        if data["state"] == "claimed" and data["lease_owner"] == self.owner:
             return Begin(idempotency_key=data["idempotency_key"])
-        if state == "done":
-            return Begin(record=record_of(data))
-        if state == "ambiguous":
-            return Begin(
-                skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
-                "--ambiguous sends it anyway)"
-            )
-        held = f"held by another worker ({data['lease_owner']}): not sent by this run"
+        ended = _settled(data)
+        if ended is not None:
+            return ended
         # Its holder may be gone (a killed process elsewhere, whose lease has to run out):
         # hand back expired leases now and then while jobs wait, not once per job.
         poll = min(_MAX_POLL, self.lease / 10)
         if time.monotonic() >= self._reap_due:
             self._reap_due = time.monotonic() + poll
             await self.maintain()
-        return Begin(skip=held, wait=poll)
+        return Begin(skip=_held(data), wait=poll)
 
     # -- a job's progress -------------------------------------------------------------------
 
@@ -409,3 +396,20 @@ class SqlSession:
                 )
             finally:
                 await self._pool.close()
+
+
+def _settled(data: dict[str, Any]) -> Begin | None:
+    """What a run does with a job whose row says it is settled (done: resumed; ambiguous: not
+    sent again), or None."""
+    if data["state"] == "done":
+        return Begin(record=record_of(data))
+    if data["state"] == "ambiguous":
+        return Begin(
+            skip=f"ambiguous: {UNSETTLED}; not sent again (nanobanana jobs retry "
+            "--ambiguous sends it anyway)"
+        )
+    return None
+
+
+def _held(data: dict[str, Any]) -> str:
+    return f"held by another worker ({data['lease_owner']}): not sent by this run"
