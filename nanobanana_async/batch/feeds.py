@@ -7,6 +7,7 @@ names and the claims.
 
 from __future__ import annotations
 
+import abc
 import logging
 import pathlib
 from collections import deque
@@ -51,14 +52,14 @@ class FeedHost(Protocol):
         ...
 
 
-class Feed:
+class Feed(abc.ABC):
     """The jobs of a batch, pulled by the workers one at a time; None at the end."""
 
     done = False
     error: Exception | None = None
 
-    async def next(self) -> Item | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def next(self) -> Item | None: ...
 
     async def aclose(self) -> None:
         return None
