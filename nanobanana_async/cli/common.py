@@ -312,8 +312,8 @@ def open_sql_store(url: str, *, existing: bool = False) -> SqlStore:
     """The SQLite or Postgres store ``--store`` names (a JSONL journal has no job rows).
 
     ``existing``: the command only reads or changes jobs already there, so a SQLite file
-    that does not exist is refused rather than created empty (a typo in the path would
-    otherwise report an empty store and succeed).
+    that does not exist, or a database without a job store, is refused rather than created
+    empty (a typo in the path would otherwise report an empty store and succeed).
     """
     from ..batch.stores import SqliteStore, SqlStore, open_store
 
@@ -323,6 +323,8 @@ def open_sql_store(url: str, *, existing: bool = False) -> SqlStore:
             f"--store {url}: a store is sqlite:///path or postgresql://... "
             "(a JSONL journal is only for nanobanana batch --journal)"
         )
+    if existing:
+        store.create = False
     if existing and isinstance(store, SqliteStore) and not pathlib.Path(store.path).is_file():
         raise CLIError(
             f"--store {url}: no job store at {store.path} (nothing was created): check the "

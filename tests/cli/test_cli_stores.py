@@ -150,3 +150,40 @@ def test_store_mistakes_are_one_line(tmp_path: pathlib.Path) -> None:
     down = run_cli("jobs", "status", "--store", url, cwd=tmp_path)
     assert_clean_error(down, 1, "job store postgresql://bob:***@127.0.0.1:9/jobs")
     assert "hunter2" not in down.stderr + down.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [("status",), ("export", "-o", "out.jsonl"), ("retry", "--failed")], ids=lambda a: a[0]
+)
+def test_reading_commands_refuse_a_postgres_database_without_a_job_store(
+    tmp_path: pathlib.Path, pg_url: str, args: tuple[str, ...]
+) -> None:
+    # A database that exists but holds no job store (a wrong database name in the URL) is not
+    # read as an empty store: it is refused, and nothing is created in it.
+    proc = run_cli("jobs", *args, "--store", pg_url, cwd=tmp_path)
+    assert_clean_error(proc, 1, "no job store in postgresql://", "nothing was created")
+    assert list(tmp_path.iterdir()) == []
+
+    async def tables() -> int:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    assert anyio.run(tables) == 0
+    # Once jobs are added there, the same command reads them.
+    write(tmp_path / "jobs.txt", "a fox\n")
+    assert (
+        run_cli(
+            "jobs", "add", str(tmp_path / "jobs.txt"), "--store", pg_url, cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    status = run_cli("jobs", "status", "--json", "--store", pg_url, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"]["pending"] == 1

@@ -72,6 +72,9 @@ class SqlBackend(abc.ABC):
         self.wait_for_lease: bool = values.get("wait_for_lease", False)
         self.statements = Statements(self.dialect, self.queue)
         self.store_id: str | None = None  # read from the database on the first connection
+        # False: a database without a job store is refused, not given an empty one (commands
+        # that only read or change jobs already there, where a typo would read as empty).
+        self.create = True
 
     # -- what a backend provides ------------------------------------------------------------
 
@@ -164,7 +167,9 @@ class SqlBackend(abc.ABC):
 
     def _setup(self, conn: Any) -> None:
         self._prepare(conn)
-        self.store_id = ensure_schema(self._schema(conn), self.dialect, self.url)
+        self.store_id = ensure_schema(
+            self._schema(conn), self.dialect, self.url, create=self.create
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -94,11 +94,18 @@ def _found(db: SchemaAccess, dialect: Dialect) -> tuple[int, str] | None:
     return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
 
-def ensure_schema(db: SchemaAccess, dialect: Dialect, where: str) -> str:
-    """Create or upgrade the job table; the store's id. Refuses a newer schema."""
+def ensure_schema(db: SchemaAccess, dialect: Dialect, where: str, *, create: bool = True) -> str:
+    """Create or upgrade the job table; the store's id. Refuses a newer schema, and with
+    ``create`` false a database that holds no job store (nothing is created in it)."""
     found = _found(db, dialect)
     if found is not None and found[0] == VERSION:
         return found[1]
+    table_exists = dialect.sql(dialect.table_exists)
+    if not create and found is None and not db.query(table_exists, {"name": TABLE})[0][0]:
+        raise StoreError(
+            f"no job store in {where} (nothing was created): check the URL, or add jobs to a "
+            "new store with nanobanana jobs add FILE --store URL"
+        )
     with db.exclusive():
         found = _found(db, dialect)  # another worker may have done it while we waited
         if found is None:
