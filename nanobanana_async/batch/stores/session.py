@@ -159,15 +159,7 @@ class SqlSession:
                     job.num,
                 ):
                     key = data["idempotency_key"]  # a resend the server may recognise
-        self._taken[job_id] = {
-            "id": job_id,
-            "idx": index,
-            "prompt": job.prompt,
-            "model": job.model,
-            "image_size": job.image_size,
-            "num": job.num,
-            "key": key,
-        }
+        self._taken[job_id] = _row_of(job_id, index, job, key)
         return Begin(idempotency_key=key)
 
     async def _claim(self, job_id: str, index: int, job: Job) -> Begin:
@@ -176,13 +168,7 @@ class SqlSession:
         (a row written only at "sending" would let another run take it in between, and this
         one would have to give it up instead of waiting)."""
         params = {
-            "id": job_id,
-            "idx": index,
-            "prompt": job.prompt,
-            "model": job.model,
-            "image_size": job.image_size,
-            "num": job.num,
-            "key": uuid.uuid4().hex,
+            **_row_of(job_id, index, job, uuid.uuid4().hex),
             "owner": self.owner,
             "lease": self.lease,
         }
@@ -413,3 +399,16 @@ def _settled(data: dict[str, Any]) -> Begin | None:
 
 def _held(data: dict[str, Any]) -> str:
     return f"held by another worker ({data['lease_owner']}): not sent by this run"
+
+
+def _row_of(job_id: str, index: int, job: Job, key: str) -> dict[str, Any]:
+    """A job's row as the statements that write it first take it."""
+    return {
+        "id": job_id,
+        "idx": index,
+        "prompt": job.prompt,
+        "model": job.model,
+        "image_size": job.image_size,
+        "num": job.num,
+        "key": key,
+    }
