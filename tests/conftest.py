@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.postgres import PgCluster, pg_bin
+from tests.support.postgres import PgCluster, started_cluster
 
 # One definition for the whole suite, so Ray starts once per session (the Ray tests and the
 # docs' ```python ray blocks share it).
@@ -31,14 +31,7 @@ def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
 def pg_cluster() -> Iterator[PgCluster]:
     """Debian's PostgreSQL on a free loopback port for the whole session (``.ci/run``
     installs it when missing; without its binaries the tests that need it are skipped)."""
-    binaries = pg_bin()
-    if binaries is None:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    cluster = PgCluster.start(binaries)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started_cluster()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tests.checker.harness import RecordingEmulator
 from tests.checker.store_schedule import StoreSchedule, draw
 from tests.checker.stores import StoreChecker
 from tests.support.pgbouncer import PgBouncer, pgbouncer_bin
-from tests.support.postgres import PgCluster, pg_bin
+from tests.support.postgres import PgCluster, started_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -43,14 +43,7 @@ def seeds(variable: str, default: int) -> list[int]:
 def cluster() -> Iterator[PgCluster]:
     """A Postgres of this module's own: schedules restart and kill it. Crash-safe
     (``synchronous_commit`` on), as production is: a commit acknowledged survives a kill."""
-    binaries = pg_bin()
-    if binaries is None:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    started = PgCluster.start(binaries, crash_safe=True)
-    try:
-        yield started
-    finally:
-        started.stop()
+    yield from started_cluster(crash_safe=True)
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import psycopg
+import pytest
 
 __all__ = ["PgCluster", "as_pg", "base_dir", "die_with_parent", "free_port", "pg_bin"]
 
@@ -342,3 +344,16 @@ def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
             if state == "Z":
                 break
             time.sleep(0.01)
+
+
+def started_cluster(*, crash_safe: bool = False) -> Iterator[PgCluster]:
+    """A fixture's body: Debian's PostgreSQL on a free loopback port, stopped afterwards
+    (skipped, saying so, where its binaries are not installed: ``.ci/run`` installs them)."""
+    binaries = pg_bin()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    cluster = PgCluster.start(binaries, crash_safe=crash_safe)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

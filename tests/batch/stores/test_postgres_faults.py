@@ -26,7 +26,7 @@ from nanobanana_async import (
 from nanobanana_async.batch.stores import SqlStore, open_store
 from nanobanana_async.emulator import Emulator, Faults, serve
 from tests.support.pgbouncer import PgBouncer, pgbouncer_bin
-from tests.support.postgres import PgCluster, pg_bin
+from tests.support.postgres import PgCluster, started_cluster
 from tests.support.store_faults import run_through
 from tests.support.workers import cli_worker, reaped
 
@@ -38,14 +38,7 @@ KEY = "sk-postgres-faults"
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
     """A cluster these tests may restart, kill and freeze (never the session's shared one)."""
-    binaries = pg_bin()
-    if binaries is None:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    started = PgCluster.start(binaries, crash_safe=True)
-    try:
-        yield started
-    finally:
-        started.stop()
+    yield from started_cluster(crash_safe=True)
 
 
 @pytest.fixture
