@@ -37,11 +37,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .h11_pool import KEEPALIVE_EXPIRY, H11Transport
+from .loop import running_loop
 from .tls import default_ssl_context
 
 if TYPE_CHECKING:
-    import asyncio
-
     from .aiohttp_pool import AiohttpPool
 
 __all__ = [
@@ -119,18 +118,6 @@ def _httpcore_patched() -> bool:
     return not own
 
 
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or None under Trio (or outside any loop)."""
-    module = sys.modules.get("asyncio")
-    if module is None:  # never imported: no asyncio loop runs (Trio need not import it)
-        return None
-    try:
-        loop: asyncio.AbstractEventLoop = module.get_running_loop()
-    except RuntimeError:
-        return None
-    return loop
-
-
 class FastTransport(httpx.AsyncBaseTransport):
     """The transport :class:`~nanobanana_async.AsyncNanoBanana` builds for itself.
 
@@ -149,7 +136,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._httpx: httpx.AsyncHTTPTransport | None = None
         self._aiohttp: AiohttpPool | None = None
         self._ctx: ssl.SSLContext | bool = verify
-        if self._use_aiohttp and _running_asyncio_loop() is not None:
+        if self._use_aiohttp and running_loop() is not None:
             # Built on asyncio: aiohttp is imported now, not under the first requests of a
             # batch. Built outside a loop: on first use. Never under Trio.
             from . import aiohttp_pool  # noqa: F401
@@ -175,7 +162,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         not a few hundred milliseconds later together with the ones admitted after it."""
         if self._h11 is None:
             await self._setup()
-        if self._use_aiohttp and _running_asyncio_loop() is not None and not is_mocked():
+        if self._use_aiohttp and running_loop() is not None and not is_mocked():
             self._aiohttp_pool()  # never under Trio
 
     def _aiohttp_pool(self) -> AiohttpPool:
@@ -212,7 +199,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         if lean is None:
             lean = await self._setup()
         if self._use_aiohttp:
-            loop = _running_asyncio_loop()
+            loop = running_loop()
             if loop is not None:
                 return await self._aiohttp_pool().post(loop, url, body, headers, timeout, limit)
         return await lean.post(url, body, headers, timeout, limit)
@@ -224,7 +211,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         if is_mocked():
             return await self._reference().handle_async_request(request)
         if self._use_aiohttp:
-            loop = _running_asyncio_loop()
+            loop = running_loop()
             if loop is not None:
                 return await self._aiohttp_pool().send(loop, request)
         return await lean.handle_async_request(request)
@@ -232,7 +219,7 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         pool, reference, lean = self._aiohttp, self._httpx, self._h11
         try:
-            if pool is not None and _running_asyncio_loop() is not None:
+            if pool is not None and running_loop() is not None:
                 await pool.aclose()
         finally:
             try:

@@ -48,6 +48,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from .body import BodyTooLarge, declared_length, read_capped
 from .encoding import DECODE_SLICE, read_encoded
 from .idle import is_readable
+from .loop import running_loop
 from .resend import NO_ANSWER, replayable
 from .tls import default_ssl_context
 from .wire import MAX_HEAD, IllegalHeader, PlainHead, ResponseHeaders, parse_head, request_bytes
@@ -83,19 +84,21 @@ async def _read_some(stream: ByteStream) -> bytes:
 def _holds_read_ahead(stream: object) -> bool:
     """Whether the stream layers above the socket hold received bytes nobody has read.
 
-    anyio's asyncio streams queue what the event loop read while a receive waited (one
-    ``receive`` returns one chunk, at most the size asked), and a TLS stream keeps records it
-    has not decrypted yet: the socket's poll sees neither. No public accessor exists, so this
-    reads them by name; a missing name means "nothing kept" (tests/_http/test_leftover_bytes.py
-    checks the names on the installed anyio).
+    On asyncio the event loop reads ahead into
+    :class:`~nanobanana_async._http.asyncio_stream.AsyncioStream`, which says so. Under
+    Trio, anyio's TLS stream keeps records it has not decrypted yet, which the socket's poll
+    does not see: no public accessor exists, so this reads them by name; a missing name means
+    "nothing kept" (tests/_http/test_leftover_bytes.py checks the names on the installed anyio).
     """
+    holds_input = getattr(stream, "holds_input", None)  # AsyncioStream's own account
+    if holds_input is not None:
+        return bool(holds_input())
     while isinstance(stream, TLSStream):
         incoming = getattr(stream, "_read_bio", None)
         if stream.extra(TLSAttribute.ssl_object).pending() or getattr(incoming, "pending", 0):
             return True
         stream = stream.transport_stream
-    protocol = getattr(stream, "_protocol", None)  # anyio's asyncio SocketStream
-    return bool(getattr(protocol, "read_queue", None) or getattr(protocol, "is_at_eof", False))
+    return False
 
 
 class _Connection:
@@ -350,8 +353,12 @@ class H11Transport(httpx.AsyncBaseTransport):
         ctx = await self._ssl_context() if scheme == b"https" else None
         try:
             with anyio.fail_after(timeout):
-                if ctx is None:
-                    stream: ByteStream = await anyio.connect_tcp(host, port)
+                if running_loop() is not None:
+                    from .asyncio_stream import connect  # asyncio only: not under Trio
+
+                    stream: ByteStream = await connect(host, port, ctx)
+                elif ctx is None:
+                    stream = await anyio.connect_tcp(host, port)
                 else:
                     stream = await anyio.connect_tcp(
                         host,
