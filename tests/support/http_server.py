@@ -9,14 +9,16 @@ closes them.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import attrs
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import Listener, SocketAttribute, SocketStream
+from anyio.streams.tls import TLSListener
 
 __all__ = [
     "ClosingServer",
@@ -108,10 +110,14 @@ S = TypeVar("S", bound=Serves)
 
 
 @asynccontextmanager
-async def serving(server: S) -> AsyncIterator[S]:
-    """``server.handle`` on a free loopback port (set on ``server.port``) for the block."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(SocketAttribute.local_port)
+async def serving(server: S, tls: ssl.SSLContext | None = None) -> AsyncIterator[S]:
+    """``server.handle`` on a free loopback port (set on ``server.port``) for the block, over
+    TLS with ``tls`` (a server context)."""
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    server.port = tcp.extra(SocketAttribute.local_port)
+    listener: Listener[Any] = tcp
+    if tls is not None:
+        listener = TLSListener(tcp, tls, standard_compatible=False)
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, server.handle)
         try:
