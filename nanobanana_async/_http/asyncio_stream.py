@@ -3,17 +3,18 @@
 anyio's own asyncio socket stream pauses the transport's reading after every ``receive`` and
 resumes it before the next one (two ``epoll_ctl`` calls per read), and ends every ``send``
 with a shielded checkpoint (one more turn of the event loop): on a batch's hot path, about a
-fifth of a request's client CPU. Here, as there, every ``send`` and ``receive`` raises in a
-cancelled scope; neither yields to the loop unless it has to wait. This stream keeps reading while there is room (up to
+fifth of a request's client CPU. This stream keeps reading while there is room (up to
 ``_HIGH_WATER`` bytes waiting, as asyncio's own ``StreamReader`` does), wakes a reader with one
 future, and writes without yielding when the socket takes the bytes at once (the write buffer
-limit is 0, as in anyio: a ``send`` that returns has handed its bytes to the kernel).
+limit is 0, as in anyio: a ``send`` that returns has handed its bytes to the kernel). As with
+anyio's streams, ``send`` and ``receive`` raise in a cancelled scope; neither yields to the
+loop unless it has to wait. One task at a time reads or writes a stream, as the pool uses it.
 
 What it does not change: an EOF, a reset or bytes arriving while a connection sits idle are
 seen before reuse (:meth:`AsyncioStream.holds_input`, and the socket's poll), failures are
 anyio's exceptions (``BrokenResourceError``, ``ClosedResourceError``, ``EndOfStream``), and
 cancellation is the task's (a cancel scope's deadline cancels a waiting ``receive``).
-Under Trio the pool keeps anyio's streams; this module (and asyncio) is imported only on asyncio.
+Imported only on asyncio (under Trio, :mod:`~nanobanana_async._http.trio_stream`).
 """
 
 from __future__ import annotations

@@ -195,6 +195,22 @@ class _Connection:
             conn.receive_data(data)
 
 
+async def _connect_on_trio(host: str, port: int, ctx: ssl.SSLContext | None) -> ByteStream:
+    """anyio's connection, read and written by :class:`TrioStream`, with TLS over it."""
+    from .trio_stream import TrioStream  # Trio only: not on asyncio
+
+    connected = await anyio.connect_tcp(host, port)
+    if ctx is None:
+        return TrioStream(connected)
+    try:
+        return await TLSStream.wrap(
+            TrioStream(connected), hostname=host, ssl_context=ctx, standard_compatible=False
+        )
+    except BaseException:
+        await anyio.aclose_forcefully(connected)
+        raise
+
+
 def _slice_for(response: h11.Response) -> int | None:
     # h11 gives header names in lower case.
     encoded = any(name == b"content-encoding" for name, _ in response.headers.raw_items())
@@ -357,16 +373,8 @@ class H11Transport(httpx.AsyncBaseTransport):
                     from .asyncio_stream import connect  # asyncio only: not under Trio
 
                     stream: ByteStream = await connect(host, port, ctx)
-                elif ctx is None:
-                    stream = await anyio.connect_tcp(host, port)
                 else:
-                    stream = await anyio.connect_tcp(
-                        host,
-                        port,
-                        ssl_context=ctx,
-                        tls_hostname=host,
-                        tls_standard_compatible=False,
-                    )
+                    stream = await _connect_on_trio(host, port, ctx)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout("timed out connecting") from exc
         except _IO_ERRORS as exc:  # ssl.SSLError is an OSError
