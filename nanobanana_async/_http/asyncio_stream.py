@@ -4,10 +4,11 @@ anyio's own asyncio socket stream pauses the transport's reading after every ``r
 resumes it before the next one (two ``epoll_ctl`` calls per read), and ends every ``send``
 with a shielded checkpoint (one more turn of the event loop): on a batch's hot path, about a
 fifth of a request's client CPU. Here, as there, every ``send`` and ``receive`` raises in a
-cancelled scope; neither yields to the loop unless it has to wait. This stream keeps reading while there is room (up to
-``_HIGH_WATER`` bytes waiting, as asyncio's own ``StreamReader`` does), wakes a reader with one
-future, and writes without yielding when the socket takes the bytes at once (the write buffer
-limit is 0, as in anyio: a ``send`` that returns has handed its bytes to the kernel).
+cancelled scope; neither yields to the loop unless it has to wait. This stream keeps reading
+while there is room (up to ``_HIGH_WATER`` bytes waiting, as asyncio's own ``StreamReader``
+does), wakes a reader with one future, and writes without yielding when the socket takes the
+bytes at once (the write buffer limit is 0, as in anyio: a ``send`` that returns has handed
+its bytes to the kernel).
 
 What it does not change: an EOF, a reset or bytes arriving while a connection sits idle are
 seen before reuse (:meth:`AsyncioStream.holds_input`, and the socket's poll), failures are
