@@ -35,7 +35,6 @@ import anyio
 import attrs
 import httpx
 
-from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator
 
 from . import clients, profile, ray_pipeline, startup, stores
@@ -86,12 +85,6 @@ def _runners(server: str, latency: float) -> dict[str, tuple[str, Runner]]:
         "sdk": ("asyncio", lambda u, k, n, c: clients.sdk(u, k, n, c, None)),
         "sdk-trio": ("trio", lambda u, k, n, c: clients.sdk(u, k, n, c, None)),
     }
-    if server == "cheap":
-        # The SDK without the aiohttp extra, on asyncio: its own h11 pool, as under Trio.
-        runners["sdk-h11"] = (
-            "asyncio",
-            lambda u, k, n, c: clients.sdk(u, k, n, c, FastTransport(use_aiohttp=False)),
-        )
     if server == "emulator" or not latency:
         # Plain httpx at 100 ms takes minutes per run: against the emulator only.
         runners["httpx"] = (
@@ -261,14 +254,6 @@ def profile_cases(quick: bool) -> list[ProfileRow]:
         rows += profile.profile_case("cheap server, asyncio", proc.url, n, 128, "asyncio")
         rows += profile.profile_case("cheap server, Trio", proc.url, n, 128, "trio")
         rows += profile.profile_case(
-            "cheap server, asyncio, the SDK's h11 pool (no aiohttp)",
-            proc.url,
-            n,
-            128,
-            "asyncio",
-            client=lambda u, k, m, c: clients.sdk(u, k, m, c, FastTransport(use_aiohttp=False)),
-        )
-        rows += profile.profile_case(
             "cheap server, plain aiohttp (asyncio.Semaphore + TaskGroup)",
             proc.url,
             n,
@@ -312,7 +297,6 @@ def render(results: Results, quick: bool, repeat: int) -> str:
         f"{d} {_version(d)}"
         for d in ("httpx", "httpcore", "h11", "aiohttp", "anyio", "trio", "uvicorn")
     )
-    uses = "aiohttp" if FastTransport().uses_aiohttp else "h11 over anyio streams"
     lines = [
         "# Benchmarks",
         "",
@@ -326,8 +310,8 @@ def render(results: Results, quick: bool, repeat: int) -> str:
         "when it ended. The machine is shared: absolute figures move with whatever else runs, "
         "so every comparison is a ratio measured side by side in the same run.",
         f"- Versions: {versions}",
-        f"- SDK transport on asyncio: {uses}; on Trio (and without the `aiohttp` extra): the "
-        "SDK's own h11 pool over anyio streams",
+        "- SDK transport: its own h11 pool, on a native asyncio stream under asyncio and on "
+        "anyio's streams under Trio; plain aiohttp is only the baseline",
     ]
     lines += _render_network(results.rows)
     lines += _render_cpu(results.cpu)
@@ -367,9 +351,8 @@ def _render_network(rows: list[Row]) -> list[str]:
         "- Clients: `aiohttp` = one `aiohttp.ClientSession`, an `asyncio.Semaphore` and an "
         "`asyncio.TaskGroup`, as an asyncio user writes it (the baseline of every ratio); "
         "`aiohttp-anyio` = the same with `anyio.Semaphore` and an anyio task group; `sdk` = "
-        "`AsyncNanoBanana.run_batch` with its default transport on asyncio; `sdk-trio` the "
-        "same under Trio; `sdk-h11` the same on asyncio without the `aiohttp` extra (the "
-        "SDK's h11 pool, as under Trio); `httpx` = one `httpx.AsyncClient` with limits "
+        "`AsyncNanoBanana.run_batch` with its default transport (its own h11 pool) on asyncio; "
+        "`sdk-trio` the same under Trio; `httpx` = one `httpx.AsyncClient` with limits "
         "sized to an `asyncio.Semaphore`, in an `asyncio.TaskGroup` (at 100 ms only against "
         "the emulator, once per case: it takes minutes).",
         "- Efficiency = ideal wall time / measured wall time, ideal = requests / concurrency "
@@ -495,17 +478,14 @@ def _render_profile(rows: list[ProfileRow]) -> list[str]:
     return lines[:-1]
 
 
-PROFILE_NOTE = """Where the SDK on asyncio spends what plain aiohttp does not (c=128/0 ms, cheap
-server; compare the tables of the SDK on asyncio and of plain aiohttp below): not anyio, which
-is a few percent of the SDK's CPU on asyncio (the baseline's own anyio form, `aiohttp-anyio` in
-the throughput table, pays far more for its semaphore and task group than the SDK does), and
-not the event loop, which runs fewer callbacks per job for the SDK than for plain aiohttp.
-The difference is the SDK's own code per job, which accounts for about all of it: the batch
-runner's money path, the client's request and answer, retry, models and errors, and its
-layer around aiohttp (a checked connector, a timeout, the resend guard, a capped read), plus
-the built-in calls they make. The SDK's own h11 pool on asyncio (`sdk-h11`, profiled below
-too) is the other way to speak HTTP there: compare its requests/s with the aiohttp path's
-(`sdk`) in the throughput table before choosing the default transport on asyncio."""
+PROFILE_NOTE = """Where the SDK on asyncio spends its CPU next to plain aiohttp (c=128/0 ms, cheap
+server; compare the tables of the SDK on asyncio and of plain aiohttp below). The SDK speaks
+HTTP through its own h11 pool on a native asyncio stream (`_http/asyncio_stream.py`): its
+transport layer (`SDK: transports`) is a far smaller share of its CPU than aiohttp, yarl and
+multidict are of plain aiohttp's, and the event loop makes fewer Python calls per job for the
+SDK than for plain aiohttp. What the SDK spends on top is its own code per job: the batch runner's
+money path, the client's request and answer, retry, models and errors, anyio (the batch's task
+group and limiter, a cancel scope per request), plus the built-in calls they make."""
 
 
 NOTES = """
@@ -514,20 +494,27 @@ NOTES = """
 `AsyncNanoBanana` without `http_client=` or `transport=` builds an `httpx.AsyncClient` on
 `nanobanana_async._http.fast.FastTransport`:
 
-- on asyncio with `aiohttp` installed (`pip install 'nanobanana-async[aiohttp]'`), requests go
-  through one aiohttp connection pool (no connection limit: the batch bounds concurrency), and
-  aiohttp's failures are mapped to the httpx exceptions httpcore raises for the same situation,
-  so retries and the "may have been charged" verdict are unchanged. Generate requests go
-  straight to that pool without building httpx request and response objects, which were most
-  of the client's CPU per request;
-- under Trio, or without aiohttp, requests go through a small HTTP/1.1 connection pool of the
-  SDK's own (`h11` over anyio streams): httpcore 1.0's pool bookkeeping grows with the square
-  of the connections in one pool, and even in small pools it cost about 1 ms of CPU per request
-  under Trio;
+- on asyncio and under Trio alike, requests go through a small HTTP/1.1 connection pool of the
+  SDK's own (`h11`, no connection limit: the batch bounds concurrency), on a native asyncio
+  stream under asyncio and on anyio's streams under Trio. Its failures are mapped to the httpx
+  exceptions httpcore raises for the same situation, so retries and the "may have been
+  charged" verdict are the same as on httpx's own transport. Generate requests go straight to
+  that pool without building httpx request and response objects, which were most of the
+  client's CPU per request. httpcore 1.0's own pool is not used: its bookkeeping grows with
+  the square of the connections in one pool, and even in small pools it cost about 1 ms of
+  CPU per request under Trio;
 - when respx (or anything else) has patched httpcore's pool, requests go through httpcore so
   the mock sees every request. A caller's `http_client=` or `transport=` is used as is.
 
-What is left of the gap to plain aiohttp is CPU per request on the client side. It shows once
+On asyncio the SDK used to send requests through an aiohttp pool of its own when aiohttp was
+installed. Once the h11 pool had its asyncio stream it matched plain aiohttp's requests/s
+(1.01x at c=128/0 ms on the cheap server) at about 188 us of client CPU per request, against
+0.58x and about 364 us for the aiohttp path, and it used less CPU per request at the other
+points measured too (c=1024, c=256 at 100 ms, the emulator), so the aiohttp path was removed
+(docs/architecture.md, "Why the SDK has its own transports"). Plain aiohttp is only the
+baseline here.
+
+What is left of any gap to plain aiohttp is CPU per request on the client side. It shows once
 the client process saturates a core: the server uses the other one on this 2-CPU machine, so
 wall-clock figures move with whatever else runs on it.
 """

@@ -5,7 +5,7 @@ settings interleaved run after run so that a noisy machine slows them alike. Eac
 overhead is the median, over the runs, of its CPU per job divided by that of the run without
 telemetry just before it. Two transports: a canned in-process answer (the client alone, on
 httpx) and the emulator in its own process over loopback with the client's default transport
-(on asyncio, the aiohttp path without httpx objects).
+(the SDK's h11 pool, without httpx objects).
 
 "tracing" is the SDK's ``TracerProvider`` with a ``BatchSpanProcessor`` and an exporter that
 drops everything (every span is recorded and handed to the processor, as in production, and

@@ -5,7 +5,7 @@ API emulator.
 
 The names load from their modules on first use (PEP 562): ``import nanobanana_async`` (and
 the ``nanobanana`` command's ``--help``) imports neither httpx nor anyio nor the batch runner,
-and each optional back end (aiohttp, psycopg, coredis, OpenTelemetry) only once it is used.
+and each optional back end (psycopg, coredis, OpenTelemetry) only once it is used.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -138,7 +138,7 @@ class AsyncNanoBanana:
         self._transport = transport
         self._own_client: httpx.AsyncClient | None = None
         # Generate requests skip httpx's Request/Response machinery when FastTransport can post
-        # through aiohttp: at batch concurrency that machinery was most of the client's CPU.
+        # through its h11 pool: at batch concurrency that machinery was most of the client's CPU.
         self._fast_transport: FastTransport | None = None
         if http_client is None:
             # FastTransport loads its TLS context once per process in a worker thread, so

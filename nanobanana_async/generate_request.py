@@ -1,8 +1,8 @@
 """One generate request: body, key and timeout, sent on the cheapest path that applies, read
 capped.
 
-The paths, cheapest first: :class:`FastTransport`'s direct post (aiohttp on asyncio, the SDK's
-own h11 pool elsewhere), a caller's ``transport=`` handed the request directly, httpx's client
+The paths, cheapest first: :class:`FastTransport`'s direct post (the SDK's own h11 pool, on
+asyncio and Trio), a caller's ``transport=`` handed the request directly, httpx's client
 ``send`` (a caller's ``http_client=``, a mock patched into httpx, proxies from the
 environment). Every path gives the same status, headers and body, or the same httpx error.
 A request that fails is described on its error (:class:`~nanobanana_async.errors.HTTPExchange`),

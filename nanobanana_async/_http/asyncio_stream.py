@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -165,15 +166,102 @@ class AsyncioStream(ByteStream):
 
 async def connect(host: str, port: int, ssl_context: ssl.SSLContext | None) -> AsyncioStream:
     """A connection to ``host:port`` (TLS with ``ssl_context``, checking ``host``), trying its
-    addresses with Happy Eyeballs as anyio's ``connect_tcp`` does. Failures raise ``OSError``."""
+    addresses with Happy Eyeballs as anyio's ``connect_tcp`` does. Failures raise ``OSError``.
+
+    The addresses are raced here (:func:`_connected_socket`), not by ``create_connection``'s
+    ``happy_eyeballs_delay``: asyncio's race (``staggered_race``) drops a socket that connected
+    in the moment its caller was cancelled, open until the garbage collector finds it, and a
+    batch cancels connects all the time (``break``, a cancelled scope, a connect timeout).
+    """
     loop = asyncio.get_running_loop()
+    sock = await _connected_socket(host, port)
+    # From here the transport owns the socket: create_connection closes it if the TLS
+    # handshake fails or is cancelled.
     transport, protocol = await loop.create_connection(
         lambda: _Protocol(loop),
-        host,
-        port,
+        sock=sock,
         ssl=ssl_context,
         server_hostname=host if ssl_context is not None else None,
-        happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY,
     )
     assert isinstance(transport, asyncio.Transport)
     return AsyncioStream(transport, protocol)
+
+
+Address = tuple[socket.AddressFamily, tuple[Any, ...]]
+
+
+async def _connected_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket connected to one of ``host``'s addresses, raced as anyio's ``connect_tcp``
+    races them: the next address is tried once the previous attempt failed or has taken
+    ``_HAPPY_EYEBALLS_DELAY``; the first to connect wins and every other one is closed."""
+    addresses = await _addresses(host, port)
+    if len(addresses) == 1:
+        return await _connect_one(*addresses[0])
+    winner: socket.socket | None = None
+    errors: list[OSError] = []
+
+    async def attempt(address: Address, over: anyio.Event) -> None:
+        nonlocal winner
+        try:
+            sock = await _connect_one(*address)
+        except OSError as exc:
+            errors.append(exc)
+            return
+        finally:
+            over.set()
+        if winner is None:
+            winner = sock
+            race.cancel_scope.cancel()
+        else:
+            sock.close()
+
+    try:
+        async with anyio.create_task_group() as race:
+            for address in addresses:
+                over = anyio.Event()
+                race.start_soon(attempt, address, over)
+                with anyio.move_on_after(_HAPPY_EYEBALLS_DELAY):
+                    await over.wait()
+    except BaseException:
+        if winner is not None:
+            winner.close()
+        raise
+    if winner is None:
+        if len({str(exc) for exc in errors}) == 1:
+            raise errors[0]
+        raise OSError("Multiple exceptions: " + ", ".join(str(exc) for exc in errors))
+    return winner
+
+
+async def _addresses(host: str, port: int) -> list[Address]:
+    """``host``'s addresses, an IPv6 one first and an IPv4 one second when it has both (as
+    anyio orders them). An IP address is used as it is, without a trip to the resolver."""
+    infos: Sequence[tuple[socket.AddressFamily, Any, Any, Any, tuple[Any, ...]]]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    ordered: list[Address] = []
+    v6 = v4 = False
+    for family, *_, address in infos:
+        if family == socket.AF_INET6 and not v6:
+            v6 = True
+            ordered.insert(0, (family, address))
+        elif family == socket.AF_INET and v6 and not v4:
+            v4 = True
+            ordered.insert(1, (family, address))
+        else:
+            ordered.append((family, address))
+    return ordered
+
+
+async def _connect_one(family: socket.AddressFamily, address: tuple[Any, ...]) -> socket.socket:
+    """A TCP socket connected to ``address``; closed on any failure, a cancellation included."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

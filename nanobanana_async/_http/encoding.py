@@ -1,6 +1,6 @@
 """Content-Encoding on the direct path, decoded by httpx's own decoders under a size cap.
 
-The aiohttp direct path reads raw bytes and builds no httpx objects. A server may compress
+The h11 pool's direct path reads raw bytes and builds no httpx objects. A server may compress
 even when asked for ``identity``, so a response that declares a ``Content-Encoding`` is
 decoded through an ``httpx.Response``: the same encodings as the httpx path (gzip, deflate,
 br and zstd when httpx can decode them here), stacked ones in reverse order, unknown ones
@@ -10,8 +10,9 @@ the header (nearly all) never reach this module.
 The cap applies to the decoded size, as on the httpx path. httpx decodes each chunk it reads
 in one call, so a gzip bomb briefly costs up to about a thousand times a 64 KiB read there;
 here the encoded body is fed to the decoders in 1 KiB slices, so no decoded piece exceeds about
-1 MiB (gzip and deflate expand at most ~1032:1) before the cap stops the work. The h11 pool
-hands httpx encoded bodies in slices of the same size (:data:`DECODE_SLICE`).
+1 MiB (gzip and deflate expand at most ~1032:1) before the cap stops the work. The h11 pool's
+``handle_async_request`` hands httpx encoded bodies in slices of the same size
+(:data:`DECODE_SLICE`).
 """
 
 from __future__ import annotations

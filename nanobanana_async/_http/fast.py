@@ -5,49 +5,38 @@ change, so its bookkeeping grows with the square of the connections in one pool:
 hundred concurrent requests the client spends its CPU there, not on I/O (the figures are in
 docs/architecture.md, "Why the SDK has its own transports").
 :class:`FastTransport` keeps the httpx interface (``httpx.AsyncClient``, ``http_client=``,
-respx) and picks, per request:
-
-- on asyncio, when ``aiohttp`` is installed (extra ``nanobanana-async[aiohttp]``): one
-  ``aiohttp`` connection pool, with aiohttp's failures mapped to the httpx exceptions httpx
-  itself would raise for the same situation (``ConnectError``, ``ConnectTimeout``,
-  ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``);
-- otherwise (Trio, or no aiohttp): :class:`~nanobanana_async._http.h11_pool.H11Transport`, a
-  lean HTTP/1.1 transport (h11 over anyio streams, one plain pool of idle connections), with
-  the same error mapping. httpcore costs about a millisecond of CPU per request under Trio,
-  even in small pools; this path costs about half as much.
+respx) and sends every request, on asyncio and Trio alike, through
+:class:`~nanobanana_async._http.h11_pool.H11Transport`: a lean HTTP/1.1 transport (h11 over
+one plain pool of idle connections, on a native asyncio stream under asyncio), its failures
+mapped to the httpx exceptions httpcore raises for the same situation. httpcore costs about a
+millisecond of CPU per request under Trio, even in small pools; the h11 pool about half as much.
 
 Generate requests skip httpx's request and response objects altogether
-(:meth:`FastTransport.post_directly`): through the aiohttp pool on asyncio, through
-:meth:`H11Transport.post <nanobanana_async._http.h11_pool.H11Transport.post>` otherwise.
+(:meth:`FastTransport.post_directly`, which is
+:meth:`H11Transport.post <nanobanana_async._http.h11_pool.H11Transport.post>`).
 
 When a mock has patched httpx's or httpcore's transport (respx with either mocker,
-pytest-httpx), both paths step aside and the request goes through httpx's own transport, where
-the mock sees it: a test suite never sends a real request because of this module.
+pytest-httpx), the h11 pool steps aside and the request goes through httpx's own transport,
+where the mock sees it: a test suite never sends a real request because of this module.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import ssl
 import sys
 from collections.abc import Mapping
 from types import FunctionType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from .h11_pool import KEEPALIVE_EXPIRY, H11Transport
-from .loop import running_loop
 from .tls import default_ssl_context
-
-if TYPE_CHECKING:
-    from .aiohttp_pool import AiohttpPool
 
 __all__ = [
     "IDLE_EXPIRY",
     "UNBOUNDED_LIMITS",
     "FastTransport",
-    "aiohttp_available",
     "is_mocked",
 ]
 
@@ -62,13 +51,6 @@ UNBOUNDED_LIMITS = httpx.Limits(
 )
 _HTTPX_HANDLE = httpx.AsyncHTTPTransport.handle_async_request
 _CLIENT_ROUTING = httpx.AsyncClient._transport_for_url
-# aiohttp is imported on the first request made through it, not with the SDK.
-_AIOHTTP_INSTALLED = importlib.util.find_spec("aiohttp") is not None
-
-
-def aiohttp_available() -> bool:
-    """Whether the aiohttp path can be used (aiohttp is installed)."""
-    return _AIOHTTP_INSTALLED
 
 
 def is_mocked() -> bool:
@@ -121,25 +103,16 @@ def _httpcore_patched() -> bool:
 class FastTransport(httpx.AsyncBaseTransport):
     """The transport :class:`~nanobanana_async.AsyncNanoBanana` builds for itself.
 
-    aiohttp on asyncio when it is installed (and ``use_aiohttp`` is not False),
-    :class:`~nanobanana_async._http.h11_pool.H11Transport` otherwise, httpx's own transport
-    when a mock has patched httpx or httpcore. The TLS context is built once per process, in a
-    worker thread.
+    :class:`~nanobanana_async._http.h11_pool.H11Transport` on asyncio and Trio, httpx's own
+    transport when a mock has patched httpx or httpcore. The TLS context is built once per
+    process, in a worker thread.
     """
 
-    def __init__(self, *, verify: ssl.SSLContext | bool = True, use_aiohttp: bool | None = None):
-        if use_aiohttp and not _AIOHTTP_INSTALLED:
-            raise RuntimeError("aiohttp is not installed: pip install 'nanobanana-async[aiohttp]'")
+    def __init__(self, *, verify: ssl.SSLContext | bool = True):
         self._verify = verify
-        self._use_aiohttp = use_aiohttp is not False and _AIOHTTP_INSTALLED
         self._h11: H11Transport | None = None
         self._httpx: httpx.AsyncHTTPTransport | None = None
-        self._aiohttp: AiohttpPool | None = None
         self._ctx: ssl.SSLContext | bool = verify
-        if self._use_aiohttp and running_loop() is not None:
-            # Built on asyncio: aiohttp is imported now, not under the first requests of a
-            # batch. Built outside a loop: on first use. Never under Trio.
-            from . import aiohttp_pool  # noqa: F401
 
     async def _setup(self) -> H11Transport:
         verify = self._verify
@@ -157,27 +130,11 @@ class FastTransport(httpx.AsyncBaseTransport):
         return self._httpx
 
     async def prepare(self) -> None:
-        """Do the one-time work of the first request now (TLS context, importing aiohttp), so
-        that a request admitted at a given moment (a rate limit's start slot) is sent then,
-        not a few hundred milliseconds later together with the ones admitted after it."""
+        """Do the one-time work of the first request now (the TLS context), so that a request
+        admitted at a given moment (a rate limit's start slot) is sent then, not a few hundred
+        milliseconds later together with the ones admitted after it."""
         if self._h11 is None:
             await self._setup()
-        if self._use_aiohttp and running_loop() is not None and not is_mocked():
-            self._aiohttp_pool()  # never under Trio
-
-    def _aiohttp_pool(self) -> AiohttpPool:
-        # Built (and aiohttp imported) on the first request made on asyncio, after _setup.
-        pool = self._aiohttp
-        if pool is None:
-            from .aiohttp_pool import AiohttpPool
-
-            pool = self._aiohttp = AiohttpPool(self._ctx)
-        return pool
-
-    @property
-    def uses_aiohttp(self) -> bool:
-        """Whether requests made on asyncio go through aiohttp."""
-        return self._use_aiohttp
 
     def can_post_directly(self) -> bool:
         """Whether :meth:`post_directly` may be used now: no mock has patched httpx."""
@@ -191,17 +148,13 @@ class FastTransport(httpx.AsyncBaseTransport):
         timeout: dict[str, float | None],
         limit: int,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """POST without building httpx objects: through the aiohttp pool on asyncio (see
-        ``AiohttpPool.post``), else ``H11Transport.post``. Only when :meth:`can_post_directly`
-        is true. Failures raise the httpx exceptions of :meth:`handle_async_request`.
+        """POST without building httpx objects, through ``H11Transport.post``. Only when
+        :meth:`can_post_directly` is true. Failures raise the httpx exceptions of
+        :meth:`handle_async_request`.
         """
         lean = self._h11
         if lean is None:
             lean = await self._setup()
-        if self._use_aiohttp:
-            loop = running_loop()
-            if loop is not None:
-                return await self._aiohttp_pool().post(loop, url, body, headers, timeout, limit)
         return await lean.post(url, body, headers, timeout, limit)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -210,24 +163,16 @@ class FastTransport(httpx.AsyncBaseTransport):
             lean = await self._setup()
         if is_mocked():
             return await self._reference().handle_async_request(request)
-        if self._use_aiohttp:
-            loop = running_loop()
-            if loop is not None:
-                return await self._aiohttp_pool().send(loop, request)
         return await lean.handle_async_request(request)
 
     async def aclose(self) -> None:
-        pool, reference, lean = self._aiohttp, self._httpx, self._h11
+        reference, lean = self._httpx, self._h11
         try:
-            if pool is not None and running_loop() is not None:
-                await pool.aclose()
+            if lean is not None:
+                await lean.aclose()
         finally:
-            try:
-                if lean is not None:
-                    await lean.aclose()
-            finally:
-                if reference is not None:
-                    await reference.aclose()
+            if reference is not None:
+                await reference.aclose()
 
     async def __aenter__(self) -> FastTransport:
         return self

@@ -85,7 +85,7 @@ class Hooks:
     - ``on_retry(RetryEvent)``: a retry is being made, and why.
     - ``on_job_result(JobResult)``: a job of a batch finished (succeeded, failed or skipped).
 
-    They see every request on every transport (the aiohttp path, the h11 pool, a caller's
+    They see every request on every transport (the SDK's h11 pool, a caller's ``transport`` or
     ``http_client``). An exception raised by a hook is logged and ignored.
     """
 

@@ -1,4 +1,4 @@
-"""H11Transport: the lean HTTP/1.1 transport FastTransport uses under Trio and without aiohttp.
+"""H11Transport: the lean HTTP/1.1 transport FastTransport uses on asyncio and Trio.
 
 Against the emulator over loopback (success, reuse, 5xx) and against a raw loopback server
 that misbehaves on purpose (drops, hangs, chunked bodies, garbage, idle closes), on asyncio
@@ -323,12 +323,14 @@ async def test_an_unsupported_scheme_is_refused(anyio_backend: str) -> None:
         await transport.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/x"))
 
 
-async def test_the_fast_transport_uses_it_when_aiohttp_is_off(anyio_backend: str) -> None:
+async def test_the_fast_transport_uses_it_on_both_loops(anyio_backend: str) -> None:
     async with raw_server("ok") as server:
-        fast = FastTransport(use_aiohttp=False)
+        fast = FastTransport()
         async with fast, httpx.AsyncClient(transport=fast) as client:
             for _ in range(3):
                 assert (await client.get(server.url)).content == b"hello"
+            assert fast._h11 is not None
+            assert fast._h11.connections_opened == 1  # every request went through its pool
         assert server.accepted == 1
         await settle(server, 0)
         assert server.open == 0

@@ -15,7 +15,7 @@ import pytest
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
 from nanobanana_async._http import asyncio_stream
-from nanobanana_async._http.asyncio_stream import AsyncioStream, connect
+from nanobanana_async._http.asyncio_stream import AsyncioStream
 from nanobanana_async._http.h11_pool import H11Transport
 
 pytestmark = pytest.mark.anyio
@@ -170,12 +170,3 @@ async def test_a_closed_stream_refuses_reads_and_writes_and_gives_its_socket(
             await stream.receive()
         with pytest.raises(anyio.ClosedResourceError):
             await stream.send(b"x")
-
-
-@asyncio_only
-async def test_a_refused_connection_is_an_oserror() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    with pytest.raises(ConnectionRefusedError):
-        await connect("127.0.0.1", port, None)

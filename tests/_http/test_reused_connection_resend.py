@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from nanobanana_async import APIConnectionError, AsyncNanoBanana
-from nanobanana_async._http.fast import FastTransport, aiohttp_available
+from nanobanana_async._http.fast import FastTransport
 from tests.support.http_server import ClosingServer, serving
 
 pytestmark = pytest.mark.anyio
@@ -26,16 +26,11 @@ pytestmark = pytest.mark.anyio
 KEY = "nb-resend-0123456789abcdef"
 CALLS = 6
 
-# How a client reaches the server: through its direct path (h11, aiohttp), through httpx's
-# own transport (transport= and http_client=), or through FastTransport inside a caller's
-# httpx client (the paths that build httpx requests: h11-handle, aiohttp-handle).
+# How a client reaches the server: through its direct path (h11), through httpx's own
+# transport (transport= and http_client=), or through FastTransport inside a caller's httpx
+# client (the path that builds httpx requests: h11-handle).
 PATHS: dict[str, Callable[[str], AsyncNanoBanana]] = {
-    "h11": lambda url: AsyncNanoBanana(
-        KEY, base_url=url, transport=FastTransport(use_aiohttp=False), max_retries=0
-    ),
-    "aiohttp": lambda url: AsyncNanoBanana(
-        KEY, base_url=url, transport=FastTransport(use_aiohttp=True), max_retries=0
-    ),
+    "h11": lambda url: AsyncNanoBanana(KEY, base_url=url, transport=FastTransport(), max_retries=0),
     "httpx-transport": lambda url: AsyncNanoBanana(
         KEY, base_url=url, transport=httpx.AsyncHTTPTransport(), max_retries=0
     ),
@@ -45,27 +40,10 @@ PATHS: dict[str, Callable[[str], AsyncNanoBanana]] = {
     "h11-handle": lambda url: AsyncNanoBanana(
         KEY,
         base_url=url,
-        http_client=httpx.AsyncClient(transport=FastTransport(use_aiohttp=False)),
-        max_retries=0,
-    ),
-    "aiohttp-handle": lambda url: AsyncNanoBanana(
-        KEY,
-        base_url=url,
-        http_client=httpx.AsyncClient(transport=FastTransport(use_aiohttp=True)),
+        http_client=httpx.AsyncClient(transport=FastTransport()),
         max_retries=0,
     ),
 }
-
-
-def _runs(paths: list[str]) -> list[tuple[str, str]]:
-    """(backend, path) pairs that exist: aiohttp runs on asyncio only (under Trio the SDK uses
-    its h11 pool), and only where the extra is installed."""
-    return [
-        (backend, path)
-        for backend in ("asyncio", "trio")
-        for path in paths
-        if "aiohttp" not in path or (backend == "asyncio" and aiohttp_available())
-    ]
 
 
 async def _close_client(client: AsyncNanoBanana) -> None:
@@ -76,7 +54,7 @@ async def _close_client(client: AsyncNanoBanana) -> None:
 
 
 @pytest.mark.parametrize("mode", ["eof", "reset"])
-@pytest.mark.parametrize(("anyio_backend", "path"), _runs(list(PATHS)))
+@pytest.mark.parametrize("path", list(PATHS))
 async def test_a_request_on_a_connection_closed_under_it_is_sent_once_more(
     anyio_backend: str, path: str, mode: str
 ) -> None:
@@ -97,7 +75,7 @@ async def test_a_request_on_a_connection_closed_under_it_is_sent_once_more(
     assert set(server.dropped) <= set(server.answered)  # each dropped one came back, once
 
 
-@pytest.mark.parametrize(("anyio_backend", "path"), _runs(list(PATHS)))
+@pytest.mark.parametrize("path", list(PATHS))
 async def test_a_fresh_connection_closed_under_its_request_stays_ambiguous(
     anyio_backend: str, path: str
 ) -> None:
@@ -117,9 +95,7 @@ async def test_a_fresh_connection_closed_under_its_request_stays_ambiguous(
 
 # httpx's own transport (httpcore) does not say whether part of a head arrived before the
 # connection closed: there, a head cut short counts as no answer (_http/resend.py).
-@pytest.mark.parametrize(
-    ("anyio_backend", "path"), _runs([p for p in PATHS if not p.startswith("httpx")])
-)
+@pytest.mark.parametrize("path", [p for p in PATHS if not p.startswith("httpx")])
 async def test_part_of_an_answer_on_a_reused_connection_stays_ambiguous(
     anyio_backend: str, path: str
 ) -> None:
@@ -137,13 +113,10 @@ async def test_part_of_an_answer_on_a_reused_connection_stays_ambiguous(
     assert len(server.answered) == len(server.dropped) == 1
 
 
-@pytest.mark.parametrize(("anyio_backend", "path"), _runs(["h11-handle", "aiohttp-handle"]))
-async def test_a_request_without_an_idempotency_key_is_not_sent_again(
-    anyio_backend: str, path: str
-) -> None:
+async def test_a_request_without_an_idempotency_key_is_not_sent_again(anyio_backend: str) -> None:
     # Outside the SDK's own generate requests: a POST through the transport that carries no
     # Idempotency-Key is not replayable, so its failure stands.
-    transport = FastTransport(use_aiohttp="aiohttp" in path)
+    transport = FastTransport()
     async with (
         serving(ClosingServer("eof")) as server,
         httpx.AsyncClient(transport=transport) as http,

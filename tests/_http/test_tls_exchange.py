@@ -54,7 +54,7 @@ def client(port: int, context: ssl.SSLContext) -> AsyncNanoBanana:
     return AsyncNanoBanana(
         KEY,
         base_url=f"https://127.0.0.1:{port}",
-        transport=FastTransport(verify=context, use_aiohttp=False),
+        transport=FastTransport(verify=context),
         max_retries=0,
     )
 

@@ -1,10 +1,10 @@
 """FastTransport, the client's default transport, behaves like httpx's own transport.
 
-Each scenario runs over a real loopback socket with three transports: httpx's
-``AsyncHTTPTransport`` (the reference), ``FastTransport()`` (aiohttp on asyncio, the h11 pool
-on Trio) and ``FastTransport(use_aiohttp=False)`` (the h11 pool everywhere).
-The client must see the same result or the same error, with the same "may have been charged"
-verdict, whichever transport carried the request.
+Each scenario runs over a real loopback socket with two transports: httpx's
+``AsyncHTTPTransport`` (the reference) and ``FastTransport()`` (the SDK's h11 pool, on a native
+asyncio stream under asyncio, on anyio's streams under Trio). The client must see the same
+result or the same error, with the same "may have been charged" verdict, whichever transport
+carried the request.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from nanobanana_async import (
     ServerError,
     __version__,
 )
-from nanobanana_async._http.fast import FastTransport, aiohttp_available
+from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Emulator, Faults, serve
 from tests.support.http_server import serving
 from tests.support.sockets import connections_to
@@ -46,7 +46,6 @@ UNBOUNDED = httpx.Limits(max_connections=None, max_keepalive_connections=None)
 TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
     "httpx": lambda: httpx.AsyncHTTPTransport(limits=UNBOUNDED),
     "fast": FastTransport,
-    "h11": lambda: FastTransport(use_aiohttp=False),
 }
 
 Behaviour = Literal["ok", "drop", "hang", "500", "huge", "huge-unsized"]
@@ -189,12 +188,6 @@ async def test_the_emulator_over_loopback_gives_the_same_answers(anyio_backend: 
     kinds = {o[0] for o in results["httpx"]}
     assert {"ok", "ServerError", "APIConnectionError"} <= kinds
     assert results["fast"] == results["httpx"]
-    assert results["h11"] == results["httpx"]
-
-
-def test_the_fast_transport_uses_aiohttp_only_when_it_can() -> None:
-    assert FastTransport().uses_aiohttp == aiohttp_available()
-    assert not FastTransport(use_aiohttp=False).uses_aiohttp
 
 
 async def test_a_client_without_transport_uses_the_fast_transport(anyio_backend: str) -> None:

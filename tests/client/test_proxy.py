@@ -1,7 +1,7 @@
 """A proxy named in the environment (HTTP_PROXY, NO_PROXY) is honoured by the SDK's own client.
 
-On asyncio the SDK posts generate requests straight through its aiohttp pool; that fast path
-must step aside when httpx would route the request through a proxy.
+The SDK posts generate requests straight through its own h11 pool; that fast path must step
+aside when httpx would route the request through a proxy.
 """
 
 from __future__ import annotations

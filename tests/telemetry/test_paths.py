@@ -1,10 +1,9 @@
 """Every path a generate request can take gets the SDK's spans, traceparent and hooks.
 
-On asyncio with aiohttp installed, the client's own transport posts straight through the
-aiohttp pool (no httpx objects: httpx's event hooks and its OpenTelemetry instrumentation
-never see the request); under Trio it goes through the SDK's h11 pool; a caller's
-``http_client`` and an in-process ``transport`` go through httpx. The emulator notes the
-``traceparent`` header each request arrived with.
+The client's own transport posts straight through the SDK's h11 pool, on asyncio and Trio (no
+httpx objects: httpx's event hooks and its OpenTelemetry instrumentation never see the
+request); a caller's ``http_client`` and an in-process ``transport`` go through httpx. The
+emulator notes the ``traceparent`` header each request arrived with.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-import sniffio
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from nanobanana_async import AsyncNanoBanana, AttemptEvent, Hooks, ResponseEvent, RetryEvent
-from nanobanana_async._http.fast import FastTransport, aiohttp_available
+from nanobanana_async._http.fast import FastTransport
 from nanobanana_async.emulator import Faults, serve
 
 from .scripts import SERVER_ERROR
@@ -77,13 +75,10 @@ async def test_spans_traceparent_and_hooks_on_every_path(path: str, otel: Otel) 
     emulator = RecordingEmulator(keys={KEY: 100})
     seen: list[str] = []
     async with client_on(path, emulator, recording_hooks(emulator, seen), otel) as (client, host):
-        if path == "default transport over loopback" and sniffio.current_async_library() == (
-            "asyncio"
-        ):
-            assert aiohttp_available()
+        if path == "default transport over loopback":
             transport = client._fast_transport
             assert isinstance(transport, FastTransport)
-            assert transport.can_post_directly()  # the aiohttp path, without httpx objects
+            assert transport.can_post_directly()  # the h11 pool's post, without httpx objects
         generation = await client.generate("a red fox")
     assert len(generation.urls) == 1
 
