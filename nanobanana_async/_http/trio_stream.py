@@ -3,10 +3,11 @@
 Trio makes every socket operation a full checkpoint: a ``send`` that the kernel took at once
 still yields to the scheduler (a cancel-shielded checkpoint), and a ``recv`` first tries the
 socket, fails with ``BlockingIOError`` while the answer is on its way, then waits. On a batch's
-hot path that is a scheduler round trip and an exception per request, on top of anyio's
+hot path that is a scheduler round trip per request more than it needs, on top of anyio's
 wrapper. :class:`TrioStream` wraps the socket anyio connected: it writes what the kernel takes
-without yielding (and waits only when it must), and reads after Trio says the socket is
-readable. As with anyio's streams, ``send`` and ``receive`` raise in a cancelled scope.
+without yielding (and waits only when it must); a read yields once, as Trio's do, so that a
+request always gives the scheduler a turn. As with anyio's streams, ``send`` and ``receive``
+raise in a cancelled scope.
 
 The connection itself (Happy Eyeballs, closing, ``notify_closing``) stays anyio's: the stream
 is built from the stream ``anyio.connect_tcp`` returned and closes through it. TLS is anyio's
@@ -21,7 +22,12 @@ from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
-from trio.lowlevel import checkpoint_if_cancelled, wait_readable, wait_writable
+from trio.lowlevel import (
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+    wait_readable,
+    wait_writable,
+)
 
 __all__ = ["TrioStream"]
 
@@ -40,14 +46,21 @@ class TrioStream(ByteStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         await checkpoint_if_cancelled()
         sock = self._sock
+        waited = False
         while True:
             try:
                 data = sock.recv(max_bytes)
             except BlockingIOError:
                 await wait_readable(sock)
+                waited = True
                 continue
             except OSError as exc:
                 raise self._failure(exc) from exc
+            if not waited:
+                # Every request still yields once, as Trio's own reads do: a server that always
+                # answers at once must not let one task run request after request while the
+                # scheduler (deadlines, other tasks) never gets a turn.
+                await cancel_shielded_checkpoint()
             if not data:
                 raise anyio.EndOfStream
             return data
