@@ -23,10 +23,10 @@ from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
+from .._net.idle import is_readable
 from .body import read_capped
 from .encoding import read_encoded
 from .h11_pool import KEEPALIVE_EXPIRY
-from .idle import is_readable
 from .resend import replayable
 
 __all__ = ["AiohttpPool"]

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from .._net.loop import running_loop
 from .h11_pool import KEEPALIVE_EXPIRY, H11Transport
-from .loop import running_loop
 from .tls import default_ssl_context
 
 if TYPE_CHECKING:
