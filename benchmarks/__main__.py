@@ -480,7 +480,7 @@ def _render_profile(rows: list[ProfileRow]) -> list[str]:
 
 PROFILE_NOTE = """Where the SDK on asyncio spends its CPU next to plain aiohttp (c=128/0 ms, cheap
 server; compare the tables of the SDK on asyncio and of plain aiohttp below). The SDK speaks
-HTTP through its own h11 pool on a native asyncio stream (`_http/asyncio_stream.py`): its
+HTTP through its own h11 pool on a native asyncio stream (`_net/asyncio_stream.py`): its
 transport layer (`SDK: transports`) is a far smaller share of its CPU than aiohttp, yarl and
 multidict are of plain aiohttp's, and the event loop makes fewer Python calls per job for the
 SDK than for plain aiohttp. What the SDK spends on top is its own code per job: the batch runner's

@@ -43,12 +43,10 @@ import anyio
 import h11
 import httpx
 from anyio.abc import ByteStream, SocketAttribute
-from anyio.streams.tls import TLSAttribute, TLSStream
 
+from .._net.connect import connect, has_unread_input
 from .body import BodyTooLarge, declared_length, read_capped
 from .encoding import DECODE_SLICE, read_encoded
-from .idle import is_readable
-from .loop import running_loop
 from .resend import NO_ANSWER, replayable
 from .tls import default_ssl_context
 from .wire import MAX_HEAD, IllegalHeader, PlainHead, ResponseHeaders, parse_head, request_bytes
@@ -81,26 +79,6 @@ async def _read_some(stream: ByteStream) -> bytes:
         raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
 
 
-def _holds_read_ahead(stream: object) -> bool:
-    """Whether the stream layers above the socket hold received bytes nobody has read.
-
-    On asyncio the event loop reads ahead into
-    :class:`~nanobanana_async._http.asyncio_stream.AsyncioStream`, which says so. Under
-    Trio, anyio's TLS stream keeps records it has not decrypted yet, which the socket's poll
-    does not see: no public accessor exists, so this reads them by name; a missing name means
-    "nothing kept" (tests/_http/test_leftover_bytes.py checks the names on the installed anyio).
-    """
-    holds_input = getattr(stream, "holds_input", None)  # AsyncioStream's own account
-    if holds_input is not None:
-        return bool(holds_input())
-    while isinstance(stream, TLSStream):
-        incoming = getattr(stream, "_read_bio", None)
-        if stream.extra(TLSAttribute.ssl_object).pending() or getattr(incoming, "pending", 0):
-            return True
-        stream = stream.transport_stream
-    return False
-
-
 class _Connection:
     __slots__ = ("answered", "h11", "idle_since", "origin", "sock", "stream")
 
@@ -120,7 +98,7 @@ class _Connection:
 
     def has_unread_input(self) -> bool:
         """Whether anything arrived that no response claims: then it must not carry a request."""
-        return _holds_read_ahead(self.stream) or is_readable(self.sock)
+        return has_unread_input(self.stream, self.sock)
 
     async def aclose(self) -> None:
         # Forcefully: works inside a cancelled scope, skips TLS close_notify.
@@ -193,22 +171,6 @@ class _Connection:
             if not data and conn.their_state is h11.SEND_RESPONSE:
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
             conn.receive_data(data)
-
-
-async def _connect_on_trio(host: str, port: int, ctx: ssl.SSLContext | None) -> ByteStream:
-    """anyio's connection, read and written by :class:`TrioStream`, with TLS over it."""
-    from .trio_stream import TrioStream  # Trio only: not on asyncio
-
-    connected = await anyio.connect_tcp(host, port)
-    if ctx is None:
-        return TrioStream(connected)
-    try:
-        return await TLSStream.wrap(
-            TrioStream(connected), hostname=host, ssl_context=ctx, standard_compatible=False
-        )
-    except BaseException:
-        await anyio.aclose_forcefully(connected)
-        raise
 
 
 def _slice_for(response: h11.Response) -> int | None:
@@ -369,12 +331,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         ctx = await self._ssl_context() if scheme == b"https" else None
         try:
             with anyio.fail_after(timeout):
-                if running_loop() is not None:
-                    from .asyncio_stream import connect  # asyncio only: not under Trio
-
-                    stream: ByteStream = await connect(host, port, ctx)
-                else:
-                    stream = await _connect_on_trio(host, port, ctx)
+                stream = await connect(host, port, ctx)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout("timed out connecting") from exc
         except _IO_ERRORS as exc:  # ssl.SSLError is an OSError

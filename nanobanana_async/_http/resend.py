@@ -3,7 +3,7 @@
 A server may close a keep-alive connection at any moment (an idle timeout, or after every
 answer without saying ``Connection: close``). A request written in the instant before its FIN
 arrives fails after it was sent, although the server never read it. Polling idle sockets
-before reuse (:mod:`~nanobanana_async._http.idle`) narrows that window but cannot close it.
+before reuse (:mod:`~nanobanana_async._net.idle`) narrows that window but cannot close it.
 
 Go's transport (``persistConn.shouldRetryRequest``) sends such a request again on a new
 connection when all of these hold, and so does every transport here:

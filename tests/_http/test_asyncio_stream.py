@@ -20,8 +20,8 @@ import anyio.lowlevel
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
-from nanobanana_async._http import asyncio_stream
-from nanobanana_async._http.asyncio_stream import connect
+from nanobanana_async._net import asyncio_stream
+from nanobanana_async._net.asyncio_stream import connect
 from tests.support.sockets import connections_to
 
 # The module runs on asyncio only.
@@ -60,7 +60,7 @@ async def test_a_refused_address_gives_way_to_the_next(
     port = listener.extra(SocketAttribute.local_port)
     resolve_to(monkeypatch, refused_port(), port)
     async with listener:
-        stream = await connect("api.test", 0, None)
+        stream = await connect("api.test", 0, None, None)
         assert stream.extra(SocketAttribute.raw_socket).getpeername()[1] == port
         await stream.aclose()
 
@@ -70,7 +70,7 @@ async def test_every_address_refused_is_one_oserror(
 ) -> None:
     resolve_to(monkeypatch, refused_port(), refused_port())
     with pytest.raises(OSError, match="Multiple exceptions") as info:
-        await connect("api.test", 0, None)
+        await connect("api.test", 0, None, None)
     assert str(info.value).count("Connect call failed") == 2  # each attempt's own failure
 
 
@@ -82,7 +82,7 @@ async def test_a_connect_cancelled_at_any_moment_leaves_no_socket_open(
 
     async def connect_then_close(port: int) -> None:
         nonlocal made
-        stream = await connect("127.0.0.1", port, None)
+        stream = await connect("127.0.0.1", port, None, None)
         made += 1
         await stream.aclose()
 

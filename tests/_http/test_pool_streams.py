@@ -1,5 +1,5 @@
-"""The streams the h11 pool opens (``_http/asyncio_stream.py`` on asyncio,
-``_http/trio_stream.py`` under Trio): waiting when the kernel cannot take a write, EOF and
+"""The streams the h11 pool opens (``_net/asyncio_stream.py`` on asyncio,
+``_net/trio_stream.py`` under Trio): waiting when the kernel cannot take a write, EOF and
 resets, cancellation and closing, against a loopback peer; on asyncio, flow control of reads.
 """
 
@@ -14,9 +14,9 @@ import anyio
 import pytest
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
-from nanobanana_async._http import asyncio_stream
-from nanobanana_async._http.asyncio_stream import AsyncioStream
 from nanobanana_async._http.h11_pool import H11Transport
+from nanobanana_async._net import asyncio_stream
+from nanobanana_async._net.asyncio_stream import AsyncioStream
 
 pytestmark = pytest.mark.anyio
 

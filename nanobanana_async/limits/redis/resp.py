@@ -12,7 +12,6 @@ lifetime.
 
 from __future__ import annotations
 
-import select
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
+
+from ..._net.connect import connect, has_unread_input
 
 __all__ = ["Connection", "ProtocolError", "ReplyError", "Target"]
 
@@ -141,17 +142,9 @@ class Connection:
         stream: anyio.abc.ByteStream
         if target.path is not None:
             stream = await anyio.connect_unix(target.path)
-        elif target.tls is not None:
-            stream = await anyio.connect_tcp(
-                target.host or "localhost",
-                target.port,
-                ssl_context=target.tls,
-                tls_hostname=target.host,
-                # Redis closes without a TLS close_notify: not an attack on our reads.
-                tls_standard_compatible=False,
-            )
         else:
-            stream = await anyio.connect_tcp(target.host or "localhost", target.port)
+            # Redis closes without a TLS close_notify: connect() requires none.
+            stream = await connect(target.host or "localhost", target.port, target.tls)
         connection = cls(stream)
         try:
             if target.password is not None:
@@ -170,12 +163,7 @@ class Connection:
         """Whether Redis closed this idle connection (it has something to read: an EOF, as
         after a restart). Asked before reuse: a command sent on it would fail after it left,
         and then nobody knows whether it ran."""
-        if self._socket is None:
-            return False
-        try:
-            return bool(select.select([self._socket], [], [], 0)[0])
-        except (OSError, ValueError):  # closed: no file descriptor
-            return True
+        return has_unread_input(self._stream, self._socket)
 
     async def call(self, *args: Arg) -> Any:
         """Send one command and return its reply; an error reply raises :class:`ReplyError`."""

@@ -1,4 +1,4 @@
-"""The h11 pool's connections on asyncio: an anyio ``ByteStream`` straight on an asyncio Protocol.
+"""Connections on asyncio: an anyio ``ByteStream`` straight on an asyncio Protocol.
 
 anyio's own asyncio socket stream pauses the transport's reading after every ``receive`` and
 resumes it before the next one (two ``epoll_ctl`` calls per read), and ends every ``send``
@@ -14,7 +14,7 @@ What it does not change: an EOF, a reset or bytes arriving while a connection si
 seen before reuse (:meth:`AsyncioStream.holds_input`, and the socket's poll), failures are
 anyio's exceptions (``BrokenResourceError``, ``ClosedResourceError``, ``EndOfStream``), and
 cancellation is the task's (a cancel scope's deadline cancels a waiting ``receive``).
-Imported only on asyncio (under Trio, :mod:`~nanobanana_async._http.trio_stream`).
+Imported only on asyncio (under Trio, :mod:`~nanobanana_async._net.trio_stream`).
 """
 
 from __future__ import annotations
@@ -164,9 +164,12 @@ class AsyncioStream(ByteStream):
         return {SocketAttribute.raw_socket: lambda: transport.get_extra_info("socket")}
 
 
-async def connect(host: str, port: int, ssl_context: ssl.SSLContext | None) -> AsyncioStream:
-    """A connection to ``host:port`` (TLS with ``ssl_context``, checking ``host``), trying its
-    addresses with Happy Eyeballs as anyio's ``connect_tcp`` does. Failures raise ``OSError``.
+async def connect(
+    host: str, port: int, ssl_context: ssl.SSLContext | None, tls_hostname: str | None
+) -> AsyncioStream:
+    """A connection to ``host:port`` (TLS with ``ssl_context``, checking ``tls_hostname``),
+    trying its addresses with Happy Eyeballs as anyio's ``connect_tcp`` does. Failures raise
+    ``OSError``.
 
     The addresses are raced here (:func:`_connected_socket`), not by ``create_connection``'s
     ``happy_eyeballs_delay``: asyncio's race (``staggered_race``) drops a socket that connected
@@ -181,7 +184,7 @@ async def connect(host: str, port: int, ssl_context: ssl.SSLContext | None) -> A
         lambda: _Protocol(loop),
         sock=sock,
         ssl=ssl_context,
-        server_hostname=host if ssl_context is not None else None,
+        server_hostname=tls_hostname if ssl_context is not None else None,
     )
     assert isinstance(transport, asyncio.Transport)
     return AsyncioStream(transport, protocol)

@@ -1,4 +1,4 @@
-"""The h11 pool's connections under Trio: reads and writes straight on the non-blocking socket.
+"""Connections under Trio: reads and writes straight on the non-blocking socket.
 
 Trio makes every socket operation a full checkpoint: a ``send`` that the kernel took at once
 still yields to the scheduler (a cancel-shielded checkpoint), and a ``recv`` first tries the
