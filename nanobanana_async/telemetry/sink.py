@@ -113,10 +113,14 @@ class Telemetry:
                 key: attributes[key]
                 for key in ("http.request.method", "server.address", "server.port")
             }
-        if self._tracer_pending:
+        if self._tracer_pending and (
+            self._tracer_provider is not None or api.global_tracer_provider_set()
+        ):
             self.tracer = resolve_tracer(api, self._tracer_provider)
             self._tracer_pending = self.tracer is None
-        if self._meter_pending:
+        if self._meter_pending and (
+            self._meter_provider is not None or api.global_meter_provider_set()
+        ):
             self.instruments = resolve_meter(api, self._meter_provider)
             if self.instruments is not None:
                 self.totals = self.instruments.totals
