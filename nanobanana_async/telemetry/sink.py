@@ -63,6 +63,8 @@ class Telemetry:
         meter_provider: object | None = None,
     ) -> None:
         self.hooks = hooks
+        #: The hook a batch calls with each job's result, if any.
+        self.on_job_result = None if hooks is None else hooks.on_job_result
         self.api: Api | None = None
         self.tracer: Any | None = None
         self.instruments: Instruments | None = None
@@ -186,17 +188,14 @@ class Telemetry:
             return None
         return BatchTelemetry(self.api, self.tracer, options)
 
-    @property
-    def wants_job_results(self) -> bool:
-        """Whether :meth:`job_result` has anything to do (metrics or a hook)."""
-        return self.totals is not None or self.hooks is not None
-
-    async def job_result(self, result: FinishedJob) -> None:
-        """A job of a batch finished."""
+    def job_result(self, result: FinishedJob) -> None:
+        """A job of a batch finished: counted (and to be told to :attr:`on_job_result`)."""
         totals = self.totals
         if totals is not None:
             jobs = totals.jobs
             jobs[result.status] = jobs.get(result.status, 0) + 1
-        hooks = self.hooks
-        if hooks is not None and hooks.on_job_result is not None:
-            await call_hook("on_job_result", hooks.on_job_result, result)
+
+    async def job_result_hook(self, result: FinishedJob) -> None:
+        """Call the ``on_job_result`` hook (when :attr:`on_job_result` is not None)."""
+        if self.on_job_result is not None:
+            await call_hook("on_job_result", self.on_job_result, result)
