@@ -68,6 +68,7 @@ class CallTelemetry:
         "_cooldown_total",
         "_cooldown_wait",
         "_credits",
+        "_current",
         "_first",
         "_first_started",
         "_headers",
@@ -103,9 +104,10 @@ class CallTelemetry:
         self._recording = False
         # The context the call's span was started in; that context with the call's span in
         # it (the parent of attempt spans, what a first attempt sends as traceparent), made
-        # when first needed.
+        # when first needed; the context of the attempt in flight, or of the last one.
         self._parent: Any = None
         self._context: Any = None
+        self._current: Any = None
         # A recorded call's first attempt, which has no span of its own unless the call
         # retries: when it was sent (time.time_ns), then, once it ended, its start and end,
         # status, outcome (of a failure), may have been charged, error.type and cool-down.
@@ -216,6 +218,7 @@ class CallTelemetry:
             cooldown, self._cooldown_wait = self._cooldown_wait, 0.0
             span = self._start_attempt_span(number, reason, call, cooldown, None)
             current = api.set_span_in_context(span, call)
+        self._current = current
         api.propagate.inject(headers, context=current)
         return span, api.context.attach(current)
 
@@ -324,7 +327,8 @@ class CallTelemetry:
             attributes = telemetry.http_metric.get((status, failure))
             if attributes is None:
                 attributes = telemetry.http_metric_attributes(status, failure)
-            instruments.http_duration.record(ended - started, attributes)
+            # In the attempt's context: an exemplar names its span (or the call's).
+            instruments.http_duration.record(ended - started, attributes, self._current)
         if charged:
             self._uncertain += self._credits
         return charged
@@ -365,7 +369,11 @@ class CallTelemetry:
             attributes = telemetry.call_metric.get((model, None))
             if attributes is None:
                 attributes = telemetry.call_metric_attributes(model, None)
-            telemetry.instruments.call_duration.record(generation.elapsed, attributes)
+            telemetry.instruments.call_duration.record(
+                generation.elapsed,
+                attributes,
+                self._context,  # made by the first attempt
+            )
         if self._recording:
             ended: dict[str, Any] = {
                 "nanobanana.attempts": self._attempts,
@@ -386,6 +394,7 @@ class CallTelemetry:
             telemetry.instruments.call_duration.record(
                 time.perf_counter() - self._started,
                 telemetry.call_metric_attributes(self._model, failure),
+                self._call_context(),
             )
         if self._recording:
             ended: dict[str, Any] = {"nanobanana.attempts": self._attempts}
