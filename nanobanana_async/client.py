@@ -400,10 +400,10 @@ class AsyncNanoBanana:
             "Content-Type": "application/json",
         }
         body = json_bytes(job.to_body())  # once per call, the same bytes on every attempt
-        # Spans, metrics and hooks (None when nothing listens: then nothing else runs for them).
-        call = self._telemetry.start_call(job, self._pricing, idempotency_key)
-
         price = self._pricing[job.model]
+        # Spans, metrics and hooks (None when nothing listens: then nothing else runs for them).
+        call = self._telemetry.start_call(job, price * job.num, idempotency_key, started)
+
         if not self._transport_ready and self._fast_transport is not None:
             # Before the first admission: a start slot must not be spent on one-time setup.
             await self._fast_transport.prepare()

@@ -237,8 +237,11 @@ class Runner:
                 result = await self.processor.process(item)
                 self.stats.count(result)
                 try:
-                    if self.telemetry is not None and self.telemetry.wants_job_results:
-                        await self.telemetry.job_result(result)
+                    telemetry = self.telemetry
+                    if telemetry is not None:
+                        telemetry.job_result(result)
+                        if telemetry.on_job_result is not None:
+                            await telemetry.job_result_hook(result)
                     # Never blocks (the permits keep results in hand below the stream's
                     # buffer), and is cancelled, if at all, before the result is handed over.
                     await sink.send(result)

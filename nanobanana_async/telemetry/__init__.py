@@ -7,9 +7,11 @@ callers without OpenTelemetry. Both see every request on every transport. See
 ``docs/observability.md`` for the span tree, the attributes and the metrics.
 """
 
+from .batch import BatchTelemetry
+from .call import CallTelemetry
 from .events import AttemptEvent, Hooks, ResponseEvent, RetryEvent
 from .outcomes import OUTCOMES, error_type, outcome_of
-from .sink import BatchTelemetry, CallTelemetry, Telemetry
+from .sink import Telemetry
 
 __all__ = [
     "OUTCOMES",

@@ -15,6 +15,7 @@ almost nothing. Only the two latency histograms are recorded per call.
 
 from __future__ import annotations
 
+import os
 import sys
 import weakref
 from collections.abc import Iterable, Iterator
@@ -74,6 +75,28 @@ class Api:
         # The global provider last found unset: a client given one provider asks for the other
         # on every call, and isinstance against the API's abstract classes is slow.
         self._unset_seen: tuple[object, object] = (None, None)
+        # Until the application sets a global provider, a client asks on every call whether it
+        # has; the API's getters look the environment up each time. The API keeps what was
+        # set in a module global: read that (private, hence only when it is there, and not
+        # when the environment names a provider, which the getter loads on first use).
+        self._trace_globals = _globals_of(trace, "_TRACER_PROVIDER", "OTEL_PYTHON_TRACER_PROVIDER")
+        self._meter_globals = _globals_of(
+            getattr(metrics, "_internal", None), "_METER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER"
+        )
+
+    def global_tracer_provider_set(self) -> bool:
+        """Whether the application has set a global tracer provider (cheap: every call)."""
+        found = self._trace_globals
+        if found is not None:
+            return found.get("_TRACER_PROVIDER") is not None
+        return self.tracer_provider_set(self.trace.get_tracer_provider())
+
+    def global_meter_provider_set(self) -> bool:
+        """Whether the application has set a global meter provider (cheap: every call)."""
+        found = self._meter_globals
+        if found is not None:
+            return found.get("_METER_PROVIDER") is not None
+        return self.meter_provider_set(self.metrics.get_meter_provider())
 
     def tracer_provider_set(self, provider: object) -> bool:
         if provider is self._unset_seen[0]:
@@ -90,6 +113,15 @@ class Api:
             self._unset_seen = (self._unset_seen[0], provider)
             return False
         return True
+
+
+def _globals_of(module: object, name: str, variable: str) -> dict[str, Any] | None:
+    """``module``'s globals, when it keeps the provider set under ``name`` and the environment
+    does not name one (``variable``); else None (ask the API's getter)."""
+    found: dict[str, Any] | None = getattr(module, "__dict__", None)
+    if found is None or name not in found or variable in os.environ:
+        return None
+    return found
 
 
 _api: Api | None = None

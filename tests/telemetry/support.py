@@ -162,15 +162,17 @@ def render_tree(spans: Sequence[ReadableSpan], attributes: Sequence[str] = ()) -
 
 
 class RecordingEmulator(Emulator):
-    """The emulator, noting the ``traceparent`` of every generate request it receives."""
+    """The emulator, noting the ``traceparent`` and ``baggage`` of every generate request."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.traceparents: list[str | None] = []
+        self.baggage: list[str | None] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/v1/images/generate"):
             headers = dict(scope["headers"])
-            value = headers.get(b"traceparent")
-            self.traceparents.append(value.decode("latin-1") if value is not None else None)
+            for name, seen in ((b"traceparent", self.traceparents), (b"baggage", self.baggage)):
+                value = headers.get(name)
+                seen.append(value.decode("latin-1") if value is not None else None)
         await super().__call__(scope, receive, send)

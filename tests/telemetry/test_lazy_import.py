@@ -124,3 +124,50 @@ def test_global_providers_set_after_the_client_is_made_are_used() -> None:
         anyio.run(main)
         """
     )
+
+
+def test_global_providers_named_by_the_environment_are_used() -> None:
+    """OTEL_PYTHON_TRACER_PROVIDER / OTEL_PYTHON_METER_PROVIDER name the global providers,
+    which the API loads when first asked for them: the client asks, and uses them."""
+    pytest.importorskip("opentelemetry.sdk")
+    run(
+        """
+        import os
+
+        os.environ["OTEL_PYTHON_TRACER_PROVIDER"] = "sdk_tracer_provider"
+        os.environ["OTEL_PYTHON_METER_PROVIDER"] = "sdk_meter_provider"
+
+        import anyio
+        from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+        from opentelemetry.sdk.trace import Tracer
+
+        from nanobanana_async import AsyncNanoBanana
+        from nanobanana_async.emulator import Emulator
+
+        # What the providers loaded from the environment were asked to do (they have no
+        # exporter or reader to read back from).
+        started, recorded = [], []
+        start_span, record = Tracer.start_span, _Histogram.record
+
+        def spy_start(self, name, *args, **kwargs):
+            started.append(name)
+            return start_span(self, name, *args, **kwargs)
+
+        def spy_record(self, amount, *args, **kwargs):
+            recorded.append(self.name)
+            return record(self, amount, *args, **kwargs)
+
+        Tracer.start_span, _Histogram.record = spy_start, spy_record
+
+        async def main() -> None:
+            async with AsyncNanoBanana("sk-test", transport=Emulator().transport()) as client:
+                await client.generate("a red fox")
+
+        anyio.run(main)
+        assert started == ["nanobanana generate"], started
+        assert sorted(recorded) == [
+            "http.client.request.duration",
+            "nanobanana.client.operation.duration",
+        ], recorded
+        """
+    )

@@ -12,7 +12,8 @@ import pytest
 from nanobanana_async import AsyncNanoBanana, Hooks, Job, RetryEvent
 from nanobanana_async.emulator import Emulator, Faults, serve
 
-from .support import FAST, KEY, Otel
+from .scripts import SERVER_ERROR, scripted
+from .support import ATTEMPT, FAST, GENERATE, KEY, Otel, span_id
 
 pytestmark = pytest.mark.anyio
 
@@ -121,3 +122,59 @@ async def test_clients_on_one_meter_provider_add_up(otel: Otel) -> None:
             await client.generate("a red fox")
     assert otel.total("nanobanana.client.requests") == 2
     assert otel.total("nanobanana.client.credits.spent") == 4 == emulator.stats.credits_charged
+
+
+def exemplar_spans(otel: Otel) -> dict[tuple[str, Any], list[int | None]]:
+    """The span ids of the two duration histograms' exemplars, by histogram and status code
+    or model. One collection: the SDK hands an exemplar to one collection only."""
+    keys = {
+        "http.client.request.duration": "http.response.status_code",
+        "nanobanana.client.operation.duration": "nanobanana.model",
+    }
+    out: dict[tuple[str, Any], list[int | None]] = {}
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name in keys:
+                    for point in metric.data.data_points:
+                        value = dict(point.attributes or {}).get(keys[metric.name])
+                        out[metric.name, value] = [e.span_id for e in point.exemplars]
+    return out
+
+
+async def test_duration_exemplars_name_the_spans_of_what_they_measure(otel: Otel) -> None:
+    """In a sampled trace, a retry's duration has the retry's span as exemplar; a first
+    attempt's, the call's span (which stood for it when it ended: its own span is made when
+    the call retries); the call's duration, the call's span. Never the caller's span."""
+    emulator = Emulator(keys={KEY: 100})
+    app = otel.tracer_provider.get_tracer("app")
+    async with AsyncNanoBanana(
+        KEY,
+        transport=emulator.transport(),
+        retry_policy=FAST,
+        hooks=scripted(emulator, {1: SERVER_ERROR}),
+        **otel.providers,
+    ) as client:
+        with app.start_as_current_span("handle request"):
+            await client.generate("a red fox", model=MODEL)
+    (call,) = otel.spans(GENERATE)
+    _first, second = otel.spans(ATTEMPT)
+    assert exemplar_spans(otel) == {
+        ("http.client.request.duration", 500): [span_id(call)],
+        ("http.client.request.duration", 200): [span_id(second)],
+        ("nanobanana.client.operation.duration", MODEL): [span_id(call)],
+    }
+
+
+async def test_a_single_attempt_s_exemplar_is_the_call_s_span(otel: Otel) -> None:
+    async with AsyncNanoBanana(
+        KEY, transport=Emulator().transport(), retry_policy=FAST, **otel.providers
+    ) as client:
+        await client.generate("a red fox", model=MODEL)
+    (call,) = otel.spans(GENERATE)
+    assert exemplar_spans(otel) == {
+        ("http.client.request.duration", 200): [span_id(call)],
+        ("nanobanana.client.operation.duration", MODEL): [span_id(call)],
+    }

@@ -5,11 +5,13 @@ Every test reads the SDK's in-memory exporter; nothing of OpenTelemetry is mocke
 
 from __future__ import annotations
 
+import collections
 import pathlib
+from typing import Any
 
 import anyio
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
@@ -341,6 +343,95 @@ async def test_a_trace_not_sampled_still_sends_traceparent_and_records_nothing()
     flags = [int(t.rsplit("-", 1)[1], 16) for t in emulator.traceparents if t is not None]
     assert [f & 1 for f in flags] == [0, 0]  # "sampled" is off
     assert len({t.split("-")[1] for t in emulator.traceparents if t}) == 1
+
+
+async def test_each_request_carries_the_context_of_its_own_caller(otel: Otel) -> None:
+    """Calls of one client from different contexts (baggage, spans) send each their own; a
+    batch's calls, sharing one, send the batch's."""
+    emulator = RecordingEmulator(keys={KEY: 100})
+    async with AsyncNanoBanana(
+        KEY, transport=emulator.transport(), retry_policy=FAST, **otel.providers
+    ) as client:
+        for who in ("alice", "bob", "alice"):
+            token = context.attach(baggage.set_baggage("user", who))
+            try:
+                await client.generate(f"a red fox for {who}")
+            finally:
+                context.detach(token)
+        token = context.attach(baggage.set_baggage("user", "carol"))
+        try:
+            await client.run_batch(["an owl", "a heron", "a lynx"], concurrency=2)
+        finally:
+            context.detach(token)
+    assert emulator.baggage == ["user=alice", "user=bob", "user=alice"] + ["user=carol"] * 3
+    calls = otel.spans(GENERATE)
+    assert sorted(t or "" for t in emulator.traceparents) == sorted(traceparent(c) for c in calls)
+    (batch,) = otel.spans(BATCH)
+    assert [parent_id(c) for c in calls] == [None] * 3 + [span_id(batch)] * 3
+
+
+class SpyTracerProvider:
+    """The SDK's provider dropping every trace; the client's spans note what it asks of them."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+        self.provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+        self.started: list[tuple[str, dict[str, Any]]] = []
+        self.asked: collections.Counter[str] = collections.Counter()
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = self.provider.get_tracer(*args, **kwargs)
+        spy = self
+
+        class Tracer:
+            def start_span(self, name: str, *args: Any, **kwargs: Any) -> trace.Span:
+                span = tracer.start_span(name, *args, **kwargs)
+                assert not span.is_recording()
+                spy.started.append((name, dict(kwargs.get("attributes") or {})))
+                return SpySpan(span.get_span_context(), spy.asked)
+
+        return Tracer()
+
+
+class SpySpan(trace.NonRecordingSpan):
+    """What the SDK returns for a trace it drops, counting what is asked of it."""
+
+    def __init__(self, context: trace.SpanContext, asked: collections.Counter[str]) -> None:
+        super().__init__(context)
+        self._asked = asked
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            object.__getattribute__(self, "_asked")[name] += 1
+        return super().__getattribute__(name)
+
+
+async def test_a_call_in_a_trace_not_sampled_does_no_span_work_past_its_start() -> None:
+    """The sampler's decision is read once; a span that records nothing gets no attributes,
+    status or end, and a retry no span of its own. The span's context still goes out."""
+    spy = SpyTracerProvider()
+    emulator = RecordingEmulator(keys={KEY: 100})
+    hooks = scripted(emulator, {1: SERVER_ERROR})
+    async with AsyncNanoBanana(
+        KEY,
+        transport=emulator.transport(),
+        retry_policy=FAST,
+        hooks=hooks,
+        tracer_provider=spy,
+    ) as client:
+        await client.generate("a red fox", model=MODEL)
+    # The attributes a sampler reads are given at the start; nothing after it.
+    assert spy.started == [
+        (
+            GENERATE,
+            {"nanobanana.model": MODEL, "nanobanana.image_size": "1:1", "nanobanana.num": 1},
+        )
+    ]
+    assert spy.asked["is_recording"] == 1
+    assert set(spy.asked) == {"is_recording", "get_span_context"}  # the latter: traceparent
+    assert len(emulator.traceparents) == 2
+    assert len(set(emulator.traceparents)) == 1  # both attempts: the call's context
 
 
 async def test_calls_a_stopped_batch_held_back_are_not_errors(otel: Otel) -> None:
