@@ -288,7 +288,11 @@ def test_an_actor_killed_near_the_end_of_a_shared_budget(
             f"the start, {statuses}; ledger spent {ledger.spent}, may have been spent "
             f"{ledger.uncertain}; the emulator charged {emulator.stats.credits_charged}"
         )
-        assert ledger.spent == spent
+        # The killed actor may have settled a charged request in the ledger and died before
+        # writing its row, which then says "ambiguous": the ledger counts it spent, the row
+        # says it may have been charged (2 credits a row).
+        assert spent <= ledger.spent <= spent + 2 * statuses.get("ambiguous", 0)
+        assert ledger.spent <= emulator.stats.credits_charged <= ledger.spent + ledger.uncertain
         assert ledger.reserved == 0
         assert ledger.spent + ledger.uncertain <= 200
         assert emulator.stats.credits_charged <= 200
